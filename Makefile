@@ -1,0 +1,35 @@
+# Two commands from a fresh clone: `make demo` and `make test` (each sets up .venv first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-slow lint format clean
+
+$(BIN)/difflab: pyproject.toml requirements-ci.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-ci.txt
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/difflab
+
+setup: $(BIN)/difflab
+
+demo: setup
+	$(BIN)/difflab demo --out runs/demo
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+format: setup
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

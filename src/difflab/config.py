@@ -1,0 +1,165 @@
+"""Configuration: a few frozen dataclasses that CLI flags map onto and checkpoints store.
+
+Checkpoints keep ``asdict(config)`` as JSON; ``from_dict`` turns that back into dataclasses, so a
+checkpoint alone is enough to rebuild the model and the schedule it was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from difflab.diffusion import PREDICTIONS
+from difflab.schedules import SCHEDULES
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net's shape. Same fields for the PyTorch and the NumPy backend."""
+
+    image_size: int = 28  # height = width of the images, in pixels
+    in_channels: int = 1  # 1 for grey images, 3 for RGB
+    base_channels: int = 32  # channels at full resolution; also the time-embedding input size
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # channels per level = base * mult; one level per entry
+    num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_levels: tuple[int, ...] = ()  # levels (0 = full resolution) with self-attention
+    mid_attention: bool = True  # self-attention in the bottleneck (lowest resolution, cheap)
+    dropout: float = 0.0  # dropout inside residual blocks
+    norm_groups: int = 8  # GroupNorm groups; every channel count must divide by it
+    num_classes: int = 0  # 0 = unconditional; else a label embedding with one extra null label
+
+    def validate(self) -> None:
+        levels = len(self.channel_mults)
+        factor = 2 ** (levels - 1)
+        if self.image_size < 1 or self.image_size % factor:
+            raise ValueError(
+                f"image size {self.image_size} cannot be halved {levels - 1} times by a U-Net with "
+                f"channel_mults {self.channel_mults}; use a multiple of {factor}"
+            )
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        for mult in self.channel_mults:
+            if (self.base_channels * mult) % self.norm_groups:
+                raise ValueError(
+                    f"channels {self.base_channels * mult} do not divide into "
+                    f"{self.norm_groups} GroupNorm groups"
+                )
+        if any(level < 0 or level >= levels for level in self.attention_levels):
+            raise ValueError(f"attention_levels {self.attention_levels} must lie in 0..{levels - 1}")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and what the network learns to predict."""
+
+    timesteps: int = 1000  # T, the number of noising steps
+    schedule: str = "linear"  # beta schedule: linear (Ho et al.) or cosine (Nichol & Dhariwal)
+    prediction: str = "eps"  # network target: eps (Ho et al.), x0, or v (Salimans & Ho)
+    min_snr_gamma: float | None = None  # min-SNR-gamma loss weighting (Hang et al.); None = off
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(
+                f"unknown prediction {self.prediction!r}; expected one of {', '.join(PREDICTIONS)}"
+            )
+        if self.timesteps < 2:
+            raise ValueError(f"timesteps must be >= 2, got {self.timesteps}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training run: data, optimisation, and what gets written when."""
+
+    data: str = "emoji"  # dataset name (see difflab.data.DATASETS)
+    data_dir: str | None = None  # where mnist / fashion-mnist / cifar10 files or a folder lie
+    epochs: int = 20  # passes over the training set
+    max_minutes: float | None = None  # stop after this much wall time (checked every step)
+    batch_size: int = 128  # images per optimisation step
+    lr: float = 2e-4  # peak Adam learning rate
+    warmup_steps: int = 100  # linear learning-rate warm-up from 0
+    lr_decay: str = "constant"  # after warm-up: constant or cosine (to 10% of lr at the end)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this; 0 = off
+    ema_decay: float = 0.999  # exponential moving average of the weights, used for sampling
+    label_dropout: float = 0.1  # p of replacing the label by the null label (class-conditional)
+    seed: int = 0  # seeds data order, timesteps, noise and initial weights
+    device: str = "auto"  # auto (cuda, then mps, then cpu), or a torch device string
+    sample_every: int = 1  # write a preview grid every N epochs; 0 = only at the end
+    checkpoint_every: int = 1  # write a checkpoint every N epochs; 0 = only at the end
+    keep_checkpoints: int = 3  # keep the newest N checkpoints
+    num_preview: int = 64  # images in each preview grid
+    preview_sampler: str = "ddim"  # sampler for previews (ddpm is exact but slow)
+    preview_steps: int = 50  # sampler steps for previews
+    log_every: int = 10  # write a metrics.jsonl line every N steps
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a checkpoint needs to rebuild the model and its diffusion, plus how it was trained."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    class_names: tuple[str, ...] = ()  # names of the labels, when the data has classes
+    backend: str = "torch"  # torch or numpy
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return asdict(config)
+
+
+def _build(cls: type[T], data: dict[str, Any]) -> T:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from ``to_dict`` output (as read back from JSON)."""
+    try:
+        return RunConfig(
+            model=_build(ModelConfig, data["model"]),
+            diffusion=_build(DiffusionConfig, data["diffusion"]),
+            train=_build(TrainConfig, data.get("train", {})),
+            class_names=tuple(data.get("class_names", ())),
+            backend=data.get("backend", "torch"),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"configuration is missing or malformed ({err})") from err
+
+
+def default_model_config(
+    data: str, image_size: int, in_channels: int, num_classes: int = 0
+) -> ModelConfig:
+    """The U-Net difflab trains for a dataset of this kind and size.
+
+    Most parameters sit at low resolution, where they cost little compute: the MNIST network has
+    about 2M parameters like the tutorials' 64-channel U-Net, at a fraction of its CPU time.
+    """
+    if image_size <= 8:
+        shape: dict[str, Any] = dict(base_channels=32, channel_mults=(1, 2), num_res_blocks=1)
+    elif image_size <= 16:
+        shape = dict(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1)
+    elif image_size <= 28:
+        shape = dict(base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=1)
+    else:
+        shape = dict(base_channels=64, channel_mults=(1, 2, 2, 2), num_res_blocks=2)
+    levels = len(shape["channel_mults"])
+    while image_size % 2 ** (levels - 1):
+        levels -= 1
+    shape["channel_mults"] = shape["channel_mults"][:levels]
+    return ModelConfig(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **shape)

@@ -1,0 +1,191 @@
+"""The noise-prediction U-Net (Ho et al. 2020, Appendix B; Nichol & Dhariwal 2021), in PyTorch.
+
+    t --sinusoidal--> MLP --> time embedding (+ label embedding) ---------------------+
+                                                                                     | added in
+    x --conv_in--> [ResBlock (+attn)] x n, Downsample --> ... --> mid --> ... -->   | every block
+                   each output kept as a skip         [concat skip, ResBlock (+attn)] x (n+1), Upsample
+                                                                        --> GroupNorm, SiLU, conv_out
+
+The NumPy backend (``difflab.nn_numpy``) builds the same graph with the same parameter names and
+shapes, so one state dict loads into either.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from difflab.config import ModelConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Vaswani et al. 2017 sinusoidal embedding of integer timesteps: [sin(t w_i), cos(t w_i)].
+
+    w_i = max_period^(-i / half) for i = 0 .. half-1; ``t`` is the code timestep 0 .. T-1.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, dim)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, add the projected time embedding, GroupNorm -> SiLU -> dropout -> conv, plus a skip."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # time (and label) enter every block
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over the H*W positions, with a residual connection."""
+
+    def __init__(self, ch: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w)  # (B, 3, C, HW)
+        q, k, v = (qkv[:, i].transpose(1, 2) for i in range(3))  # each (B, HW, C)
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v, (B, HW, C)
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+class Block(nn.Module):
+    """A residual block, optionally followed by self-attention."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float, attention: bool
+    ) -> None:
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, groups, dropout)
+        self.attn = SelfAttention(out_ch, groups) if attention else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        return self.attn(x) if self.attn is not None else x
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a stride-2 3x3 convolution."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double height and width: nearest-neighbour repeat, then a 3x3 convolution."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """Predicts eps (or x0, or v) from a noised image x_t, its timestep t and an optional label y."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        base, groups, drop = config.base_channels, config.norm_groups, config.dropout
+        emb_dim = 4 * base
+
+        self.time_in = nn.Linear(base, emb_dim)
+        self.time_out = nn.Linear(emb_dim, emb_dim)
+        # Index num_classes is the learned null label used for classifier-free guidance.
+        self.label_emb = (
+            nn.Embedding(config.num_classes + 1, emb_dim) if config.num_classes > 0 else None
+        )
+
+        self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels = [base]
+        ch = base
+        levels = len(config.channel_mults)
+        for level, mult in enumerate(config.channel_mults):
+            attention = level in config.attention_levels
+            for _ in range(config.num_res_blocks):
+                self.down.append(Block(ch, base * mult, emb_dim, groups, drop, attention))
+                ch = base * mult
+                skip_channels.append(ch)
+            if level < levels - 1:
+                self.down.append(Downsample(ch))
+                skip_channels.append(ch)
+
+        self.mid1 = Block(ch, ch, emb_dim, groups, drop, config.mid_attention)
+        self.mid2 = Block(ch, ch, emb_dim, groups, drop, False)
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mults))):
+            attention = level in config.attention_levels
+            for _ in range(config.num_res_blocks + 1):
+                in_ch = ch + skip_channels.pop()
+                self.up.append(Block(in_ch, base * mult, emb_dim, groups, drop, attention))
+                ch = base * mult
+            if level > 0:
+                self.up.append(Upsample(ch))
+        assert not skip_channels, "every skip must be consumed"
+
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = nn.Conv2d(ch, config.in_channels, 3, padding=1)
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Time embedding through the MLP, plus the label embedding; shape (B, 4 * base)."""
+        emb = self.time_out(F.silu(self.time_in(timestep_embedding(t, self.config.base_channels))))
+        if self.label_emb is not None:
+            if y is None:  # unconditional call of a conditional model: use the null label
+                y = torch.full_like(t, self.config.num_classes)
+            emb = emb + self.label_emb(y)
+        return emb
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(t, y)  # (B, E)
+        h = self.conv_in(x)  # (B, base, H, W)
+        skips = [h]
+        for module in self.down:
+            h = module(h, emb) if isinstance(module, Block) else module(h)
+            skips.append(h)  # (B, C_level, H / 2^level, W / 2^level)
+        h = self.mid2(self.mid1(h, emb), emb)  # (B, C_low, H_low, W_low)
+        for module in self.up:
+            if isinstance(module, Block):
+                h = module(torch.cat([h, skips.pop()], dim=1), emb)  # concat skip on channels
+            else:
+                h = module(h)  # Upsample
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, in_channels, H, W)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
