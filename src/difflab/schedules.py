@@ -38,6 +38,11 @@ def linear_betas(
     """
     _check_num_timesteps(num_timesteps)
     scale = 1000.0 / num_timesteps
+    if scale * beta_end >= 1.0:
+        smallest = math.floor(1000.0 * beta_end) + 1
+        raise ValueError(
+            f"the linear schedule needs at least {smallest} timesteps, got {num_timesteps}"
+        )
     return np.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=np.float64)
 
 
@@ -119,6 +124,8 @@ def make_schedule(name: str = "linear", num_timesteps: int = 1000) -> Schedule:
     return schedule_from_betas(name, betas)
 
 
-def scaled_timesteps(reference: list[int], num_timesteps: int, reference_t: int = 1000) -> list[int]:
-    """Map timesteps given for a T = 1000 schedule onto ``num_timesteps`` (999 -> T - 1)."""
-    return [min(num_timesteps - 1, round(t * (num_timesteps - 1) / (reference_t - 1))) for t in reference]
+def scaled_timesteps(
+    reference: list[int], num_timesteps: int, reference_t: int = 1000
+) -> list[int]:
+    """Map timesteps given for a T = 1000 schedule onto ``num_timesteps`` (t T / 1000, 999 -> T - 1)."""
+    return [min(num_timesteps - 1, t * num_timesteps // reference_t) for t in reference]

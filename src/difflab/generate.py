@@ -1,0 +1,129 @@
+"""From a trained network to images: load a checkpoint, build the denoiser, run a sampler.
+
+Used by ``difflab sample``, the training previews and the demo, so they all sample the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into
+from difflab.config import RunConfig
+from difflab.models.unet import UNet
+from difflab.samplers import SAMPLERS, make_denoiser, sample
+from difflab.schedules import Schedule, make_schedule
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to sample, with the configuration and schedule it was trained with."""
+
+    model: UNet
+    config: RunConfig
+    schedule: Schedule
+    device: torch.device
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str] | Checkpoint, device: str = "auto", *, ema: bool = True
+) -> LoadedModel:
+    """Build the U-Net stored in a checkpoint and load its (EMA) weights; eval mode."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    dev = pick_device(device)
+    model = UNet(ckpt.config.model)
+    weights = ckpt.sampling_weights if ema else ckpt.model
+    load_weights_into(model, weights, ckpt.path or "<memory>")
+    model.to(dev).eval()
+    schedule = make_schedule(ckpt.config.diffusion.schedule, ckpt.config.diffusion.timesteps)
+    return LoadedModel(model=model, config=ckpt.config, schedule=schedule, device=dev)
+
+
+@torch.no_grad()
+def generate(
+    model: UNet,
+    config: RunConfig,
+    schedule: Schedule,
+    *,
+    num_images: int,
+    seed: int = 0,
+    sampler: str = "ddpm",
+    steps: int | None = None,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+    labels: torch.Tensor | None = None,
+    batch_size: int = 256,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Draw ``num_images`` samples (float32 NCHW in [-1, 1], on the CPU).
+
+    The initial noise and every sampler noise come from one ``torch.Generator`` seeded with
+    ``seed``, so the same seed, model and flags give the same images. The callback is called for
+    the first batch only (trajectory pictures need a few images, not thousands).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if num_images < 1:
+        raise ValueError(f"number of images must be >= 1, got {num_images}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    mc = config.model
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, num_images, batch_size):
+        n = min(batch_size, num_images - start)
+        y = None if labels is None else labels[start : start + n].to(device)
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> torch.Tensor:
+            return model(x_t, t, y)
+
+        denoiser = make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
+        x_T = torch.randn(
+            (n, mc.in_channels, mc.image_size, mc.image_size), generator=generator, device=device
+        )
+        x = sample(
+            sampler, denoiser, x_T, schedule, steps=steps, eta=eta, generator=generator,
+            callback=callback if start == 0 else None, **options,
+        )  # fmt: skip
+        out.append(x.float().clamp(-1, 1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class TrajectoryRecorder:
+    """A sampler callback that keeps x_t (and x0_pred) at chosen timesteps, for pictures and GIFs."""
+
+    def __init__(self, keep: Callable[[int, int], bool], num_images: int = 8) -> None:
+        self.keep = keep  # keep(i, t) -> whether to record this step
+        self.num_images = num_images
+        self.frames: list[tuple[int, torch.Tensor]] = []  # (t, x_t) in sampling order
+        self.x0_frames: list[tuple[int, torch.Tensor]] = []  # (t, x0_pred)
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        if self.keep(info["i"], info["t"]):
+            self.frames.append((info["t"], info["x"][: self.num_images].float().cpu().clone()))
+            x0 = info["x0_pred"][: self.num_images].float().cpu().clone()
+            self.x0_frames.append((info["t"], x0))
