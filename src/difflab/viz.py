@@ -1,0 +1,390 @@
+"""Every picture difflab makes, and the run report.
+
+Images come in as float NCHW batches in [-1, 1] (PyTorch tensors or NumPy arrays, C = 1 or 3)
+and are turned into uint8 RGB grids with Pillow; plots use matplotlib's object API with the Agg
+canvas (no pyplot, so no global figure state); GIFs are written with imageio. Every file is
+written through ``difflab.io.atomic_path``, so it appears whole or not at all, and every function
+returns the ``Path`` it wrote.
+
+Timestep labels follow ``difflab.schedules``: ``t`` is the code index ``0 .. T-1`` (the paper's
+step ``t + 1``); ``t = -1`` in a trajectory stands for the final sample, labelled ``x0``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from difflab.diffusion import q_sample
+from difflab.io import atomic_path, write_text_atomic
+from difflab.schedules import Schedule, scaled_timesteps
+
+PathLike = str | os.PathLike[str]
+
+FORWARD_TIMESTEPS = [0, 50, 100, 200, 400, 600, 800, 999]  # for T = 1000; scaled to other T
+CELL_MIN_PX = 64  # labelled grids upscale each image to at least this many pixels wide
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays: [-1, 1] floats -> uint8 grids
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_numpy(images: Any) -> np.ndarray:
+    """A float NCHW batch as a float32 NumPy array (tensors detached, moved to the CPU)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()  # .float(): NumPy has no bfloat16
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, C, H, W) with C = 1 or 3, got shape {x.shape}")
+    return x
+
+
+def to_uint8(images: Any) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, 3) uint8.
+
+    Pixel = round((x + 1) * 127.5) clipped to [0, 255], rounding half to even: -1 -> 0,
+    0 -> 128, 1 -> 255. NaN shows as 0 (mid-grey 128). Grey images are repeated to 3 channels.
+    """
+    x = np.nan_to_num(_as_numpy(images), nan=0.0)
+    pixels = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)  # (N, C, H, W)
+    pixels = pixels.transpose(0, 2, 3, 1)  # (N, H, W, C)
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)  # (N, H, W, 3)
+    return pixels
+
+
+def make_grid(
+    images: Any, nrow: int | None = None, padding: int = 1, pad_value: int = 0
+) -> np.ndarray:
+    """Tile a batch into one (H_grid, W_grid, 3) uint8 image, ``nrow`` images per row.
+
+    ``nrow`` defaults to ceil(sqrt(N)); a batch smaller than ``nrow`` gives one row of N images.
+    ``padding`` pixels of ``pad_value`` lie between the images and around the edge, so with
+    ``cols = min(nrow, N)`` and ``rows = ceil(N / cols)`` the grid is
+    ``(rows * (H + padding) + padding, cols * (W + padding) + padding, 3)``.
+    """
+    pixels = to_uint8(images)  # (N, H, W, 3)
+    n, h, w, _ = pixels.shape
+    if n == 0:
+        raise ValueError("make_grid needs at least one image, got an empty batch")
+    if nrow is None:
+        nrow = math.ceil(math.sqrt(n))
+    if nrow < 1 or padding < 0 or not 0 <= pad_value <= 255:
+        raise ValueError(
+            f"expected nrow >= 1, padding >= 0 and pad_value in 0..255, "
+            f"got nrow={nrow}, padding={padding}, pad_value={pad_value}"
+        )
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    grid = np.full(
+        (rows * (h + padding) + padding, cols * (w + padding) + padding, 3), pad_value, np.uint8
+    )
+    for i in range(n):
+        top = padding + (i // cols) * (h + padding)
+        left = padding + (i % cols) * (w + padding)
+        grid[top : top + h, left : left + w] = pixels[i]
+    return grid
+
+
+def _upscale(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an (H, W, 3) image by an integer factor."""
+    return pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _scale_for(width: int, min_width: int) -> int:
+    """The smallest integer factor that makes ``width`` at least ``min_width``."""
+    return max(1, math.ceil(min_width / width))
+
+
+def _save_png(pixels: np.ndarray, path: PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_grid(images: Any, path: PathLike, *, nrow: int | None = None, min_width: int = 384) -> Path:
+    """Save a batch as a PNG grid, upscaled (nearest, integer factor) to at least ``min_width`` px."""
+    grid = make_grid(images, nrow=nrow)
+    return _save_png(_upscale(grid, _scale_for(grid.shape[1], min_width)), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Labelled grids: forward process and denoising trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the small bitmap font
+        return ImageFont.load_default()
+
+
+def _labelled_grid(cells: np.ndarray, headers: Sequence[str], padding: int = 4) -> np.ndarray:
+    """Lay out (rows, cols, C, H, W) images in [-1, 1] on white, with a text header per column.
+
+    Each image is upscaled (nearest) by an integer factor to at least ``CELL_MIN_PX`` wide.
+    """
+    rows, cols, c, h, w = cells.shape
+    assert len(headers) == cols
+    pixels = to_uint8(cells.reshape(rows * cols, c, h, w))  # (rows * cols, H, W, 3)
+    scale = _scale_for(w, CELL_MIN_PX)
+    cell_h, cell_w = h * scale, w * scale
+    font = _font(max(11, min(16, cell_w // 5)))
+    header_h = font.getbbox("t=0123456789x")[3] + 2 * padding
+
+    width = cols * (cell_w + padding) + padding
+    height = header_h + rows * (cell_h + padding)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(headers):
+        center_x = padding + j * (cell_w + padding) + cell_w // 2
+        draw.text((center_x, header_h // 2), text, fill="black", font=font, anchor="mm")
+    for i in range(rows):
+        for j in range(cols):
+            cell = Image.fromarray(_upscale(pixels[i * cols + j], scale))
+            canvas.paste(cell, (padding + j * (cell_w + padding), header_h + i * (cell_h + padding)))
+    return np.asarray(canvas)
+
+
+def forward_process_cells(
+    x0: Any, schedule: Schedule, timesteps: Sequence[int], generator: np.random.Generator
+) -> np.ndarray:
+    """q_sample(x0, t, eps) for each t: (N, len(timesteps), C, H, W), one eps per image for all t."""
+    x0 = _as_numpy(x0).astype(np.float64)  # (N, C, H, W)
+    num_timesteps = schedule.num_timesteps
+    for t in timesteps:
+        if not 0 <= t < num_timesteps:
+            raise ValueError(f"timestep {t} is outside 0..{num_timesteps - 1} for this schedule")
+    eps = generator.standard_normal(x0.shape)  # (N, C, H, W)
+    columns = [q_sample(x0, np.full(len(x0), t), eps, schedule) for t in timesteps]
+    return np.stack(columns, axis=1)  # (N, K, C, H, W)
+
+
+def save_forward_process_grid(
+    x0: Any,
+    schedule: Schedule,
+    path: PathLike,
+    *,
+    timesteps: Sequence[int] | None = None,
+    generator: np.random.Generator,
+) -> Path:
+    """PNG of the forward process: one row per image, one column per ``t`` (header ``t=...``).
+
+    Column ``t`` is q(x_t | x_0) (Ho et al. Eq. 4); ``t = 0`` is the paper's x_1, almost the
+    data. Default columns: t = 0, 50, 100, 200, 400, 600, 800, 999 scaled to the schedule's T.
+    """
+    if timesteps is None:
+        timesteps = scaled_timesteps(FORWARD_TIMESTEPS, schedule.num_timesteps)
+    cells = forward_process_cells(x0, schedule, timesteps, generator)
+    return _save_png(_labelled_grid(cells, [f"t={t}" for t in timesteps]), path)
+
+
+def save_trajectory_grid(
+    frames: Sequence[tuple[int, Any]], path: PathLike, *, num_images: int = 8
+) -> Path:
+    """PNG of a denoising trajectory: rows = the first ``num_images`` images, columns = frames.
+
+    ``frames`` is ``[(t, x_t batch), ...]`` in recording order; ``t = -1`` marks the final
+    sample (header ``x0``), any other ``t`` is labelled ``t=...``.
+    """
+    if not frames:
+        raise ValueError("save_trajectory_grid needs at least one (t, images) frame")
+    batches = [_as_numpy(images)[:num_images] for _, images in frames]  # each (n, C, H, W)
+    cells = np.stack(batches, axis=1)  # (n, frames, C, H, W)
+    headers = ["x0" if t == -1 else f"t={t}" for t, _ in frames]
+    return _save_png(_labelled_grid(cells, headers), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# GIFs
+# ---------------------------------------------------------------------------------------------
+
+
+def save_gif(
+    frames: Sequence[Any],
+    path: PathLike,
+    *,
+    nrow: int | None = None,
+    duration: float = 0.08,
+    final_hold: int = 10,
+    min_width: int = 384,
+) -> Path:
+    """Animated, looping GIF: each frame (a batch) becomes a grid upscaled like ``save_grid``.
+
+    Each frame shows for ``duration`` seconds and the last for ``final_hold`` times as long. The
+    hold is one long frame, not repeated copies (Pillow merges identical frames anyway), so the
+    file has ``len(frames)`` frames, fewer if consecutive frames are identical.
+    """
+    if not frames:
+        raise ValueError("save_gif needs at least one frame")
+    if duration <= 0 or final_hold < 1:
+        raise ValueError(
+            f"expected duration > 0 and final_hold >= 1, got {duration} and {final_hold}"
+        )
+    grids = [make_grid(images, nrow=nrow) for images in frames]
+    scale = _scale_for(grids[0].shape[1], min_width)
+    stack = np.stack([_upscale(grid, scale) for grid in grids])  # (F, H, W, 3)
+    ms = round(duration * 1000)
+    durations = [ms] * (len(grids) - 1) + [ms * final_hold]
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, stack, extension=".gif", duration=durations, loop=0)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+
+
+def _save_figure(fig: Figure, path: PathLike) -> Path:
+    FigureCanvasAgg(fig)  # attach an Agg canvas: no pyplot, nothing global to close
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return Path(path)
+
+
+def plot_alpha_bar(schedules: Sequence[Schedule], path: PathLike) -> Path:
+    """PNG of alpha_bar_t (solid) and sqrt(alpha_bar_t) (dashed) against t for each schedule."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for i, schedule in enumerate(schedules):
+        color = f"C{i}"
+        t = np.arange(schedule.num_timesteps)
+        label = f"{schedule.name} (T={schedule.num_timesteps})"
+        ax.plot(t, schedule.alpha_bar, color=color, label=rf"{label}: $\bar\alpha_t$")
+        ax.plot(
+            t,
+            schedule.sqrt_alpha_bar,
+            color=color,
+            linestyle="--",
+            label=rf"{label}: $\sqrt{{\bar\alpha_t}}$",
+        )
+    ax.set_xlabel("t (code index 0 .. T-1 = paper step t+1)")
+    ax.set_ylabel(r"$\bar\alpha_t$ (signal kept)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Noise schedules")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+def plot_loss(
+    steps: Sequence[int], losses: Sequence[float], path: PathLike, *, window: int = 100
+) -> Path:
+    """PNG of the training loss: raw values faint, moving average bold, log y axis.
+
+    The moving average uses ``min(window, len(losses))`` points. The y axis is linear instead
+    of log if any loss is <= 0.
+    """
+    steps_arr = np.asarray(steps, dtype=np.float64)
+    loss_arr = np.asarray(losses, dtype=np.float64)
+    if len(loss_arr) == 0 or steps_arr.shape != loss_arr.shape:
+        raise ValueError(
+            f"steps and losses must be non-empty and of equal length, "
+            f"got {len(steps_arr)} and {len(loss_arr)}"
+        )
+    window = max(1, min(window, len(loss_arr)))
+    smooth = np.convolve(loss_arr, np.ones(window) / window, mode="valid")
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(steps_arr, loss_arr, color="C0", alpha=0.3, linewidth=0.8, label="loss")
+    ax.plot(
+        steps_arr[window - 1 :], smooth, color="C0", linewidth=2, label=f"moving average ({window})"
+    )
+    if np.all(loss_arr[np.isfinite(loss_arr)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run report
+# ---------------------------------------------------------------------------------------------
+
+_REPORT_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.4; }
+table { border-collapse: collapse; margin-bottom: 1.5rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.8rem; text-align: left; }
+th { background: #f3f3f3; }
+figure { margin: 0 0 1.5rem 0; }
+figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
+figcaption { font-weight: 600; margin-bottom: 0.4rem; }
+pre { background: #f6f6f6; padding: 1rem; overflow-x: auto; }
+"""
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_report(
+    run_dir: PathLike,
+    *,
+    title: str,
+    summary: dict[str, Any],
+    images: Sequence[tuple[str, str]],
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``run_dir/report.html``: title, summary table, captioned images, config as JSON.
+
+    ``images`` are ``(caption, path)`` pairs; paths are written relative to ``run_dir`` (an
+    absolute path inside ``run_dir`` is made relative), so the folder can be moved or zipped.
+    The page has its CSS inline and needs nothing else; all text is HTML-escaped.
+    """
+    run_dir = Path(run_dir)
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title>",
+        f"<style>{_REPORT_CSS}</style>",
+        "</head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
+    if summary:
+        parts.append("<h2>Summary</h2><table>")
+        parts += [
+            f"<tr><th>{esc(str(key))}</th><td>{esc(_format_value(value))}</td></tr>"
+            for key, value in summary.items()
+        ]
+        parts.append("</table>")
+    if images:
+        parts.append("<h2>Images</h2>")
+    for caption, image_path in images:
+        rel = Path(image_path)
+        if rel.is_absolute():
+            rel = Path(os.path.relpath(rel, run_dir))
+        src = quote(rel.as_posix())
+        parts.append(
+            f'<figure><figcaption>{esc(caption)}</figcaption><img src="{esc(src)}" '
+            f'alt="{esc(caption)}"></figure>'
+        )
+    if config is not None:
+        config_json = json.dumps(config, indent=2, default=str)
+        parts.append(f"<h2>Configuration</h2><pre>{esc(config_json)}</pre>")
+    parts.append("</body></html>")
+    return write_text_atomic(run_dir / "report.html", "\n".join(parts) + "\n")
