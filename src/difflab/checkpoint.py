@@ -106,11 +106,13 @@ def _read_metadata(path: Path) -> dict[str, str]:
             raise ValueError(f"checkpoint {path} is empty or truncated")
         size = int.from_bytes(header, "little")
         if size <= 0 or size > 100_000_000:
-            raise ValueError(f"checkpoint {path} is not a safetensors file (bad header size)")
+            raise ValueError(f"checkpoint {path} is corrupt or not a safetensors file (bad header)")
         try:
             header_json = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"checkpoint {path} is not a safetensors file ({err})") from err
+            raise ValueError(
+                f"checkpoint {path} is corrupt or truncated, or not a safetensors file ({err})"
+            ) from err
     return header_json.get("__metadata__") or {}
 
 

@@ -97,6 +97,7 @@ def prepare_run(
     from difflab.config import default_model_config
 
     diffusion_cfg.validate()
+    make_schedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)  # fail early on a bad T
     dataset = load_dataset(
         train_cfg.data,
         data_dir=train_cfg.data_dir,
@@ -285,14 +286,16 @@ def train(
             window.append(loss_value)
             bar.set_postfix(loss=f"{np.mean(window[-50:]):.4f}", lr=f"{lr:.1e}", refresh=False)
             bar.update()
-            if step % cfg.log_every == 0:
+            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            end_of_epoch = batch_in_epoch == len(batches)
+            if step % cfg.log_every == 0 or out_of_time or end_of_epoch:
+                since_log = (step - 1) % cfg.log_every + 1  # steps since the last line
                 _log(metrics, {
                     "step": step, "epoch": epoch + batch_in_epoch / len(batches),
-                    "loss": float(np.mean(window[-cfg.log_every:])), "lr": lr,
+                    "loss": float(np.mean(window[-since_log:])), "lr": lr,
                     "grad_norm": grad_norm, "elapsed_s": round(elapsed, 2),
                 })  # fmt: skip
-            if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
-                out_of_time = True
+            if out_of_time:
                 break
         bar.close()
         if out_of_time:

@@ -161,7 +161,8 @@ class UNet(nn.Module):
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Time embedding through the MLP, plus the label embedding; shape (B, 4 * base)."""
-        emb = self.time_out(F.silu(self.time_in(timestep_embedding(t, self.config.base_channels))))
+        sinusoid = timestep_embedding(t, self.config.base_channels).to(self.time_in.weight.dtype)
+        emb = self.time_out(F.silu(self.time_in(sinusoid)))  # (B, E)
         if self.label_emb is not None:
             if y is None:  # unconditional call of a conditional model: use the null label
                 y = torch.full_like(t, self.config.num_classes)

@@ -1,0 +1,135 @@
+"""The command line end to end: a tiny train -> checkpoint -> sample round trip, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from difflab.cli import main
+
+TINY = [
+    "--data", "emoji", "--num-images", "64", "--epochs", "2", "--batch-size", "32",
+    "--timesteps", "50", "--base-channels", "8", "--channel-mults", "1,2", "--no-progress",
+    "--preview-steps", "5", "--sample-every", "1", "--seed", "3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def decode(path):
+    with Image.open(path) as img:
+        img.load()
+        return img
+
+
+def test_train_writes_the_run_directory(tiny_run, capsys):
+    for name in ["config.json", "metrics.jsonl", "training_loss.png", "forward_process.png",
+                 "model_final.safetensors", "report.html", "samples/epoch_001.png",
+                 "samples/epoch_002.png", "checkpoints/epoch_001.safetensors",
+                 "checkpoints/epoch_002.safetensors"]:  # fmt: skip
+        assert (tiny_run / name).is_file(), name
+    for png in ["training_loss.png", "forward_process.png", "samples/epoch_002.png"]:
+        assert decode(tiny_run / png).size[0] > 100
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["diffusion"]["timesteps"] == 50 and config["model"]["base_channels"] == 8
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch_end"] for r in records if "epoch_end" in r] == [1, 2]
+    assert all(r["loss"] > 0 for r in records if "loss" in r)
+    html = (tiny_run / "report.html").read_text()
+    assert "samples/epoch_002.png" in html and "training_loss.png" in html
+
+
+def test_sample_round_trip_is_reproducible(tiny_run, tmp_path, capsys):
+    ckpt = str(tiny_run / "model_final.safetensors")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    args = ["sample", "--checkpoint", ckpt, "--num-images", "6", "--seed", "5", "--sampler"]
+    assert main([*args, "ddpm", "--out", str(a), "--show-intermediate"]) == 0
+    assert main([*args, "ddpm", "--out", str(b)]) == 0
+    assert a.read_bytes() == b.read_bytes()  # same seed, same images
+    assert decode(a).size == decode(b).size
+    assert decode(tmp_path / "a_intermediate.png").size[0] > decode(a).size[0]
+    c = tmp_path / "c.png"
+    assert main([*args, "ddim", "--steps", "10", "--out", str(c)]) == 0
+    assert c.read_bytes() != a.read_bytes()
+
+
+def test_visualize(tmp_path):
+    assert main(["visualize", "--data", "shapes", "--timesteps", "200", "--out", str(tmp_path)]) == 0
+    grid = decode(tmp_path / "forward_process.png")
+    assert grid.size[0] > grid.size[1]  # 8 columns of t, 6 rows of images
+    decode(tmp_path / "schedules.png")
+
+
+def test_resume_continues_to_more_epochs(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--no-progress"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch_end"] for r in records if "epoch_end" in r] == [1, 2, 3]
+    assert (run / "checkpoints/epoch_003.safetensors").is_file()
+
+
+def one_line_error(capsys, argv, match):
+    code = main(argv) if argv[0] != "--" else None
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (code, err)
+    assert len(err.splitlines()) == 1, err
+    assert match in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys):
+    ckpt = str(tiny_run / "model_final.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes((tiny_run / "model_final.safetensors").read_bytes()[:1000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["train", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere")], "--data-dir"),
+        (["train", "--data", "folder", "--data-dir", str(empty)], str(empty)),
+        (["train", "--data", "mnst"], "invalid choice: 'mnst'"),
+        (["train", "--epochs", "0"], "expected a positive integer, got 0"),
+        (["train", "--lr", "fast"], "invalid positive number value: 'fast'"),
+        (["train", "--schedule", "quadratic"], "invalid choice: 'quadratic'"),
+        (["train", "--data", "shapes", "--channel-mults", "1,2,2,2,2,2", "--out", str(tmp_path / "x")],
+         "cannot be halved"),
+        (["train", "--data", "emoji", "--timesteps", "10"], "at least 21 timesteps"),
+        (["train", "--out", str(tiny_run), *TINY[:2]], "already holds a run"),
+        (["sample", "--checkpoint", str(corrupt)], "corrupt or truncated"),
+        (["sample", "--checkpoint", str(tmp_path / "missing.safetensors")], "does not exist"),
+        (["sample", "--checkpoint", ckpt, "--steps", "51"], "exceeds the model's 50 timesteps"),
+        (["sample", "--checkpoint", ckpt, "--steps", "0"], "expected a positive integer, got 0"),
+        (["sample", "--checkpoint", ckpt, "--sampler", "euler"], "invalid choice: 'euler'"),
+        (["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "x.jpg")], "must end in .png"),
+        (["sample", "--checkpoint", ckpt, "--eta", "2", "--sampler", "ddim"], "eta must lie"),
+    ]  # fmt: skip
+    for argv, match in cases:
+        try:
+            one_line_error(capsys, argv, match)
+        except SystemExit as exit_:  # argparse exits by itself
+            err = capsys.readouterr().err.strip()
+            assert exit_.code == 2 and len(err.splitlines()) == 1 and match in err, (argv, err)
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "difflab", "train", "--data", "mnist", "--data-dir",
+         str(tmp_path), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "--data-dir" in result.stderr
+    assert not (tmp_path / "run").exists()
