@@ -43,7 +43,9 @@ def test_to_uint8_grey_repeated_rgb_kept():
 def test_to_uint8_torch_and_numpy_agree():
     x = torch.rand(3, 3, 6, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
     np.testing.assert_array_equal(viz.to_uint8(x), viz.to_uint8(x.numpy()))
-    np.testing.assert_array_equal(viz.to_uint8(x.requires_grad_()), viz.to_uint8(x.detach().numpy()))
+    np.testing.assert_array_equal(
+        viz.to_uint8(x.requires_grad_()), viz.to_uint8(x.detach().numpy())
+    )
 
 
 def test_to_uint8_rejects_bad_shapes():

@@ -65,7 +65,9 @@ def int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip() != "")
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
 
 
 positive_int.__name__ = "positive integer"
@@ -75,7 +77,9 @@ int_tuple.__name__ = "list of integers"
 
 
 def add_data_flags(p: argparse.ArgumentParser, default: str = "emoji") -> None:
-    p.add_argument("--data", default=default, choices=DATASETS, help="dataset (default: %(default)s)")
+    p.add_argument(
+        "--data", default=default, choices=DATASETS, help="dataset (default: %(default)s)"
+    )
     p.add_argument(
         "--data-dir",
         help="folder with the dataset's files (mnist / fashion-mnist: IDX .gz files; cifar10: "
@@ -83,7 +87,9 @@ def add_data_flags(p: argparse.ArgumentParser, default: str = "emoji") -> None:
         "downloading when online",
     )
     p.add_argument(
-        "--image-size", type=positive_int, help="resize images to this size (folder, mnist, cifar10)"
+        "--image-size",
+        type=positive_int,
+        help="resize images to this size (folder, mnist, cifar10)",
     )
 
 
@@ -109,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
 
     # visualize ------------------------------------------------------------------------------
-    p = command("visualize", "Pictures of the forward process: images dissolving into noise, and the schedules.")
+    p = command(
+        "visualize",
+        "Pictures of the forward process: images dissolving into noise, and the schedules.",
+    )
     add_data_flags(p)
     add_diffusion_flags(p)
     p.add_argument("--num-images", type=positive_int, default=6, help="rows of the grid")
@@ -135,17 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every, help="epochs")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, help="epochs")
+    p.add_argument(
+        "--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, help="epochs"
+    )
     p.add_argument("--keep-checkpoints", type=positive_int, default=d.keep_checkpoints)
     p.add_argument("--preview-sampler", default=d.preview_sampler, choices=SAMPLERS)
     p.add_argument("--preview-steps", type=positive_int, default=d.preview_steps)
     p.add_argument("--num-images", type=positive_int, help="train on the first N images only")
     p.add_argument("--base-channels", type=positive_int, help="U-Net width (default: by data)")
     p.add_argument("--channel-mults", type=int_tuple, help="e.g. 1,2,4 (default: by data)")
-    p.add_argument("--num-res-blocks", type=positive_int, help="blocks per level (default: by data)")
+    p.add_argument(
+        "--num-res-blocks", type=positive_int, help="blocks per level (default: by data)"
+    )
     p.add_argument("--attention-levels", type=int_tuple, help="e.g. 2 (default: none)")
     p.add_argument("--dropout", type=float, help="dropout in residual blocks (default 0)")
     p.add_argument("--conditional", action="store_true", help="learn a label embedding (classes)")
+    p.add_argument(
+        "--backend", default="torch", choices=("torch", "numpy"),
+        help="torch, or the from-scratch NumPy U-Net (CPU, no autograd)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="run directory (default: runs/<data>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -158,11 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     p.add_argument("--steps", type=positive_int, help="sampling steps (default: T for ddpm)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like")
-    p.add_argument("--variance", default="beta", choices=("beta", "beta_tilde"), help="DDPM sigma^2")
+    p.add_argument(
+        "--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like"
+    )
+    p.add_argument(
+        "--variance", default="beta", choices=("beta", "beta_tilde"), help="DDPM sigma^2"
+    )
     p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
     p.add_argument("--show-intermediate", action="store_true", help="also a grid of x_t per step")
     p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
+    p.add_argument(
+        "--backend", default="torch", choices=("torch", "numpy"),
+        help="run the network in PyTorch or in the from-scratch NumPy U-Net",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="samples.png", help="output PNG")
 
@@ -187,7 +212,9 @@ def cmd_visualize(args: argparse.Namespace) -> None:
     schedule = make_schedule(args.schedule, args.timesteps)
     out = Path(args.out)
     rng = np.random.default_rng(args.seed)
-    pick = rng.choice(dataset.num_images, size=min(args.num_images, dataset.num_images), replace=False)
+    pick = rng.choice(
+        dataset.num_images, size=min(args.num_images, dataset.num_images), replace=False
+    )
     paths = [
         viz.save_forward_process_grid(
             dataset.images[np.sort(pick)], schedule, out / "forward_process.png", generator=rng
@@ -239,10 +266,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         )  # fmt: skip
         config, dataset = prepare_run(
             _train_config(args), diffusion, overrides, image_size=args.image_size,
-            conditional=args.conditional, num_images=args.num_images,
+            conditional=args.conditional, num_images=args.num_images, backend=args.backend,
         )  # fmt: skip
         out = Path(args.out or f"runs/{args.data}")
-        result = train(config, dataset, out, overwrite=args.overwrite, progress=not args.no_progress)
+        result = train(
+            config, dataset, out, overwrite=args.overwrite, progress=not args.no_progress
+        )
     print(
         f"trained {result.steps} steps ({result.minutes:.1f} min); loss {result.first_loss:.4f} -> "
         f"{result.last_loss:.4f}; run directory {result.run_dir} (open report.html)"
@@ -250,11 +279,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_model(
+        args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend
+    )
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out} must end in .png")
-    sampler_steps = args.steps or (loaded.schedule.num_timesteps if args.sampler == "ddpm" else None)
+    sampler_steps = args.steps or (
+        loaded.schedule.num_timesteps if args.sampler == "ddpm" else None
+    )
     steps = sampler_steps or {"ddim": 50, "dpmpp-2m": 20}[args.sampler]
     # Validates the step count before any work, with the same message the sampler would give.
     seq = timestep_sequence(loaded.schedule.num_timesteps, steps)
@@ -294,7 +327,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     loaded = load_model(out / "model_final.safetensors", "cpu")
     schedule = loaded.schedule
-    viz.plot_alpha_bar([make_schedule(n, schedule.num_timesteps) for n in SCHEDULES], out / "schedules.png")
+    viz.plot_alpha_bar(
+        [make_schedule(n, schedule.num_timesteps) for n in SCHEDULES], out / "schedules.png"
+    )
     shown = set(range(schedule.num_timesteps - 1, -1, -100)) | {0}
     recorder = TrajectoryRecorder(lambda i, t: t in shown, num_images=8)
     gif_frames: list[torch.Tensor] = []

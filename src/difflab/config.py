@@ -23,7 +23,11 @@ class ModelConfig:
     image_size: int = 28  # height = width of the images, in pixels
     in_channels: int = 1  # 1 for grey images, 3 for RGB
     base_channels: int = 32  # channels at full resolution; also the time-embedding input size
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # channels per level = base * mult; one level per entry
+    channel_mults: tuple[int, ...] = (
+        1,
+        2,
+        2,
+    )  # channels per level = base * mult; one level per entry
     num_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
     attention_levels: tuple[int, ...] = ()  # levels (0 = full resolution) with self-attention
     mid_attention: bool = True  # self-attention in the bottleneck (lowest resolution, cheap)
@@ -48,7 +52,9 @@ class ModelConfig:
                     f"{self.norm_groups} GroupNorm groups"
                 )
         if any(level < 0 or level >= levels for level in self.attention_levels):
-            raise ValueError(f"attention_levels {self.attention_levels} must lie in 0..{levels - 1}")
+            raise ValueError(
+                f"attention_levels {self.attention_levels} must lie in 0..{levels - 1}"
+            )
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
 
@@ -64,7 +70,9 @@ class DiffusionConfig:
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}"
+            )
         if self.prediction not in PREDICTIONS:
             raise ValueError(
                 f"unknown prediction {self.prediction!r}; expected one of {', '.join(PREDICTIONS)}"
@@ -81,8 +89,8 @@ class TrainConfig:
     data_dir: str | None = None  # where mnist / fashion-mnist / cifar10 files or a folder lie
     epochs: int = 20  # passes over the training set
     max_minutes: float | None = None  # stop after this much wall time (checked every step)
-    batch_size: int = 128  # images per optimisation step
-    lr: float = 2e-4  # peak Adam learning rate
+    batch_size: int = 64  # images per optimisation step (the tutorials' 128 halves the steps)
+    lr: float = 1e-3  # peak AdamW learning rate (the tutorials' 2e-4 is slow on a CPU budget)
     warmup_steps: int = 100  # linear learning-rate warm-up from 0
     lr_decay: str = "constant"  # after warm-up: constant or cosine (to 10% of lr at the end)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
@@ -95,8 +103,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # write a checkpoint every N epochs; 0 = only at the end
     keep_checkpoints: int = 3  # keep the newest N checkpoints
     num_preview: int = 64  # images in each preview grid
-    preview_sampler: str = "ddim"  # sampler for previews (ddpm is exact but slow)
-    preview_steps: int = 50  # sampler steps for previews
+    preview_sampler: str = "ddpm"  # sampler for previews; stochastic ones forgive young models
+    preview_steps: int = 100  # sampler steps for previews (respaced DDPM)
     log_every: int = 10  # write a metrics.jsonl line every N steps
 
 
@@ -162,4 +170,6 @@ def default_model_config(
     while image_size % 2 ** (levels - 1):
         levels -= 1
     shape["channel_mults"] = shape["channel_mults"][:levels]
-    return ModelConfig(image_size=image_size, in_channels=in_channels, num_classes=num_classes, **shape)
+    return ModelConfig(
+        image_size=image_size, in_channels=in_channels, num_classes=num_classes, **shape
+    )

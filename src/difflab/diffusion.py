@@ -49,18 +49,20 @@ def q_step(x_prev: Array, t: torch.Tensor | np.ndarray, eps: Array, schedule: Sc
 
     ``x_prev`` is the data for t = 0 and the sample at t - 1 otherwise.
     """
-    return coef(np.sqrt(schedule.alphas), t, x_prev) * x_prev + coef(
-        np.sqrt(schedule.betas), t, x_prev
-    ) * eps
+    return (
+        coef(np.sqrt(schedule.alphas), t, x_prev) * x_prev
+        + coef(np.sqrt(schedule.betas), t, x_prev) * eps
+    )
 
 
 def q_posterior(
     x0: Array, x_t: Array, t: torch.Tensor | np.ndarray, schedule: Schedule
 ) -> tuple[Array, Array]:
     """Ho et al. 2020, Eqs. 6-7: mean and variance of q(x_{t-1} | x_t, x_0)."""
-    mean = coef(schedule.posterior_mean_coef_x0, t, x_t) * x0 + coef(
-        schedule.posterior_mean_coef_xt, t, x_t
-    ) * x_t
+    mean = (
+        coef(schedule.posterior_mean_coef_x0, t, x_t) * x0
+        + coef(schedule.posterior_mean_coef_xt, t, x_t) * x_t
+    )
     return mean, coef(schedule.posterior_variance, t, x_t)
 
 
@@ -85,23 +87,26 @@ def eps_from_x0(x_t: Array, t: torch.Tensor | np.ndarray, x0: Array, schedule: S
 
 def v_from_x0_eps(x0: Array, t: torch.Tensor | np.ndarray, eps: Array, schedule: Schedule) -> Array:
     """Salimans & Ho 2022, Sec. 4: v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0."""
-    return coef(schedule.sqrt_alpha_bar, t, x0) * eps - coef(
-        schedule.sqrt_one_minus_alpha_bar, t, x0
-    ) * x0
+    return (
+        coef(schedule.sqrt_alpha_bar, t, x0) * eps
+        - coef(schedule.sqrt_one_minus_alpha_bar, t, x0) * x0
+    )
 
 
 def x0_from_v(x_t: Array, t: torch.Tensor | np.ndarray, v: Array, schedule: Schedule) -> Array:
     """Salimans & Ho 2022: x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v."""
-    return coef(schedule.sqrt_alpha_bar, t, x_t) * x_t - coef(
-        schedule.sqrt_one_minus_alpha_bar, t, x_t
-    ) * v
+    return (
+        coef(schedule.sqrt_alpha_bar, t, x_t) * x_t
+        - coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) * v
+    )
 
 
 def eps_from_v(x_t: Array, t: torch.Tensor | np.ndarray, v: Array, schedule: Schedule) -> Array:
     """Salimans & Ho 2022: eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v."""
-    return coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) * x_t + coef(
-        schedule.sqrt_alpha_bar, t, x_t
-    ) * v
+    return (
+        coef(schedule.sqrt_one_minus_alpha_bar, t, x_t) * x_t
+        + coef(schedule.sqrt_alpha_bar, t, x_t) * v
+    )
 
 
 def eps_and_x0(

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into
+from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, numpy_weights
 from difflab.config import RunConfig
 from difflab.models.unet import UNet
+from difflab.nn_numpy import NumpyUNet
 from difflab.samplers import SAMPLERS, make_denoiser, sample
 from difflab.schedules import Schedule, make_schedule
 
@@ -30,7 +32,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from err
+        raise ValueError(
+            f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps"
+        ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available here")
     return device
@@ -40,29 +44,48 @@ def pick_device(name: str = "auto") -> torch.device:
 class LoadedModel:
     """A network ready to sample, with the configuration and schedule it was trained with."""
 
-    model: UNet
+    model: UNet | NumpyUNet
     config: RunConfig
     schedule: Schedule
     device: torch.device
 
 
 def load_model(
-    checkpoint: str | os.PathLike[str] | Checkpoint, device: str = "auto", *, ema: bool = True
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    device: str = "auto",
+    *,
+    ema: bool = True,
+    backend: str = "torch",
 ) -> LoadedModel:
-    """Build the U-Net stored in a checkpoint and load its (EMA) weights; eval mode."""
+    """Build the U-Net stored in a checkpoint, in either backend, and load its (EMA) weights.
+
+    A checkpoint written by one backend loads into the other: both use the same names and shapes.
+    """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    dev = pick_device(device)
-    model = UNet(ckpt.config.model)
     weights = ckpt.sampling_weights if ema else ckpt.model
-    load_weights_into(model, weights, ckpt.path or "<memory>")
-    model.to(dev).eval()
+    source = ckpt.path or "<memory>"
+    model: UNet | NumpyUNet
+    if backend == "numpy":
+        dev = torch.device("cpu")
+        model = NumpyUNet(ckpt.config.model)
+        try:
+            model.load_state_dict(numpy_weights(weights))
+        except ValueError as err:
+            raise ValueError(f"checkpoint {source}: {err}") from err
+    elif backend == "torch":
+        dev = pick_device(device)
+        model = UNet(ckpt.config.model)
+        load_weights_into(model, weights, source)
+        model.to(dev).eval()
+    else:
+        raise ValueError(f"unknown backend {backend!r}; expected torch or numpy")
     schedule = make_schedule(ckpt.config.diffusion.schedule, ckpt.config.diffusion.timesteps)
     return LoadedModel(model=model, config=ckpt.config, schedule=schedule, device=dev)
 
 
 @torch.no_grad()
 def generate(
-    model: UNet,
+    model: UNet | NumpyUNet,
     config: RunConfig,
     schedule: Schedule,
     *,
@@ -77,39 +100,54 @@ def generate(
     callback: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> torch.Tensor:
-    """Draw ``num_images`` samples (float32 NCHW in [-1, 1], on the CPU).
+    """Draw ``num_images`` samples (float32 NCHW in [-1, 1], on the CPU) from either backend.
 
-    The initial noise and every sampler noise come from one ``torch.Generator`` seeded with
-    ``seed``, so the same seed, model and flags give the same images. The callback is called for
-    the first batch only (trajectory pictures need a few images, not thousands).
+    The initial noise and every sampler noise come from one generator seeded with ``seed``
+    (``torch.Generator`` for the PyTorch U-Net, ``np.random.Generator`` for the NumPy one), so the
+    same seed, model and flags give the same images. The callback is called for the first batch
+    only (trajectory pictures need a few images, not thousands).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if num_images < 1:
         raise ValueError(f"number of images must be >= 1, got {num_images}")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
     mc = config.model
-    was_training = model.training
-    model.eval()
+    if isinstance(model, NumpyUNet):
+        rng = np.random.default_rng(seed)
+        generator: Any = rng
+
+        def noise(n: int) -> Any:
+            return rng.standard_normal((n, mc.in_channels, mc.image_size, mc.image_size)).astype(
+                model.dtype
+            )
+    else:
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        was_training = model.training
+        model.eval()
+
+        def noise(n: int) -> Any:
+            shape = (n, mc.in_channels, mc.image_size, mc.image_size)
+            return torch.randn(shape, generator=generator, device=device)
+
     out = []
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
-        y = None if labels is None else labels[start : start + n].to(device)
+        y = None if labels is None else labels[start : start + n]
+        if y is not None:
+            y = y.numpy() if isinstance(model, NumpyUNet) else y.to(device)
 
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> torch.Tensor:
+        def model_fn(x_t: Any, t: Any, y: Any = y) -> Any:
             return model(x_t, t, y)
 
         denoiser = make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
-        x_T = torch.randn(
-            (n, mc.in_channels, mc.image_size, mc.image_size), generator=generator, device=device
-        )
         x = sample(
-            sampler, denoiser, x_T, schedule, steps=steps, eta=eta, generator=generator,
+            sampler, denoiser, noise(n), schedule, steps=steps, eta=eta, generator=generator,
             callback=callback if start == 0 else None, **options,
         )  # fmt: skip
-        out.append(x.float().clamp(-1, 1).cpu())
-    model.train(was_training)
+        out.append(torch.as_tensor(x).float().clamp(-1, 1).cpu())
+    if not isinstance(model, NumpyUNet):
+        model.train(was_training)
     return torch.cat(out)
 
 

@@ -123,7 +123,7 @@ def sample_ddpm(
         raise ValueError(f"unknown DDPM variance {variance!r}; expected beta or beta_tilde")
     seq = timestep_sequence(schedule.num_timesteps, steps or schedule.num_timesteps, spacing)
     for i, (t, ab_t, ab_prev) in enumerate(_alpha_bar_pairs(schedule, seq)):
-        eps, x0 = denoiser(x, _timesteps_like(x, t))
+        _, x0 = denoiser(x, _timesteps_like(x, t))
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "x0_pred": x0})
         beta = 1.0 - ab_t / ab_prev

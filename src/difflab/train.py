@@ -30,7 +30,7 @@ from difflab.diffusion import diffusion_loss
 from difflab.generate import generate, pick_device
 from difflab.io import write_text_atomic
 from difflab.models.unet import UNet, count_parameters
-from difflab.schedules import make_schedule
+from difflab.schedules import Schedule, make_schedule
 
 
 class TrainingError(RuntimeError):
@@ -92,6 +92,7 @@ def prepare_run(
     image_size: int | None = None,
     conditional: bool = False,
     num_images: int | None = None,
+    backend: str = "torch",
 ) -> tuple[RunConfig, ImageDataset]:
     """Load the data and fit the default U-Net for it (with any overrides) into a RunConfig."""
     from difflab.config import default_model_config
@@ -113,8 +114,9 @@ def prepare_run(
         model_cfg = replace(model_cfg, **model_overrides)
     model_cfg.validate()
     config = RunConfig(
-        model=model_cfg, diffusion=diffusion_cfg, train=train_cfg, class_names=dataset.class_names
-    )
+        model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
+        class_names=dataset.class_names, backend=backend,
+    )  # fmt: skip
     return config, dataset
 
 
@@ -159,6 +161,10 @@ def train(
     channels_last: bool = True,
 ) -> TrainResult:
     """Train a U-Net on ``dataset`` as ``config`` says, writing everything into ``out_dir``."""
+    if config.backend == "numpy":
+        if resume:
+            raise ValueError("--resume is available for the torch backend only")
+        return train_numpy(config, dataset, out_dir, overwrite=overwrite, progress=progress)
     cfg, out = config.train, Path(out_dir)
     if not resume:
         check_run_dir(out, overwrite)
@@ -264,7 +270,9 @@ def train(
             ).mean()  # fmt: skip
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
+                where = (
+                    f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
+                )
                 raise TrainingError(
                     f"loss became {loss_value} at step {step}; {where}. Lower --lr or check the data"
                 )
@@ -313,26 +321,159 @@ def train(
     name = f"epoch_{epoch:03d}" if batch_in_epoch == 0 else f"epoch_{epoch:03d}_step_{step:06d}"
     if saved_step != step:
         save(name, epoch_start_state if batch_in_epoch else data_gen.get_state())
-    save_checkpoint(out / "model_final.safetensors", config, model.state_dict(), ema=ema.state_dict())
-    final_grid = preview(name)
-    loss_steps, losses = _read_losses(metrics)
-    if losses:
-        viz.plot_loss(loss_steps, losses, out / "training_loss.png")
-    viz.save_forward_process_grid(
-        dataset.images[:8], schedule, out / "forward_process.png",
-        generator=np.random.default_rng(cfg.seed),
-    )  # fmt: skip
+    save_checkpoint(
+        out / "model_final.safetensors", config, model.state_dict(), ema=ema.state_dict()
+    )
     result = TrainResult(
         run_dir=out, steps=step, epochs_done=epoch, first_loss=first_loss, last_loss=last_loss,
         minutes=elapsed / 60, num_parameters=num_params,
     )  # fmt: skip
+    finish_run(config, dataset, schedule, result, preview(name))
+    return result
+
+
+def finish_run(
+    config: RunConfig,
+    dataset: ImageDataset,
+    schedule: Schedule,
+    result: TrainResult,
+    final_grid: Path,
+) -> None:
+    """The pictures and the report every run ends with, whichever backend trained it."""
+    out = result.run_dir
+    loss_steps, losses = _read_losses(out / "metrics.jsonl")
+    if losses:
+        viz.plot_loss(loss_steps, losses, out / "training_loss.png")
+    viz.save_forward_process_grid(
+        dataset.images[:8], schedule, out / "forward_process.png",
+        generator=np.random.default_rng(config.train.seed),
+    )  # fmt: skip
     write_run_report(out, config, result, final_grid)
+
+
+def train_numpy(
+    config: RunConfig,
+    dataset: ImageDataset,
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """The same loop for the from-scratch NumPy U-Net: no autograd, every gradient by hand.
+
+    lr -> batch -> loss and gradients (``nn_numpy.loss_and_grads``) -> clip -> AdamW step -> EMA
+    -> log -> preview / checkpoint. Checkpoints hold the same tensors as the PyTorch backend's
+    (weights and EMA weights), so either backend samples from them; resuming is PyTorch-only.
+    """
+    from difflab.nn_numpy import AdamW, NumpyUNet, clip_grad_norm, loss_and_grads
+
+    cfg, out = config.train, Path(out_dir)
+    check_run_dir(out, overwrite)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    write_text_atomic(out / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
+    metrics = out / "metrics.jsonl"
+
+    model = NumpyUNet(config.model, seed=cfg.seed)
+    ema = NumpyUNet(config.model, seed=cfg.seed)  # holds the moving average, used for sampling
+    params = {name: p for name, p, _ in model.named_parameters()}
+    ema_params = {name: p for name, p, _ in ema.named_parameters()}
+    optimizer = AdamW(model.named_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+    rng = np.random.default_rng(cfg.seed)  # data order, t, eps and label dropout
+    n = dataset.num_images
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    num_params = model.num_parameters()
+    print(
+        f"difflab train (numpy backend): {dataset.name} ({n} images), U-Net with "
+        f"{num_params:,} parameters, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+    )
+
+    def tensors(m: NumpyUNet) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in m.state_dict().items()}
+
+    def preview(name: str) -> Path:
+        x = generate(
+            ema, config, schedule, num_images=cfg.num_preview, seed=cfg.seed,
+            sampler=cfg.preview_sampler, steps=cfg.preview_steps,
+        )  # fmt: skip
+        return viz.save_grid(x, out / "samples" / f"{name}.png")
+
+    step, epoch, elapsed, out_of_time = 0, 0, 0.0, False
+    first_loss, last_loss = math.nan, math.nan
+    while epoch < cfg.epochs:
+        batches = np.array_split(rng.permutation(n), steps_per_epoch)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        losses: list[float] = []
+        for idx in bar:
+            t0 = time.perf_counter()
+            optimizer.lr = lr_at(step, cfg, total_steps)
+            x0 = dataset.images[idx]  # (B, C, H, W) float32
+            t = rng.integers(0, schedule.num_timesteps, len(idx))
+            eps = rng.standard_normal(x0.shape).astype(np.float32)
+            y = None
+            if config.model.num_classes > 0:
+                drop = rng.random(len(idx)) < cfg.label_dropout
+                y = np.where(drop, config.model.num_classes, dataset.labels[idx])
+            model.zero_grad()
+            per_sample = loss_and_grads(
+                model, x0, t, eps, schedule, config.diffusion.prediction, y,
+                config.diffusion.min_snr_gamma,
+            )  # fmt: skip
+            loss = float(per_sample.mean())
+            if not math.isfinite(loss):
+                raise TrainingError(f"loss became {loss} at step {step}. Lower --lr")
+            grads = (g for _, _, g in model.named_parameters())
+            grad_norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip > 0 else math.nan
+            optimizer.step()
+            d = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+            for name, p in params.items():  # ema <- d * ema + (1 - d) * p
+                ema_params[name] += (1.0 - d) * (p - ema_params[name])
+            step += 1
+            elapsed += time.perf_counter() - t0
+            first_loss = loss if math.isnan(first_loss) else first_loss
+            last_loss = loss
+            losses.append(loss)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            if step % cfg.log_every == 0 or out_of_time or len(losses) == len(batches):
+                since_log = (step - 1) % cfg.log_every + 1  # steps since the last line
+                _log(metrics, {"step": step, "loss": float(np.mean(losses[-since_log:])),
+                               "lr": optimizer.lr, "grad_norm": grad_norm,
+                               "elapsed_s": round(elapsed, 2)})  # fmt: skip
+            if out_of_time:
+                break
+        bar.close()
+        epoch += 1
+        _log(metrics, {"epoch_end": epoch, "step": step, "elapsed_s": round(elapsed, 2)})
+        done = epoch == cfg.epochs or (
+            cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+        )
+        if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or done:
+            save_checkpoint(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", config,
+                            tensors(model), ema=tensors(ema), state={"step": step, "epoch": epoch})  # fmt: skip
+            _prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+        if done:
+            break
+        if cfg.sample_every and epoch % cfg.sample_every == 0:
+            preview(f"epoch_{epoch:03d}")
+
+    save_checkpoint(out / "model_final.safetensors", config, tensors(model), ema=tensors(ema))
+    result = TrainResult(
+        run_dir=out, steps=step, epochs_done=epoch, first_loss=first_loss, last_loss=last_loss,
+        minutes=elapsed / 60, num_parameters=num_params,
+    )  # fmt: skip
+    finish_run(config, dataset, schedule, result, preview(f"epoch_{epoch:03d}"))
     return result
 
 
 def write_run_report(out: Path, config: RunConfig, result: TrainResult, final_grid: Path) -> Path:
     """report.html: what was trained, how it went, and every picture of the run."""
-    images = [("Samples from the final model (EMA weights)", final_grid.relative_to(out).as_posix())]
+    images = [
+        ("Samples from the final model (EMA weights)", final_grid.relative_to(out).as_posix())
+    ]
     for caption, name in [
         ("Training loss (faint: per log interval; bold: moving average)", "training_loss.png"),
         ("The forward process on training images", "forward_process.png"),
@@ -354,7 +495,11 @@ def write_run_report(out: Path, config: RunConfig, result: TrainResult, final_gr
         "prediction": config.diffusion.prediction,
     }
     return viz.write_report(
-        out, title=f"difflab run: {out.name}", summary=summary, images=images, config=to_dict(config)
+        out,
+        title=f"difflab run: {out.name}",
+        summary=summary,
+        images=images,
+        config=to_dict(config),
     )
 
 

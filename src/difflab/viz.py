@@ -116,7 +116,9 @@ def _save_png(pixels: np.ndarray, path: PathLike) -> Path:
     return Path(path)
 
 
-def save_grid(images: Any, path: PathLike, *, nrow: int | None = None, min_width: int = 384) -> Path:
+def save_grid(
+    images: Any, path: PathLike, *, nrow: int | None = None, min_width: int = 384
+) -> Path:
     """Save a batch as a PNG grid, upscaled (nearest, integer factor) to at least ``min_width`` px."""
     grid = make_grid(images, nrow=nrow)
     return _save_png(_upscale(grid, _scale_for(grid.shape[1], min_width)), path)
@@ -157,7 +159,9 @@ def _labelled_grid(cells: np.ndarray, headers: Sequence[str], padding: int = 4) 
     for i in range(rows):
         for j in range(cols):
             cell = Image.fromarray(_upscale(pixels[i * cols + j], scale))
-            canvas.paste(cell, (padding + j * (cell_w + padding), header_h + i * (cell_h + padding)))
+            canvas.paste(
+                cell, (padding + j * (cell_w + padding), header_h + i * (cell_h + padding))
+            )
     return np.asarray(canvas)
 
 
@@ -289,7 +293,8 @@ def plot_loss(
 ) -> Path:
     """PNG of the training loss: raw values faint, moving average bold, log y axis.
 
-    The moving average uses ``min(window, len(losses))`` points. The y axis is linear instead
+    The moving average is a trailing mean over ``min(window, len(losses) // 5)`` points (fewer at
+    the start), so it is drawn for every point. The y axis is linear instead
     of log if any loss is <= 0.
     """
     steps_arr = np.asarray(steps, dtype=np.float64)
@@ -299,15 +304,15 @@ def plot_loss(
             f"steps and losses must be non-empty and of equal length, "
             f"got {len(steps_arr)} and {len(loss_arr)}"
         )
-    window = max(1, min(window, len(loss_arr)))
-    smooth = np.convolve(loss_arr, np.ones(window) / window, mode="valid")
+    window = max(1, min(window, len(loss_arr) // 5))
+    csum = np.concatenate([[0.0], np.cumsum(loss_arr)])
+    starts = np.maximum(np.arange(1, len(loss_arr) + 1) - window, 0)
+    smooth = (csum[1:] - csum[starts]) / (np.arange(1, len(loss_arr) + 1) - starts)  # trailing mean
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     ax.plot(steps_arr, loss_arr, color="C0", alpha=0.3, linewidth=0.8, label="loss")
-    ax.plot(
-        steps_arr[window - 1 :], smooth, color="C0", linewidth=2, label=f"moving average ({window})"
-    )
+    ax.plot(steps_arr, smooth, color="C0", linewidth=2, label=f"moving average ({window} points)")
     if np.all(loss_arr[np.isfinite(loss_arr)] > 0):
         ax.set_yscale("log")
     ax.set_xlabel("training step")
