@@ -56,7 +56,9 @@ def test_schedule_matches_independent_formulas(name, T):
     )
     np.testing.assert_allclose(sched.posterior_variance, ref["beta_tilde"], rtol=1e-10, atol=1e-300)
     np.testing.assert_allclose(sched.posterior_mean_coef_x0, ref["coef_x0"], rtol=1e-10)
-    np.testing.assert_allclose(sched.posterior_mean_coef_xt, ref["coef_xt"], rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(
+        sched.posterior_mean_coef_xt, ref["coef_xt"], rtol=1e-10, atol=1e-300
+    )
 
 
 def test_published_linear_values():

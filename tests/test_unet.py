@@ -24,8 +24,13 @@ def expected_parameters(cfg: ModelConfig) -> int:
     emb = 4 * cfg.base_channels
 
     def res(i, o):
-        return norm(i) + conv(i, o, 3) + linear(emb, o) + norm(o) + conv(o, o, 3) + (
-            conv(i, o, 1) if i != o else 0
+        return (
+            norm(i)
+            + conv(i, o, 3)
+            + linear(emb, o)
+            + norm(o)
+            + conv(o, o, 3)
+            + (conv(i, o, 1) if i != o else 0)
         )
 
     def attn(c):
