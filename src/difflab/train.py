@@ -136,6 +136,13 @@ def _read_losses(path: Path) -> tuple[list[int], list[float]]:
     return steps, losses
 
 
+def _epoch_label(epoch: int, elapsed: float, cfg: TrainConfig) -> str:
+    """Progress-bar label: the epoch, and the time budget when there is one."""
+    if cfg.max_minutes is None:
+        return f"epoch {epoch + 1}/{cfg.epochs}"
+    return f"epoch {epoch + 1} ({elapsed / 60:.1f} of {cfg.max_minutes:g} min)"
+
+
 def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     ckpts = sorted(ckpt_dir.glob("epoch_*.safetensors"))
     for old in ckpts[: max(0, len(ckpts) - keep)]:
@@ -241,8 +248,8 @@ def train(
         perm = torch.randperm(n, generator=data_gen).to(device)
         batches = perm.split(cfg.batch_size)
         bar = tqdm(
-            total=len(batches), initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress, leave=True, dynamic_ncols=True,
+            total=len(batches), initial=batch_in_epoch, desc=_epoch_label(epoch, elapsed, cfg),
+            disable=None if progress else True, leave=True, dynamic_ncols=True,  # bars on a terminal only
         )  # fmt: skip
         window: list[float] = []
         for idx in batches[batch_in_epoch:]:
@@ -405,7 +412,9 @@ def train_numpy(
     first_loss, last_loss = math.nan, math.nan
     while epoch < cfg.epochs:
         batches = np.array_split(rng.permutation(n), steps_per_epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        bar = tqdm(
+            batches, desc=_epoch_label(epoch, elapsed, cfg), disable=None if progress else True
+        )
         losses: list[float] = []
         for idx in bar:
             t0 = time.perf_counter()
