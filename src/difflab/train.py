@@ -84,6 +84,17 @@ def check_run_dir(out_dir: Path, overwrite: bool) -> None:
         raise ValueError(f"cannot write to output directory {out_dir} ({err.strerror})") from err
 
 
+def start_run_dir(out: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> Path:
+    """Check and lay out the run directory, write config.json; returns the metrics.jsonl path."""
+    if not resume:
+        check_run_dir(out, overwrite)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    (out / "checkpoints").mkdir(exist_ok=True)
+    write_text_atomic(out / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
+    return out / "metrics.jsonl"
+
+
 def prepare_run(
     train_cfg: TrainConfig,
     diffusion_cfg: DiffusionConfig,
@@ -173,14 +184,7 @@ def train(
             raise ValueError("--resume is available for the torch backend only")
         return train_numpy(config, dataset, out_dir, overwrite=overwrite, progress=progress)
     cfg, out = config.train, Path(out_dir)
-    if not resume:
-        check_run_dir(out, overwrite)
-        for stale in ("metrics.jsonl",):
-            (out / stale).unlink(missing_ok=True)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    write_text_atomic(out / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
-    metrics = out / "metrics.jsonl"
+    metrics = start_run_dir(out, config, resume=resume, overwrite=overwrite)
 
     device = pick_device(cfg.device)
     use_channels_last = channels_last and device.type == "cpu"
@@ -375,12 +379,7 @@ def train_numpy(
     from difflab.nn_numpy import AdamW, NumpyUNet, clip_grad_norm, loss_and_grads
 
     cfg, out = config.train, Path(out_dir)
-    check_run_dir(out, overwrite)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    write_text_atomic(out / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
-    metrics = out / "metrics.jsonl"
+    metrics = start_run_dir(out, config, resume=False, overwrite=overwrite)
 
     model = NumpyUNet(config.model, seed=cfg.seed)
     ema = NumpyUNet(config.model, seed=cfg.seed)  # holds the moving average, used for sampling
