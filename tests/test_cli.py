@@ -151,8 +151,10 @@ def test_numpy_backend_trains_and_its_checkpoint_runs_in_both_backends(tmp_path,
     for name in ["samples/epoch_001.png", "training_loss.png", "report.html"]:
         assert (out / name).is_file(), name
     assert main(["sample", "--checkpoint", str(ckpt), "--backend", "numpy", "--sampler", "ddim",
-                 "--steps", "5", "--num-images", "4", "--out", str(tmp_path / "s.png")]) == 0  # fmt: skip
+                 "--steps", "5", "--num-images", "4", "--out", str(tmp_path / "s.png"),
+                 "--show-intermediate"]) == 0  # fmt: skip
     decode(tmp_path / "s.png")
+    decode(tmp_path / "s_intermediate.png")
     # The same checkpoint gives the same network output in either backend.
     torch_model = load_model(ckpt, "cpu").model
     numpy_model = load_model(ckpt, backend="numpy").model

@@ -162,6 +162,12 @@ class TrajectoryRecorder:
 
     def __call__(self, info: dict[str, Any]) -> None:
         if self.keep(info["i"], info["t"]):
-            self.frames.append((info["t"], info["x"][: self.num_images].float().cpu().clone()))
-            x0 = info["x0_pred"][: self.num_images].float().cpu().clone()
-            self.x0_frames.append((info["t"], x0))
+            self.frames.append((info["t"], _cpu_copy(info["x"][: self.num_images])))
+            self.x0_frames.append((info["t"], _cpu_copy(info["x0_pred"][: self.num_images])))
+
+
+def _cpu_copy(x: Any) -> torch.Tensor:
+    """A float32 CPU tensor copy of a torch tensor or NumPy array (either backend's batch)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().clone()
+    return torch.tensor(np.asarray(x, dtype=np.float32))
