@@ -32,13 +32,7 @@ from difflab.nn_numpy.training import clip_grad_norm
 TOL = 1e-6  # relative error allowed between backward and finite differences (float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and spares a shared 2-core machine OpenMP spin-waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rng(seed: int = 0) -> np.random.Generator:

@@ -17,14 +17,7 @@ from difflab.nn_numpy import functional as F
 from difflab.nn_numpy.gradcheck import relative_error
 from difflab.schedules import make_schedule
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and spares a shared 2-core machine OpenMP spin-waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**overrides) -> ModelConfig:

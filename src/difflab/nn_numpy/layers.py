@@ -40,6 +40,12 @@ class Layer:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
+    def _accumulate(self, dweight: np.ndarray, dbias: np.ndarray | None) -> None:
+        """Add this backward's weight (and bias) gradients into ``grads`` (they accumulate)."""
+        self.grads["weight"] += dweight
+        if dbias is not None:
+            self.grads["bias"] += dbias
+
     def _take_cache(self) -> tuple:
         if self._cache is None:
             raise RuntimeError(
@@ -132,9 +138,7 @@ class Conv2d(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         # dW = dy @ cols^T, db = sum dy, dx = col2im(W^T @ dy)  (functional.conv2d_backward)
         dx, dweight, dbias = F.conv2d_backward(dy, self._take_cache())
-        self.grads["weight"] += dweight
-        if dbias is not None:
-            self.grads["bias"] += dbias
+        self._accumulate(dweight, dbias)
         return dx
 
 
@@ -186,9 +190,7 @@ class ConvTranspose2d(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         # dcols = im2col(dy), dx = W @ dcols, dW = x @ dcols^T (functional.conv_transpose2d_backward)
         dx, dweight, dbias = F.conv_transpose2d_backward(dy, self._take_cache())
-        self.grads["weight"] += dweight
-        if dbias is not None:
-            self.grads["bias"] += dbias
+        self._accumulate(dweight, dbias)
         return dx
 
 
@@ -218,9 +220,7 @@ class Linear(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         # dx = dy W, dW = dy^T x, db = sum over the batch of dy
         dx, dweight, dbias = F.linear_backward(dy, self._take_cache())
-        self.grads["weight"] += dweight
-        if dbias is not None:
-            self.grads["bias"] += dbias
+        self._accumulate(dweight, dbias)
         return dx
 
 
