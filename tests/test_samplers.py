@@ -135,3 +135,34 @@ def test_timestep_sequences():
         timestep_sequence(100, 0)
     with pytest.raises(ValueError, match="unknown spacing"):
         timestep_sequence(100, 10, "random")
+
+
+@pytest.mark.parametrize(
+    ("schedule_name", "steps"), [("cosine", 20), ("cosine", 50), ("linear", 50)]
+)
+def test_dpmpp_2m_recovers_gaussian_data_in_few_steps(schedule_name, steps):
+    """Second order: 20-50 trailing steps land within 2% of the data variance. (Linear at 20
+    steps ends 8% low: its last visited step, t = 49, is still noisy, and the final jump to the
+    data returns E[x0 | x_t], whose variance lacks the posterior's; see docs/samplers.md.)"""
+    schedule = make_schedule(schedule_name, 1000)
+    x_T = np.random.default_rng(0).standard_normal((N, 1, 1, 1))
+    denoiser = make_denoiser(exact_eps_model(schedule), schedule, "eps", clip_x0=False)
+    check_gaussian(sample("dpmpp-2m", denoiser, x_T, schedule, steps=steps), tol_var=0.02)
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+def test_ddim_in_few_steps_has_the_right_mean_and_a_first_order_variance_error(schedule_name):
+    """DDIM is Euler's method (first order): at 10-50 steps the mean is right, and the variance
+    falls short by an error that shrinks about in proportion to 1 / steps."""
+    schedule = make_schedule(schedule_name, 1000)
+    x_T = np.random.default_rng(0).standard_normal((N, 1, 1, 1))
+    denoiser = make_denoiser(exact_eps_model(schedule), schedule, "eps", clip_x0=False)
+    errors = {}
+    for steps in (10, 20, 50, 200):
+        x = sample_ddim(denoiser, x_T, schedule, steps=steps)
+        assert abs(x.mean() - MU) < 5 * S / np.sqrt(N)
+        errors[steps] = S**2 - x.var()
+    assert all(e > 0 for e in errors.values()), errors
+    assert errors[10] > errors[20] > errors[50] > errors[200], errors
+    assert 1.5 < errors[50] / errors[200] < 4.5, errors
+    assert errors[200] < 0.05 * S**2, errors  # and within 5% at 200 steps

@@ -5,6 +5,7 @@ Used by ``difflab sample``, the training previews and the demo, so they all samp
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +84,78 @@ def load_model(
     return LoadedModel(model=model, config=ckpt.config, schedule=schedule, device=dev)
 
 
+def guided_model_fn(
+    model: Callable[[Any, Any, Any], Any], y: Any, guidance: float, null_label: int
+) -> Callable[[Any, Any], Any]:
+    """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): out = u + w (c - u).
+
+    c is the network output for the labels ``y``, u for the null label the network learned under
+    label dropout. w = 1 is plain conditional sampling (one pass), w = 0 unconditional, w > 1
+    trades diversity for fidelity to the class. Mixing outputs is the same for every prediction
+    target: eps, x0 and v are each affine in the output at fixed (x_t, t). Both halves run in one
+    batch of 2B.
+    """
+    if y is None or guidance == 1.0:
+        return lambda x_t, t: model(x_t, t, y)
+    null = y * 0 + null_label  # same type, dtype and device as y
+    if guidance == 0.0:
+        return lambda x_t, t: model(x_t, t, null)
+    cat = torch.cat if isinstance(y, torch.Tensor) else np.concatenate
+    y2 = cat([y, null])
+
+    def model_fn(x_t: Any, t: Any) -> Any:
+        out = model(cat([x_t, x_t]), cat([t, t]), y2)
+        cond, uncond = out[: len(y)], out[len(y) :]
+        return uncond + guidance * (cond - uncond)
+
+    return model_fn
+
+
+def class_labels(
+    config: RunConfig, class_label: int | str | None, num_images: int
+) -> torch.Tensor | None:
+    """The label of each image to draw: ``class_label`` for all, or classes in turn (0, 1, 2, ...).
+
+    ``class_label`` may be an index or one of the checkpoint's class names. Unconditional models
+    get None; asking them for a class is an error.
+    """
+    k = config.model.num_classes
+    if k == 0:
+        if class_label is not None:
+            raise ValueError(
+                f"class label {class_label!r} given, but this model is unconditional "
+                "(train with --conditional to generate chosen classes)"
+            )
+        return None
+    if class_label is None:
+        return torch.arange(num_images) % k
+    names = list(config.class_names)
+    if isinstance(class_label, str) and not class_label.lstrip("-").isdigit():
+        if class_label not in names:
+            raise ValueError(f"unknown class {class_label!r}; expected one of {', '.join(names)}")
+        index = names.index(class_label)
+    else:
+        index = int(class_label)
+    if not 0 <= index < k:
+        shown = f" ({', '.join(f'{i}={n}' for i, n in enumerate(names))})" if names else ""
+        raise ValueError(f"class label {index} out of range; expected 0..{k - 1}{shown}")
+    return torch.full((num_images,), index, dtype=torch.long)
+
+
+def check_guidance(config: RunConfig, guidance: float | None) -> float:
+    """The guidance scale to use: 1 (plain conditional) by default; an error without labels."""
+    if guidance is None:
+        return 1.0
+    if config.model.num_classes == 0:
+        raise ValueError(
+            f"guidance {guidance:g} needs a class-conditional model; this checkpoint is "
+            "unconditional (train with --conditional)"
+        )
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+    return guidance
+
+
 @torch.no_grad()
 def generate(
     model: UNet | NumpyUNet,
@@ -96,6 +169,8 @@ def generate(
     eta: float = 0.0,
     clip_x0: bool = True,
     labels: torch.Tensor | None = None,
+    guidance: float = 1.0,
+    x_T: torch.Tensor | None = None,
     batch_size: int = 256,
     callback: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
@@ -105,7 +180,9 @@ def generate(
     The initial noise and every sampler noise come from one generator seeded with ``seed``
     (``torch.Generator`` for the PyTorch U-Net, ``np.random.Generator`` for the NumPy one), so the
     same seed, model and flags give the same images. The callback is called for the first batch
-    only (trajectory pictures need a few images, not thousands).
+    only (trajectory pictures need a few images, not thousands). ``labels`` (one per image) pick
+    the classes of a conditional model and ``guidance`` the classifier-free guidance scale;
+    ``x_T`` replaces the initial noise (to compare samplers or guidance scales on the same noise).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -137,18 +214,24 @@ def generate(
         if y is not None:
             y = y.numpy() if isinstance(model, NumpyUNet) else y.to(device)
 
-        def model_fn(x_t: Any, t: Any, y: Any = y) -> Any:
-            return model(x_t, t, y)
-
+        model_fn = guided_model_fn(model, y, guidance, mc.num_classes)
         denoiser = make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
+        x_start = noise(n) if x_T is None else _like_model(x_T[start : start + n], model)
         x = sample(
-            sampler, denoiser, noise(n), schedule, steps=steps, eta=eta, generator=generator,
+            sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,
             callback=callback if start == 0 else None, **options,
         )  # fmt: skip
         out.append(torch.as_tensor(x).float().clamp(-1, 1).cpu())
     if not isinstance(model, NumpyUNet):
         model.train(was_training)
     return torch.cat(out)
+
+
+def _like_model(x: torch.Tensor, model: UNet | NumpyUNet) -> Any:
+    """A batch as the model's backend wants it: a NumPy array or a tensor on the model's device."""
+    if isinstance(model, NumpyUNet):
+        return x.numpy().astype(model.dtype)
+    return x.to(next(model.parameters()).device)
 
 
 class TrajectoryRecorder:

@@ -14,6 +14,7 @@ randomness comes from the ``generator`` passed in (``torch.Generator`` or ``np.r
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -79,21 +80,77 @@ def timestep_sequence(num_timesteps: int, steps: int, spacing: str = "trailing")
     return [int(t) for t in seq]
 
 
-def _noise_like(x: Any, generator: Any) -> Any:
+def strength_sequence(num_timesteps: int, steps: int, strength: float) -> list[int]:
+    """The trailing sequence over the first ``strength`` of the chain (SDEdit, Meng et al. 2022).
+
+    Starts at code timestep round(strength * T) - 1, where the input was noised to, and visits at
+    most ``steps`` timesteps (fewer when the truncated chain is shorter) down towards 0.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must lie in (0, 1], got {strength}")
+    start = max(1, round(strength * num_timesteps))  # timesteps 0 .. start - 1 are used
+    return timestep_sequence(start, min(steps, start), "trailing")
+
+
+def _resolve(
+    schedule: Schedule, steps: int, spacing: str, timesteps: list[int] | None
+) -> list[int]:
+    """The visited timesteps: an explicit decreasing list, else ``steps`` with ``spacing``."""
+    if timesteps is None:
+        return timestep_sequence(schedule.num_timesteps, steps, spacing)
+    seq = [int(t) for t in timesteps]
+    if not seq or any(a <= b for a, b in itertools.pairwise(seq)) or seq[-1] < 0:
+        raise ValueError(f"timesteps must be a non-empty decreasing list of t >= 0, got {seq}")
+    if seq[0] >= schedule.num_timesteps:
+        raise ValueError(
+            f"timestep {seq[0]} exceeds the model's {schedule.num_timesteps} timesteps"
+        )
+    return seq
+
+
+def ddpm_step(x: Any, x0: Any, ab_t: float, ab_prev: float, variance: str, noise: Any) -> Any:
+    """One ancestral step t -> s (Ho et al. 2020, Eq. 7 with beta = 1 - alpha_bar_t / alpha_bar_s).
+
+    Returns the posterior mean plus sigma * noise; ``noise=None`` returns the mean (the last step).
+    """
+    beta = 1.0 - ab_t / ab_prev
+    mean = (math.sqrt(ab_prev) * beta / (1.0 - ab_t)) * x0 + (
+        math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
+    ) * x
+    if noise is None:
+        return mean
+    var = beta if variance == "beta" else beta * (1.0 - ab_prev) / (1.0 - ab_t)
+    return mean + math.sqrt(var) * noise
+
+
+def ddim_step(x0: Any, eps: Any, ab_t: float, ab_next: float, eta: float, noise: Any) -> Any:
+    """One DDIM step t -> s (Song et al. 2021, Eq. 12; sigma from Eq. 16).
+
+    x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - sigma^2) eps + sigma noise. With eta = 0 the same formula
+    runs the chain backwards too (DDIM inversion, ab_s < ab_t).
+    """
+    sigma = 0.0
+    if eta > 0:
+        sigma = eta * math.sqrt((1.0 - ab_next) / (1.0 - ab_t) * (1.0 - ab_t / ab_next))
+    x = math.sqrt(ab_next) * x0 + math.sqrt(max(1.0 - ab_next - sigma**2, 0.0)) * eps
+    return x + sigma * noise if sigma > 0 else x
+
+
+def noise_like(x: Any, generator: Any) -> Any:
     """Standard normal noise shaped like ``x``, drawn from the generator passed in."""
     if isinstance(x, torch.Tensor):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return generator.standard_normal(x.shape).astype(x.dtype)
 
 
-def _timesteps_like(x: Any, t: int) -> Any:
+def timesteps_like(x: Any, t: int) -> Any:
     """The integer timestep ``t`` for every image of the batch ``x``, shape (B,)."""
     if isinstance(x, torch.Tensor):
         return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     return np.full((x.shape[0],), t, dtype=np.int64)
 
 
-def _alpha_bar_pairs(schedule: Schedule, seq: list[int]) -> list[tuple[int, float, float]]:
+def alpha_bar_pairs(schedule: Schedule, seq: list[int]) -> list[tuple[int, float, float]]:
     """(t, alpha_bar_t, alpha_bar of the next visited step) with 1.0 for the data after the last."""
     ab = schedule.alpha_bar
     nexts = [float(ab[s]) for s in seq[1:]] + [1.0]
@@ -108,6 +165,7 @@ def sample_ddpm(
     steps: int | None = None,
     spacing: str = "trailing",
     variance: str = "beta",
+    timesteps: list[int] | None = None,
     generator: Any,
     callback: Callback | None = None,
 ) -> Any:
@@ -118,23 +176,17 @@ def sample_ddpm(
     beta_tilde_t (``"beta_tilde"``, the exact posterior variance). With ``steps < T`` the chain
     skips timesteps and beta is recomputed between visited steps, 1 - alpha_bar_t / alpha_bar_s
     (Nichol & Dhariwal 2021, Sec. 4). The last step returns the posterior mean (no noise).
+    ``timesteps`` replaces ``steps``/``spacing`` with an explicit decreasing list (SDEdit).
     """
     if variance not in ("beta", "beta_tilde"):
         raise ValueError(f"unknown DDPM variance {variance!r}; expected beta or beta_tilde")
-    seq = timestep_sequence(schedule.num_timesteps, steps or schedule.num_timesteps, spacing)
-    for i, (t, ab_t, ab_prev) in enumerate(_alpha_bar_pairs(schedule, seq)):
-        _, x0 = denoiser(x, _timesteps_like(x, t))
+    seq = _resolve(schedule, steps or schedule.num_timesteps, spacing, timesteps)
+    for i, (t, ab_t, ab_prev) in enumerate(alpha_bar_pairs(schedule, seq)):
+        _, x0 = denoiser(x, timesteps_like(x, t))
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "x0_pred": x0})
-        beta = 1.0 - ab_t / ab_prev
-        mean = (math.sqrt(ab_prev) * beta / (1.0 - ab_t)) * x0 + (
-            math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
-        ) * x
-        if i == len(seq) - 1:
-            x = mean
-        else:
-            var = beta if variance == "beta" else beta * (1.0 - ab_prev) / (1.0 - ab_t)
-            x = mean + math.sqrt(var) * _noise_like(x, generator)
+        noise = None if i == len(seq) - 1 else noise_like(x, generator)
+        x = ddpm_step(x, x0, ab_t, ab_prev, variance, noise)
     return x
 
 
@@ -146,6 +198,7 @@ def sample_ddim(
     steps: int = 50,
     eta: float = 0.0,
     spacing: str = "trailing",
+    timesteps: list[int] | None = None,
     generator: Any = None,
     callback: Callback | None = None,
 ) -> Any:
@@ -157,15 +210,14 @@ def sample_ddim(
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    seq = timestep_sequence(schedule.num_timesteps, steps, spacing)
-    for i, (t, ab_t, ab_prev) in enumerate(_alpha_bar_pairs(schedule, seq)):
-        eps, x0 = denoiser(x, _timesteps_like(x, t))
+    seq = _resolve(schedule, steps, spacing, timesteps)
+    for i, (t, ab_t, ab_prev) in enumerate(alpha_bar_pairs(schedule, seq)):
+        eps, x0 = denoiser(x, timesteps_like(x, t))
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "x0_pred": x0})
-        sigma = eta * math.sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev))
-        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * _noise_like(x, generator)
+        last = i == len(seq) - 1
+        noise = noise_like(x, generator) if eta > 0 and not last else None
+        x = ddim_step(x0, eps, ab_t, ab_prev, eta, noise)
     return x
 
 
@@ -176,6 +228,7 @@ def sample_dpmpp_2m(
     *,
     steps: int = 20,
     spacing: str = "trailing",
+    timesteps: list[int] | None = None,
     generator: Any = None,
     callback: Callback | None = None,
 ) -> Any:
@@ -187,10 +240,10 @@ def sample_dpmpp_2m(
     (r = h_prev / h). The last step, to the data (sigma = 0), is first order: it returns x0_pred.
     ``generator`` is unused (the solver is deterministic) and kept for a uniform signature.
     """
-    seq = timestep_sequence(schedule.num_timesteps, steps, spacing)
+    seq = _resolve(schedule, steps, spacing, timesteps)
     x0_prev, h_prev = None, None
-    for i, (t, ab_t, ab_next) in enumerate(_alpha_bar_pairs(schedule, seq)):
-        _, x0 = denoiser(x, _timesteps_like(x, t))
+    for i, (t, ab_t, ab_next) in enumerate(alpha_bar_pairs(schedule, seq)):
+        _, x0 = denoiser(x, timesteps_like(x, t))
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "x0_pred": x0})
         if ab_next >= 1.0:  # the final step to the data
