@@ -30,6 +30,26 @@ from difflab.samplers import (
 )
 from difflab.schedules import Schedule
 
+MASK_REGIONS = {  # name -> (top, bottom, left, right) as fractions of the image side
+    "center": (0.25, 0.75, 0.25, 0.75),
+    "left": (0.0, 1.0, 0.0, 0.5),
+    "right": (0.0, 1.0, 0.5, 1.0),
+    "top": (0.0, 0.5, 0.0, 1.0),
+    "bottom": (0.5, 1.0, 0.0, 1.0),
+}
+
+
+def region_mask(region: str, image_size: int) -> torch.Tensor:
+    """A (1, 1, H, W) mask that is 1 on the named part of the image (``MASK_REGIONS``)."""
+    if region not in MASK_REGIONS:
+        raise ValueError(
+            f"unknown mask region {region!r}; expected one of {', '.join(MASK_REGIONS)}"
+        )
+    top, bottom, left, right = (round(f * image_size) for f in MASK_REGIONS[region])
+    mask = torch.zeros(1, 1, image_size, image_size)
+    mask[..., top:bottom, left:right] = 1.0
+    return mask
+
 
 def inpaint(
     denoiser: Denoiser,

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, numpy_weights
 from difflab.config import RunConfig
+from difflab.data import load_dataset
 from difflab.models.unet import UNet
 from difflab.nn_numpy import NumpyUNet
-from difflab.samplers import SAMPLERS, make_denoiser, sample
+from difflab.samplers import SAMPLERS, Denoiser, make_denoiser, sample
 from difflab.schedules import Schedule, make_schedule
 
 
@@ -109,6 +111,19 @@ def guided_model_fn(
         return uncond + guidance * (cond - uncond)
 
     return model_fn
+
+
+def model_denoiser(
+    model: UNet | NumpyUNet,
+    config: RunConfig,
+    schedule: Schedule,
+    y: Any = None,
+    guidance: float = 1.0,
+    clip_x0: bool = True,
+) -> Denoiser:
+    """The sampler's ``denoiser(x_t, t) -> (eps, x0_pred)`` for a trained network, with guidance."""
+    model_fn = guided_model_fn(model, y, guidance, config.model.num_classes)
+    return make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
 
 
 def class_labels(
@@ -214,8 +229,7 @@ def generate(
         if y is not None:
             y = y.numpy() if isinstance(model, NumpyUNet) else y.to(device)
 
-        model_fn = guided_model_fn(model, y, guidance, mc.num_classes)
-        denoiser = make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
+        denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0)
         x_start = noise(n) if x_T is None else _like_model(x_T[start : start + n], model)
         x = sample(
             sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,
@@ -225,6 +239,74 @@ def generate(
     if not isinstance(model, NumpyUNet):
         model.train(was_training)
     return torch.cat(out)
+
+
+def load_input_images(
+    config: RunConfig,
+    paths: Sequence[str | os.PathLike[str]] = (),
+    data_indices: Sequence[int] = (),
+) -> torch.Tensor:
+    """Images to edit, as the model expects them: (N, C, H, W) in [-1, 1].
+
+    From image files (any format Pillow reads; they must already have the model's size and
+    channel count, so nothing is silently resized or recoloured), or by index from the test
+    split of the dataset the model was trained on.
+    """
+    mc = config.model
+    want = f"{mc.image_size}x{mc.image_size} with {mc.in_channels} channel(s)"
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as picture:
+                picture.load()
+                mode, size = picture.mode, picture.size
+                pixels = np.asarray(picture)
+        except (OSError, SyntaxError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]  # (H, W, 1)
+        if mode in ("RGBA", "LA") and mc.in_channels != pixels.shape[2]:
+            pixels = pixels[:, :, :-1]  # drop the alpha channel
+        if size != (mc.image_size, mc.image_size) or pixels.shape[2] != mc.in_channels:
+            raise ValueError(
+                f"image {path} is {size[0]}x{size[1]} with {pixels.shape[2]} channel(s) "
+                f"(mode {mode}); this checkpoint expects {want}"
+            )
+        out.append(torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    if data_indices:
+        tc = config.train
+        test = load_dataset(
+            tc.data, data_dir=tc.data_dir, split="test", image_size=mc.image_size, seed=tc.seed,
+            download=False,
+        )  # fmt: skip
+        for index in data_indices:
+            if not 0 <= index < test.num_images:
+                raise ValueError(
+                    f"--from-data index {index} out of range; the {tc.data} test split has "
+                    f"{test.num_images} images (0..{test.num_images - 1})"
+                )
+            out.append(torch.from_numpy(test.images[index]))
+    if not out:
+        raise ValueError("no input image: give --image PATH or --from-data INDEX")
+    return torch.stack(out)  # (N, C, H, W)
+
+
+def load_mask(path: str | os.PathLike[str], config: RunConfig) -> torch.Tensor:
+    """A (1, 1, H, W) inpainting mask from an image file: white (> 50% grey) = regenerate."""
+    size = config.model.image_size
+    try:
+        with Image.open(path) as picture:
+            grey = np.asarray(picture.convert("L"), dtype=np.float32)  # (H, W)
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read mask {path}: {err}") from err
+    if grey.shape != (size, size):
+        raise ValueError(
+            f"mask {path} is {grey.shape[1]}x{grey.shape[0]}; this checkpoint expects {size}x{size}"
+        )
+    mask = torch.from_numpy((grey > 127.5).astype(np.float32))[None, None]
+    if not mask.any():
+        raise ValueError(f"mask {path} is all black: nothing to regenerate (white = regenerate)")
+    return mask
 
 
 def _like_model(x: torch.Tensor, model: UNet | NumpyUNet) -> Any:

@@ -136,33 +136,64 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _labelled_grid(cells: np.ndarray, headers: Sequence[str], padding: int = 4) -> np.ndarray:
-    """Lay out (rows, cols, C, H, W) images in [-1, 1] on white, with a text header per column.
+def _labelled_grid(
+    cells: np.ndarray,
+    headers: Sequence[str],
+    padding: int = 4,
+    row_headers: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Lay out (rows, cols, C, H, W) images in [-1, 1] on white, with a text header per column
+    and, when given, a label to the left of each row.
 
     Each image is upscaled (nearest) by an integer factor to at least ``CELL_MIN_PX`` wide.
     """
     rows, cols, c, h, w = cells.shape
-    assert len(headers) == cols
+    assert len(headers) == cols and (row_headers is None or len(row_headers) == rows)
     pixels = to_uint8(cells.reshape(rows * cols, c, h, w))  # (rows * cols, H, W, 3)
     scale = _scale_for(w, CELL_MIN_PX)
     cell_h, cell_w = h * scale, w * scale
     font = _font(max(11, min(16, cell_w // 5)))
     header_h = font.getbbox("t=0123456789x")[3] + 2 * padding
+    left = 0
+    if row_headers:
+        left = max(font.getbbox(text)[2] for text in row_headers) + 2 * padding
 
-    width = cols * (cell_w + padding) + padding
+    width = left + cols * (cell_w + padding) + padding
     height = header_h + rows * (cell_h + padding)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for j, text in enumerate(headers):
-        center_x = padding + j * (cell_w + padding) + cell_w // 2
+        center_x = left + padding + j * (cell_w + padding) + cell_w // 2
         draw.text((center_x, header_h // 2), text, fill="black", font=font, anchor="mm")
+    for i, text in enumerate(row_headers or ()):
+        center_y = header_h + i * (cell_h + padding) + cell_h // 2
+        draw.text((left - padding, center_y), text, fill="black", font=font, anchor="rm")
     for i in range(rows):
         for j in range(cols):
             cell = Image.fromarray(_upscale(pixels[i * cols + j], scale))
             canvas.paste(
-                cell, (padding + j * (cell_w + padding), header_h + i * (cell_h + padding))
+                cell, (left + padding + j * (cell_w + padding), header_h + i * (cell_h + padding))
             )
     return np.asarray(canvas)
+
+
+def save_labelled_grid(
+    cells: Any,
+    path: PathLike,
+    headers: Sequence[str],
+    row_headers: Sequence[str] | None = None,
+) -> Path:
+    """PNG of (rows, cols, C, H, W) images with column headers and optional row labels.
+
+    Used for the class x sample grid (a row per class), guidance sweeps (a row per scale) and
+    editing results (input, masked input, results).
+    """
+    rows, cols = cells.shape[:2]
+    flat = _as_numpy(cells.reshape(rows * cols, *cells.shape[2:]))  # (rows * cols, C, H, W)
+    grid = _labelled_grid(
+        flat.reshape(rows, cols, *flat.shape[1:]), headers, row_headers=row_headers
+    )
+    return _save_png(grid, path)
 
 
 def forward_process_cells(
@@ -247,6 +278,44 @@ def save_gif(
     durations = [ms] * (len(grids) - 1) + [ms * final_hold]
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, stack, extension=".gif", duration=durations, loop=0)
+    return Path(path)
+
+
+def save_denoising_gif(
+    frames: Sequence[tuple[int, Any, Any]],
+    path: PathLike,
+    *,
+    nrow: int | None = None,
+    duration: float = 0.08,
+    final_hold: int = 12,
+) -> Path:
+    """Animated GIF of sampling: x_t on the left, the network's predicted x0 on the right.
+
+    ``frames`` is ``[(t, x_t batch, x0_pred batch), ...]`` as a sampler callback sees them
+    (``t = -1`` for the final sample, shown on both sides). Early on x_t is noise while x0_pred
+    already shows a blurry guess; the two meet at the end.
+    """
+    if not frames:
+        raise ValueError("save_denoising_gif needs at least one frame")
+    font = _font(14)
+    pictures = []
+    for t, x_t, x0 in frames:
+        left, right = make_grid(x_t, nrow=nrow), make_grid(x0, nrow=nrow)
+        scale = _scale_for(left.shape[1], 256)
+        left, right = _upscale(left, scale), _upscale(right, scale)
+        h, w, _ = left.shape
+        canvas = Image.new("RGB", (2 * w + 12, h + 24), "white")
+        canvas.paste(Image.fromarray(left), (0, 24))
+        canvas.paste(Image.fromarray(right), (w + 12, 24))
+        draw = ImageDraw.Draw(canvas)
+        label = "sample" if t == -1 else f"x_t, t={t}"
+        draw.text((w // 2, 12), label, fill="black", font=font, anchor="mm")
+        draw.text((w + 12 + w // 2, 12), "predicted x0", fill="black", font=font, anchor="mm")
+        pictures.append(np.asarray(canvas))
+    ms = round(duration * 1000)
+    durations = [ms] * (len(pictures) - 1) + [ms * final_hold]
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, np.stack(pictures), extension=".gif", duration=durations, loop=0)
     return Path(path)
 
 
