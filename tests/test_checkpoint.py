@@ -1,6 +1,7 @@
 """Checkpoints round-trip exactly, refuse anything that is not ours, and are written atomically."""
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -123,3 +124,76 @@ def test_config_is_readable_json_in_the_header(tmp_path):
     config = json.loads(header["__metadata__"]["config"])
     assert config["diffusion"]["prediction"] == "v"
     assert config["model"]["channel_mults"] == [1, 2]
+
+
+class _Payload:
+    """Unpickling this would create ``marker``: the attack a pickled checkpoint can carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_is_refused_without_being_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    for name, write in {
+        "pickled.safetensors": lambda p: p.write_bytes(pickle.dumps(_Payload(marker))),
+        "torch_save.safetensors": lambda p: torch.save({"x": _Payload(marker)}, p),
+    }.items():
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(ValueError, match=str(path)) as info:
+            load_checkpoint(path)
+        assert "\n" not in str(info.value)
+        assert not marker.exists()  # nothing was unpickled
+
+
+def header_metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def rewrite_metadata(path, **changes):
+    """The same tensors under a modified safetensors header."""
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(str(path)), str(path), metadata={**header_metadata(path), **changes})
+
+
+def test_bad_configuration_or_tensor_names_are_one_line_errors(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    make_checkpoint(path)
+    config = json.loads(header_metadata(path)["config"])
+    config["model"]["channel_mults"] = [1, 2, 2, 2, 2]  # 8 px cannot be halved four times
+    rewrite_metadata(path, config=json.dumps(config))
+    with pytest.raises(ValueError, match=r"has an invalid configuration .*cannot be halved"):
+        load_checkpoint(path)
+
+    make_checkpoint(path)
+    rewrite_metadata(path, config="{not json")
+    with pytest.raises(ValueError, match="has an invalid configuration"):
+        load_checkpoint(path)
+
+    from safetensors.torch import load_file, save_file
+
+    make_checkpoint(path)
+    extra = tmp_path / "extra.safetensors"
+    tensors = {**load_file(str(path)), "weights.surprise": torch.zeros(1)}
+    save_file(tensors, str(extra), metadata=header_metadata(path))
+    with pytest.raises(ValueError, match=r"unexpected tensor 'weights\.surprise'"):
+        load_checkpoint(extra)
+
+
+def test_weights_that_do_not_fit_their_own_configuration(tmp_path):
+    """A checkpoint whose header promises one U-Net and whose tensors hold another."""
+    path = tmp_path / "ckpt.safetensors"
+    make_checkpoint(path)
+    config = json.loads(header_metadata(path)["config"])
+    config["model"]["base_channels"] = 32
+    rewrite_metadata(path, config=json.dumps(config))
+    with pytest.raises(ValueError, match=rf"checkpoint {path}: tensor .* has shape"):
+        load_model(path, "cpu")

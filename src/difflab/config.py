@@ -15,6 +15,9 @@ from difflab.schedules import SCHEDULES
 
 T = TypeVar("T")
 
+LR_DECAYS = ("constant", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -79,6 +82,8 @@ class DiffusionConfig:
             )
         if self.timesteps < 2:
             raise ValueError(f"timesteps must be >= 2, got {self.timesteps}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be a positive number, got {self.min_snr_gamma}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,36 @@ class TrainConfig:
     preview_sampler: str = "ddpm"  # sampler for previews; stochastic ones forgive young models
     preview_steps: int = 100  # sampler steps for previews (respaced DDPM)
     log_every: int = 10  # write a metrics.jsonl line every N steps
+    num_images: int | None = None  # train on the first N images; None = all (kept for resume)
+    max_steps: int | None = None  # stop after N steps in all (LR schedule still spans the epochs)
+    precision: str = "fp32"  # fp32, or autocast to bf16 (CPU, GPU) or fp16 (CUDA, loss-scaled)
+    channels_last: bool | None = None  # NHWC memory layout; None = on for CPU, off elsewhere
+    compile: bool = False  # torch.compile the U-Net: a slow first step, faster ones after
+    skip_nonfinite: bool = False  # skip a step with a NaN/inf loss or gradient; False = stop
+
+    def validate(self) -> None:
+        """One clear ValueError for a value the training loop cannot use."""
+        for name in ("epochs", "batch_size", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("num_images", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer or None, got {value}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be a positive number, got {self.max_minutes}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(
+                f"unknown lr_decay {self.lr_decay!r}; expected one of {', '.join(LR_DECAYS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"unknown precision {self.precision!r}; expected one of {', '.join(PRECISIONS)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ A run directory holds everything one run made::
 
     config.json  metrics.jsonl  samples/epoch_001.png ...  checkpoints/epoch_001.safetensors ...
     training_loss.png  forward_process.png  model_final.safetensors  report.html
+
+Robustness, in short: a checkpoint holds every state the loop has (weights, EMA, optimiser, step,
+data order, all random generators, the fp16 loss scale), so ``--resume`` gives bit for bit the
+weights of a run that never stopped; checkpoints are written atomically and ``--resume`` ignores
+what a killed write left behind; Ctrl-C finishes the step and saves. Under ``torchrun`` the lines
+marked by ``ddp`` (and ``difflab.distributed``) split each batch over the processes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ import copy
 import json
 import math
 import os
+import re
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,10 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from difflab import viz
-from difflab.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
+from difflab import distributed, viz
+from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, save_checkpoint
 from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import diffusion_loss
@@ -46,6 +57,8 @@ class TrainResult:
     last_loss: float
     minutes: float
     num_parameters: int
+    model: Any = None  # the trained network (raw weights), for use in the same process
+    ema: Any = None  # its moving average, the one to sample from
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -105,9 +118,20 @@ def prepare_run(
     num_images: int | None = None,
     backend: str = "torch",
 ) -> tuple[RunConfig, ImageDataset]:
-    """Load the data and fit the default U-Net for it (with any overrides) into a RunConfig."""
+    """Load the data and fit the default U-Net for it (with any overrides) into a RunConfig.
+
+    Flags are checked before the data is read, so a mistake costs no loading time.
+    ``num_images`` (default: ``train_cfg.num_images``) is kept in the config for --resume.
+    """
     from difflab.config import default_model_config
 
+    if num_images is not None:
+        train_cfg = replace(train_cfg, num_images=num_images)
+    train_cfg.validate()
+    if backend == "numpy":
+        _check_numpy_options(train_cfg)
+    else:
+        check_precision(train_cfg.precision, pick_device(train_cfg.device))
     diffusion_cfg.validate()
     make_schedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)  # fail early on a bad T
     dataset = load_dataset(
@@ -115,7 +139,7 @@ def prepare_run(
         data_dir=train_cfg.data_dir,
         image_size=image_size,
         seed=train_cfg.seed,
-        num_images=num_images,
+        num_images=train_cfg.num_images,
     )
     num_classes = dataset.num_classes if conditional else 0
     model_cfg = default_model_config(
@@ -154,18 +178,189 @@ def _epoch_label(epoch: int, elapsed: float, cfg: TrainConfig) -> str:
     return f"epoch {epoch + 1} ({elapsed / 60:.1f} of {cfg.max_minutes:g} min)"
 
 
-def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
-    ckpts = sorted(ckpt_dir.glob("epoch_*.safetensors"))
-    for old in ckpts[: max(0, len(ckpts) - keep)]:
+# Checkpoint names: ``epoch_002`` after two whole epochs, ``epoch_002_step_000150`` when stopped at
+# step 150, inside the third epoch. A temporary file that a killed write left behind starts with a
+# dot and never matches.
+CHECKPOINT_NAME = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.safetensors")
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints of a run directory, oldest first (by epoch and step, from their names)."""
+    found = []
+    for path in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
+        match = CHECKPOINT_NAME.fullmatch(path.name)
+        if match is not None:
+            found.append(((int(match[1]), int(match[2] or -1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for old in run_checkpoints(run_dir)[:-keep]:
         old.unlink()
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
     """The newest checkpoint of a run directory (the one --resume continues from)."""
-    ckpts = sorted((run_dir / "checkpoints").glob("*.safetensors"))
+    if not (run_dir / "checkpoints").is_dir():
+        raise ValueError(
+            f"{run_dir} is not a difflab run directory (no checkpoints/ folder); "
+            "--resume expects the --out folder of an earlier run"
+        )
+    ckpts = run_checkpoints(run_dir)
     if not ckpts:
         raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'} to resume from")
-    return max(ckpts, key=lambda p: p.stat().st_mtime_ns)
+    return ckpts[-1]
+
+
+# Flags that may change when a run is resumed: how long to go on, and how to compute. Everything
+# else (data, model, optimiser) is the run's own and comes from its checkpoint.
+RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device", "precision", "compile",
+                "channels_last", "skip_nonfinite")  # fmt: skip
+
+
+def resume_config(ckpt: Checkpoint, **changes: Any) -> RunConfig:
+    """The configuration a resumed run goes on with: the checkpoint's, with ``changes`` applied.
+
+    ``changes`` are values of ``RESUME_FLAGS`` (None = keep the stored value). A step or time limit
+    that the run has already reached is lifted, so that ``--max-steps 100`` followed by
+    ``--resume`` goes on to the last epoch; a limit given again with --resume stops it again.
+    """
+    config = ckpt.config
+    if config.backend != "torch":
+        raise ValueError(f"--resume is available for the torch backend only ({ckpt.path})")
+    unknown = set(changes) - set(RESUME_FLAGS)
+    if unknown:
+        raise ValueError(f"{', '.join(sorted(unknown))} cannot change when a run is resumed")
+    stored = config.train
+    cfg = replace(stored, **{k: v for k, v in changes.items() if v is not None})
+    step, elapsed = ckpt.state.get("step", 0), ckpt.state.get("elapsed_s", 0.0)
+    if changes.get("max_steps") is None and cfg.max_steps is not None and step >= cfg.max_steps:
+        cfg = replace(cfg, max_steps=None)
+    if (
+        changes.get("max_minutes") is None
+        and cfg.max_minutes is not None
+        and elapsed >= cfg.max_minutes * 60
+    ):
+        cfg = replace(cfg, max_minutes=None)
+    cfg.validate()
+    check_precision(cfg.precision, pick_device(cfg.device))
+    check_can_continue(cfg, ckpt.state)
+    return replace(config, train=cfg)
+
+
+def check_can_continue(cfg: TrainConfig, state: dict[str, Any]) -> None:
+    """Refuse to resume a run that has nothing left to do under ``cfg``."""
+    step, epoch = state.get("step", 0), state.get("epoch", 0)
+    if epoch >= cfg.epochs:
+        raise ValueError(
+            f"the run has already finished its {cfg.epochs} epochs (step {step}); "
+            f"pass --epochs N with N > {cfg.epochs} to train on"
+        )
+    if cfg.max_steps is not None and step >= cfg.max_steps:
+        raise ValueError(
+            f"--max-steps {cfg.max_steps} is already reached (the run is at step {step}); "
+            "pass a larger one"
+        )
+    elapsed = state.get("elapsed_s", 0.0)
+    if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
+        raise ValueError(
+            f"--max-minutes {cfg.max_minutes:g} is already reached (the run has trained "
+            f"{elapsed / 60:.1f} min); pass a larger one"
+        )
+
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision that this device cannot train in, before anything is written."""
+    if precision not in AMP_DTYPES:
+        raise ValueError(
+            f"unknown precision {precision!r}; expected one of {', '.join(AMP_DTYPES)}"
+        )
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"--precision fp16 needs a CUDA GPU (it scales the loss with a CUDA GradScaler), "
+            f"not device {device}; use --precision bf16 or fp32"
+        )
+    if precision == "bf16" and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--precision bf16 runs on cpu or cuda, not {device}; use fp32")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("--precision bf16 is not supported by this GPU; use fp16 or fp32")
+
+
+def _check_numpy_options(cfg: TrainConfig) -> None:
+    for flag, used in [
+        ("--precision", cfg.precision != "fp32"),
+        ("--compile", cfg.compile),
+        ("--channels-last", bool(cfg.channels_last)),
+        ("--skip-nonfinite", cfg.skip_nonfinite),
+        ("torchrun (several processes)", distributed.launched_by_torchrun()),
+    ]:
+        if used:
+            raise ValueError(f"{flag} is available for the torch backend only")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped training after a step, and a checkpoint holds that step."""
+
+    def __init__(self, run_dir: Path, checkpoint: Path, step: int, signal_name: str) -> None:
+        super().__init__(
+            f"stopped by {signal_name} after step {step}; saved {checkpoint}; "
+            f"continue with: difflab train --resume {run_dir}"
+        )
+        self.run_dir, self.checkpoint, self.step = run_dir, checkpoint, step
+
+
+class StopOnSignal:
+    """The first Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step, so
+    that it can save a checkpoint of a whole step; a second Ctrl-C stops at once.
+
+    torchrun and cluster schedulers send SIGTERM before they kill a job, hence both signals.
+    """
+
+    def __init__(self, announce: bool = True) -> None:
+        self.received: str | None = None  # the name of the signal, once one came
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # handlers live there only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: do not wait for the step
+        self.received = signal.Signals(signum).name
+        if self.announce:
+            print(
+                f"\ndifflab train: {self.received}: stopping after this step to save a checkpoint "
+                "(Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the lines a run logged after the checkpoint it resumes from (they will be redone)."""
+    if path.exists():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+# More non-finite steps in a row than this, and skipping cannot help: the weights have diverged.
+MAX_SKIPS_IN_A_ROW = 10
 
 
 def train(
@@ -176,23 +371,77 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    channels_last: bool = True,
 ) -> TrainResult:
-    """Train a U-Net on ``dataset`` as ``config`` says, writing everything into ``out_dir``."""
+    """Train a U-Net on ``dataset`` as ``config`` says, writing everything into ``out_dir``.
+
+    ``resume`` continues from the newest checkpoint in ``out_dir`` exactly where it stopped
+    (weights, EMA, optimiser, LR schedule, step, data order and every random state), so the
+    weights come out as those of a run that never stopped. Ctrl-C stops after the current step
+    and saves a checkpoint (``TrainingInterrupted``). Started by ``torchrun``, each process trains
+    on its slice of every batch (``difflab.distributed``) and rank 0 writes the files.
+    """
     if config.backend == "numpy":
+        _check_numpy_options(config.train)
         if resume:
             raise ValueError("--resume is available for the torch backend only")
         return train_numpy(config, dataset, out_dir, overwrite=overwrite, progress=progress)
     cfg, out = config.train, Path(out_dir)
-    metrics = start_run_dir(out, config, resume=resume, overwrite=overwrite)
-
+    cfg.validate()
     device = pick_device(cfg.device)
-    use_channels_last = channels_last and device.type == "cpu"
-    memory_format = torch.channels_last if use_channels_last else torch.contiguous_format
-    torch.manual_seed(cfg.seed)  # initial weights
+    check_precision(cfg.precision, device)
+    ckpt = load_checkpoint(latest_checkpoint(out)) if resume else None
+    if ckpt is not None:
+        check_can_continue(cfg, ckpt.state)
+    with (
+        distributed.process_group(device) as (ddp, device),
+        StopOnSignal(announce=ddp.is_main) as stop,
+    ):
+        return _train_torch(
+            config, dataset, out, ckpt, ddp, device, stop, overwrite=overwrite, progress=progress
+        )
+
+
+def _train_torch(
+    config: RunConfig,
+    dataset: ImageDataset,
+    out: Path,
+    ckpt: Checkpoint | None,
+    ddp: distributed.Dist,
+    device: torch.device,
+    stop: StopOnSignal,
+    *,
+    overwrite: bool,
+    progress: bool,
+) -> TrainResult:
+    """The PyTorch training loop of ``train``, inside the process group and the signal handler."""
+    cfg = config.train
+    if cfg.batch_size % ddp.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (the global batch) does not split evenly among "
+            f"{ddp.world_size} processes; use a multiple of {ddp.world_size}"
+        )
+    # Rank 0 lays out the run directory; the others learn whether that worked, instead of
+    # waiting for it forever in the first all-reduce.
+    metrics, error = out / "metrics.jsonl", None
+    if ddp.is_main:
+        try:
+            start_run_dir(out, config, resume=ckpt is not None, overwrite=overwrite)
+            if ckpt is not None:
+                _truncate_metrics(metrics, ckpt.state["step"])
+        except (ValueError, OSError) as err:
+            error = err
+    if distributed.any_of([error is not None], device)[0]:
+        raise error if error is not None else ValueError(f"rank 0 could not set up {out}")
+
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(cfg.seed)  # initial weights; later dropout masks (checkpointed)
     model = UNet(config.model).to(device, memory_format=memory_format)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    amp_dtype = AMP_DTYPES[cfg.precision]
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
 
     images = torch.from_numpy(dataset.images).to(device)  # (N, C, H, W) in [-1, 1]
@@ -203,36 +452,67 @@ def train(
     data_gen = torch.Generator().manual_seed(cfg.seed)  # data order
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # t, eps, label dropout
 
-    step, epoch, batch_in_epoch, elapsed = 0, 0, 0, 0.0
-    if resume:
-        ckpt = load_checkpoint(latest_checkpoint(out))
+    step, epoch, batch_in_epoch, elapsed, skipped = 0, 0, 0, 0.0, 0
+    if ckpt is not None:
         load_weights_into(model, ckpt.model, ckpt.path or "")
         load_weights_into(ema, ckpt.sampling_weights, ckpt.path or "")
         if ckpt.optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
         data_gen.set_state(ckpt.rng["data_epoch_start"])
         noise_gen.set_state(ckpt.rng["noise"].to(noise_gen.get_state().device))
+        # Older checkpoints lack these: they resume, with other dropout masks than before.
+        if "torch_cpu" in ckpt.rng:
+            torch.set_rng_state(ckpt.rng["torch_cpu"])
+        if "torch_cuda" in ckpt.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.rng["torch_cuda"], device)
+        if "scaler" in ckpt.state and scaler.is_enabled():
+            scaler.load_state_dict(ckpt.state["scaler"])
         step, epoch = ckpt.state["step"], ckpt.state["epoch"]
         batch_in_epoch, elapsed = ckpt.state["batch_in_epoch"], ckpt.state["elapsed_s"]
+        skipped = ckpt.state.get("skipped_steps", 0)
+
+    net: Any = model  # what the step calls; ``model`` holds the weights that are saved
+    if cfg.compile:
+        net = torch.compile(net)
+    if ddp.enabled:  # averages the gradients over the processes during backward
+        net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     num_params = count_parameters(model)
-    print(
-        f"difflab train: {dataset.name} ({n} images, {dataset.channels}x{dataset.image_size}x"
-        f"{dataset.image_size}), U-Net with {num_params:,} parameters, device {device}, "
-        f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
-        + (f", stopping after {cfg.max_minutes:g} min" if cfg.max_minutes else "")
-    )
+    if ddp.is_main:
+        print(
+            f"difflab train: {dataset.name} ({n} images, {dataset.channels}x{dataset.image_size}x"
+            f"{dataset.image_size}), U-Net with {num_params:,} parameters, device {device}"
+            + (f" x {ddp.world_size} processes" if ddp.enabled else "")
+            + f", {cfg.precision}, {steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+            + (f", stopping after {cfg.max_minutes:g} min" if cfg.max_minutes else "")
+            + (f", stopping after step {cfg.max_steps}" if cfg.max_steps else "")
+            + (f", resuming at step {step}" if ckpt is not None else "")
+        )
 
-    def save(kind: str, epoch_start_state: torch.Tensor) -> Path:
-        path = out / "checkpoints" / f"{kind}.safetensors"
+    def log(record: dict[str, Any]) -> None:
+        if ddp.is_main:
+            _log(metrics, record)
+
+    def save(name: str, data_state: torch.Tensor) -> Path:
+        """A checkpoint with everything that resuming needs; rank 0 writes it."""
+        path = out / "checkpoints" / f"{name}.safetensors"
+        if not ddp.is_main:
+            return path
+        rng = {"data_epoch_start": data_state, "noise": noise_gen.get_state().cpu(),
+               "torch_cpu": torch.get_rng_state()}  # fmt: skip
+        if device.type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state(device)
+        state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                 "elapsed_s": elapsed, "skipped_steps": skipped}  # fmt: skip
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         save_checkpoint(
             path, config, model.state_dict(), ema=ema.state_dict(),
-            optimizer=optimizer.state_dict(),
-            rng={"data_epoch_start": epoch_start_state, "noise": noise_gen.get_state().cpu()},
-            state={"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                   "elapsed_s": elapsed},
+            optimizer=optimizer.state_dict(), rng=rng, state=state,
         )  # fmt: skip
-        _prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+        _prune_checkpoints(out, cfg.keep_checkpoints)
         return path
 
     def preview(name: str) -> Path:
@@ -242,104 +522,166 @@ def train(
         )  # fmt: skip
         return viz.save_grid(x, out / "samples" / f"{name}.png")
 
-    first_loss, last_loss, out_of_time = math.nan, math.nan, False
-    last_ckpt: Path | None = None
-    saved_step = -1
+    first_loss, last_loss = math.nan, math.nan
+    stop_reason: str | None = None  # why the run ends before its last epoch
+    last_ckpt = ckpt.path if ckpt is not None else None
+    saved_step = step if ckpt is not None else -1
+    skipped_in_a_row = 0
     epoch_start_state = data_gen.get_state()
     model.train()
-    while epoch < cfg.epochs and not out_of_time:
+    while epoch < cfg.epochs and stop_reason is None:
         epoch_start_state = data_gen.get_state()
         perm = torch.randperm(n, generator=data_gen).to(device)
         batches = perm.split(cfg.batch_size)
         bar = tqdm(
             total=len(batches), initial=batch_in_epoch, desc=_epoch_label(epoch, elapsed, cfg),
-            disable=None if progress else True, leave=True, dynamic_ncols=True,  # bars on a terminal only
+            disable=None if progress and ddp.is_main else True,  # bars on a terminal only
+            leave=True, dynamic_ncols=True,
         )  # fmt: skip
-        window: list[float] = []
+        window: list[float] = []  # recent losses, for the progress bar
+        pending: list[float] = []  # losses since the last metrics line
         for idx in batches[batch_in_epoch:]:
             t0 = time.perf_counter()
             lr = lr_at(step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x0 = images[idx].contiguous(memory_format=memory_format)  # (B, C, H, W)
+            # Every process draws t, eps and the label dropout for the whole global batch from
+            # the same generator and keeps its slice: the update and the generator state are the
+            # same whatever the number of processes.
             b = len(idx)
             t = torch.randint(0, schedule.num_timesteps, (b,), generator=noise_gen, device=device)
-            eps = torch.randn(x0.shape, generator=noise_gen, device=device).contiguous(
-                memory_format=memory_format
-            )
+            eps = torch.randn((b, *images.shape[1:]), generator=noise_gen, device=device)
             y = None
             if config.model.num_classes > 0:
                 drop = torch.rand(b, generator=noise_gen, device=device) < cfg.label_dropout
                 y = torch.where(drop, config.model.num_classes, labels[idx])
+            mine = distributed.rank_slice(b, ddp)
+            x0 = images[idx[mine]].contiguous(memory_format=memory_format)  # (b / world, C, H, W)
+            eps = eps[mine].contiguous(memory_format=memory_format)
+            t, y = t[mine], (None if y is None else y[mine])
 
             def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> Any:
-                return model(x_t, t, y)
+                return net(x_t, t, y)
 
-            loss = diffusion_loss(
-                model_fn, x0, t, eps, schedule, config.diffusion.prediction,
-                config.diffusion.min_snr_gamma,
-            ).mean()  # fmt: skip
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                where = (
-                    f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
-                )
-                raise TrainingError(
-                    f"loss became {loss_value} at step {step}; {where}. Lower --lr or check the data"
-                )
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                per_sample = diffusion_loss(
+                    model_fn, x0, t, eps, schedule, config.diffusion.prediction,
+                    config.diffusion.min_snr_gamma,
+                )  # (b / world,) float32  # fmt: skip
+            # This slice's sum over the global batch size, times the number of processes: DDP's
+            # gradient average then gives the global batch mean, even for a last batch that
+            # does not split evenly.
+            loss = per_sample.sum() * (ddp.world_size / b)
+            loss_value = distributed.all_reduce_sum(per_sample.detach().sum()).item() / b
+
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-                if cfg.grad_clip > 0
-                else math.nan
-            )
-            optimizer.step()
-            update_ema(ema, model, cfg.ema_decay, step)
+            grad_norm = math.nan
+            if math.isfinite(loss_value):
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        model.parameters(), cfg.grad_clip
+                    ).item()
+            # A NaN or inf would poison the weights: stop, or skip the step. (Under fp16 the
+            # GradScaler skips inf-gradient steps by itself and lowers its scale.) Every process
+            # sees the same all-reduced loss and gradients, so all decide alike.
+            problem = None
+            if not math.isfinite(loss_value):
+                problem = f"loss became {loss_value}"
+            elif cfg.grad_clip > 0 and not scaler.is_enabled() and not math.isfinite(grad_norm):
+                problem = f"gradient norm became {grad_norm}"
+            if problem is None:
+                scaler.step(optimizer)
+                scaler.update()
+                update_ema(ema, model, cfg.ema_decay, step)
+                skipped_in_a_row = 0
+            else:
+                skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
+                where = (
+                    f"the last good checkpoint is {last_ckpt}"
+                    if last_ckpt
+                    else "no checkpoint was written yet"
+                )
+                if not cfg.skip_nonfinite:
+                    raise TrainingError(
+                        f"{problem} at step {step + 1}; {where}. Lower --lr or check the data "
+                        "(--skip-nonfinite skips such steps)"
+                    )
+                if skipped_in_a_row > MAX_SKIPS_IN_A_ROW:
+                    raise TrainingError(
+                        f"{problem} at step {step + 1}, {skipped_in_a_row} steps in a row: the "
+                        f"weights have diverged and skipping cannot help; {where}. Lower --lr"
+                    )
+                if ddp.is_main:
+                    tqdm.write(
+                        f"difflab train: warning: {problem} at step {step + 1}; "
+                        "skipped the step (--skip-nonfinite)",
+                        file=sys.stderr,
+                    )
 
             step += 1
             batch_in_epoch += 1
             elapsed += time.perf_counter() - t0
-            first_loss = loss_value if math.isnan(first_loss) else first_loss
-            last_loss = loss_value
-            window.append(loss_value)
-            bar.set_postfix(loss=f"{np.mean(window[-50:]):.4f}", lr=f"{lr:.1e}", refresh=False)
+            if problem is None:
+                first_loss = loss_value if math.isnan(first_loss) else first_loss
+                last_loss = loss_value
+                window.append(loss_value)
+                pending.append(loss_value)
+                bar.set_postfix(loss=f"{np.mean(window[-50:]):.4f}", lr=f"{lr:.1e}", refresh=False)
             bar.update()
-            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            # Clocks and signals differ between processes: they all stop, or none.
+            signalled, out_of_time = distributed.any_of(
+                [stop.received is not None,
+                 cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60],
+                device,
+            )  # fmt: skip
+            if signalled:
+                stop_reason = "signal"
+            elif cfg.max_steps is not None and step >= cfg.max_steps:
+                stop_reason = f"--max-steps {cfg.max_steps}"
+            elif out_of_time:
+                stop_reason = "--max-minutes"
             end_of_epoch = batch_in_epoch == len(batches)
-            if step % cfg.log_every == 0 or out_of_time or end_of_epoch:
-                since_log = (step - 1) % cfg.log_every + 1  # steps since the last line
-                _log(metrics, {
+            if step % cfg.log_every == 0 or stop_reason or end_of_epoch:
+                log({
                     "step": step, "epoch": epoch + batch_in_epoch / len(batches),
-                    "loss": float(np.mean(window[-since_log:])), "lr": lr,
+                    "loss": float(np.mean(pending)) if pending else None, "lr": lr,
                     "grad_norm": grad_norm, "elapsed_s": round(elapsed, 2),
+                    **({"skipped_steps": skipped} if skipped else {}),
                 })  # fmt: skip
-            if out_of_time:
+                pending = []
+            if stop_reason:
                 break
         bar.close()
-        if out_of_time:
+        if batch_in_epoch < len(batches):  # stopped inside the epoch
             break
         epoch += 1
         batch_in_epoch = 0
-        _log(metrics, {"epoch_end": epoch, "step": step, "elapsed_s": round(elapsed, 2),
-                       "epoch_loss": float(np.mean(window)) if window else None})  # fmt: skip
-        if cfg.sample_every and epoch % cfg.sample_every == 0 and epoch < cfg.epochs:
+        log({"epoch_end": epoch, "step": step, "elapsed_s": round(elapsed, 2),
+             "epoch_loss": float(np.mean(window)) if window else None})  # fmt: skip
+        wants_preview = cfg.sample_every and epoch % cfg.sample_every == 0 and epoch < cfg.epochs
+        if wants_preview and stop_reason is None and ddp.is_main:
             preview(f"epoch_{epoch:03d}")
         if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
             last_ckpt, saved_step = save(f"epoch_{epoch:03d}", data_gen.get_state()), step
 
-    # The end of training, whether by epochs or by time budget.
+    # The end of training: by epochs, by a step or time limit, or by a signal.
     name = f"epoch_{epoch:03d}" if batch_in_epoch == 0 else f"epoch_{epoch:03d}_step_{step:06d}"
     if saved_step != step:
-        save(name, epoch_start_state if batch_in_epoch else data_gen.get_state())
-    save_checkpoint(
-        out / "model_final.safetensors", config, model.state_dict(), ema=ema.state_dict()
-    )
+        last_ckpt = save(name, epoch_start_state if batch_in_epoch else data_gen.get_state())
+    if stop_reason == "signal":
+        assert last_ckpt is not None
+        raise TrainingInterrupted(out, last_ckpt, step, stop.received or "a signal to another rank")
     result = TrainResult(
         run_dir=out, steps=step, epochs_done=epoch, first_loss=first_loss, last_loss=last_loss,
-        minutes=elapsed / 60, num_parameters=num_params,
+        minutes=elapsed / 60, num_parameters=num_params, model=model, ema=ema,
     )  # fmt: skip
-    finish_run(config, dataset, schedule, result, preview(name))
+    if ddp.is_main:
+        save_checkpoint(
+            out / "model_final.safetensors", config, model.state_dict(), ema=ema.state_dict()
+        )
+        finish_run(config, dataset, schedule, result, preview(name))
     return result
 
 
@@ -445,7 +787,9 @@ def train_numpy(
             last_loss = loss
             losses.append(loss)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
-            out_of_time = cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
+            out_of_time = (cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60) or (
+                cfg.max_steps is not None and step >= cfg.max_steps
+            )
             if step % cfg.log_every == 0 or out_of_time or len(losses) == len(batches):
                 since_log = (step - 1) % cfg.log_every + 1  # steps since the last line
                 _log(metrics, {"step": step, "loss": float(np.mean(losses[-since_log:])),
@@ -456,9 +800,7 @@ def train_numpy(
         bar.close()
         epoch += 1
         _log(metrics, {"epoch_end": epoch, "step": step, "elapsed_s": round(elapsed, 2)})
-        done = epoch == cfg.epochs or (
-            cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60
-        )
+        done = epoch == cfg.epochs or out_of_time
         if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or done:
             save_checkpoint(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", config,
                             tensors(model), ema=tensors(ema), state={"step": step, "epoch": epoch})  # fmt: skip
