@@ -166,3 +166,17 @@ def test_ddim_in_few_steps_has_the_right_mean_and_a_first_order_variance_error(s
     assert errors[10] > errors[20] > errors[50] > errors[200], errors
     assert 1.5 < errors[50] / errors[200] < 4.5, errors
     assert errors[200] < 0.05 * S**2, errors  # and within 5% at 200 steps
+
+
+def test_explicit_timesteps_replace_the_spacing():
+    schedule = make_schedule("linear", 100)
+    denoiser = make_denoiser(exact_eps_model(schedule), schedule)
+    seen = []
+    x_T = np.random.default_rng(0).standard_normal((2, 1, 1, 1))
+    sample_ddim(
+        denoiser, x_T, schedule, timesteps=[49, 30, 7], callback=lambda i: seen.append(i["t"])
+    )
+    assert seen == [49, 30, 7]
+    for bad, match in [([30, 49], "decreasing"), ([], "non-empty"), ([100, 5], "exceeds")]:
+        with pytest.raises(ValueError, match=match):
+            sample_ddim(denoiser, x_T, schedule, timesteps=bad)

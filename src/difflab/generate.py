@@ -330,6 +330,13 @@ class TrajectoryRecorder:
             self.frames.append((info["t"], _cpu_copy(info["x"][: self.num_images])))
             self.x0_frames.append((info["t"], _cpu_copy(info["x0_pred"][: self.num_images])))
 
+    def with_x0(self, final: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(t, x_t, x0_pred) per recorded step, then (-1, final, final): frames for
+        ``viz.save_denoising_gif``."""
+        frames = [(t, x, x0) for (t, x), (_, x0) in zip(self.frames, self.x0_frames, strict=True)]
+        final = final[: self.num_images]
+        return [*frames, (-1, final, final)]
+
 
 def _cpu_copy(x: Any) -> torch.Tensor:
     """A float32 CPU tensor copy of a torch tensor or NumPy array (either backend's batch)."""

@@ -153,7 +153,7 @@ def _labelled_grid(
     scale = _scale_for(w, CELL_MIN_PX)
     cell_h, cell_w = h * scale, w * scale
     font = _font(max(11, min(16, cell_w // 5)))
-    header_h = font.getbbox("t=0123456789x")[3] + 2 * padding
+    header_h = font.getbbox("t=0123456789x")[3] + 2 * padding if any(headers) else padding
     left = 0
     if row_headers:
         left = max(font.getbbox(text)[2] for text in row_headers) + 2 * padding
