@@ -1,4 +1,5 @@
-"""``difflab visualize | train | sample | demo``: the command line.
+"""``difflab visualize | train | sample | inpaint | img2img | interpolate | evaluate |
+train-evaluator | demo``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
@@ -40,6 +41,11 @@ EPILOG = """examples:
   difflab visualize --data mnist --data-dir DIR     # watch MNIST digits dissolve into noise
   difflab train --data mnist --data-dir DIR --max-minutes 10 --out runs/mnist
   difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
+  difflab train --data mnist --data-dir DIR --conditional --epochs 2 --out runs/mnist-cond
+  difflab sample --checkpoint runs/mnist-cond/model_final.safetensors --class-label 7 \
+      --guidance 3 --sampler dpmpp-2m --steps 20 --gif sevens.gif
+  difflab train-evaluator --data mnist --data-dir DIR     # once, then:
+  difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
 """
 
 
