@@ -42,8 +42,7 @@ EPILOG = """examples:
   difflab train --data mnist --data-dir DIR --max-minutes 10 --out runs/mnist
   difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
   difflab train --data mnist --data-dir DIR --conditional --epochs 2 --out runs/mnist-cond
-  difflab sample --checkpoint runs/mnist-cond/model_final.safetensors --class-label 7 \
-      --guidance 3 --sampler dpmpp-2m --steps 20 --gif sevens.gif
+  difflab sample --checkpoint runs/mnist-cond/model_final.safetensors --class-label 7 --guidance 3
   difflab train-evaluator --data mnist --data-dir DIR     # once, then:
   difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
 """
