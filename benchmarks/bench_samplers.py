@@ -90,13 +90,15 @@ def main() -> None:
         configs = [c for c in CONFIGS if (c[0], str(c[1])) in wanted]
 
     results = []
+    passes = 2 if config.model.num_classes and guidance not in (0.0, 1.0) else 1  # guided: 2B batch
     for sampler, steps, _ in configs:
         labels = class_labels(config, args.class_label, args.num_images)
         seconds, _ = time_sampler(loaded, sampler, steps, args.num_images, labels, guidance)
         row = {
             "sampler": sampler, "steps": steps, "num_images": args.num_images,
             "seconds": round(seconds, 3),
-            "network_evals_per_s": round(args.num_images * steps / seconds, 1),
+            "images_x_steps_per_s": round(args.num_images * steps / seconds, 1),
+            "network_evals_per_s": round(passes * args.num_images * steps / seconds, 1),
         }  # fmt: skip
         if args.fid_samples:
             row.update(quality(args, sampler, steps))

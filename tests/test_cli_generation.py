@@ -126,8 +126,14 @@ def test_bad_input_is_one_clear_line(runs, tmp_path, capsys):
     Image.new("RGB", (20, 20)).save(tmp_path / "big.png")
     Image.new("L", (16, 16)).save(tmp_path / "black_mask.png")
     (tmp_path / "junk.png").write_bytes(b"not an image")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for k in range(4):
+        Image.new("RGB", (16, 16), (60 * k, 0, 0)).save(flat / f"{k}.png")
     cond, uncond = ["--checkpoint", runs["cond"]], ["--checkpoint", runs["uncond"]]
     cases = [
+        (["train", "--data", "folder", "--data-dir", str(flat), "--conditional", "--no-progress"],
+         "--conditional needs labelled data"),
         (["sample", *uncond, "--guidance", "3"], "needs a class-conditional model"),
         (["sample", *uncond, "--class-label", "1"], "this model is unconditional"),
         (["sample", *cond, "--class-label", "7"], "class label 7 out of range; expected 0..3"),

@@ -141,6 +141,11 @@ def prepare_run(
         seed=train_cfg.seed,
         num_images=train_cfg.num_images,
     )
+    if conditional and dataset.num_classes < 2:
+        raise ValueError(
+            f"--conditional needs labelled data with at least 2 classes; {dataset.name} has "
+            f"{dataset.num_classes} (for a folder: one subfolder of images per class)"
+        )
     num_classes = dataset.num_classes if conditional else 0
     model_cfg = default_model_config(
         train_cfg.data, dataset.image_size, dataset.channels, num_classes
