@@ -545,11 +545,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend
     )
     config, schedule = loaded.config, loaded.schedule
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out} must end in .png")
-    if args.gif and Path(args.gif).suffix.lower() != ".gif":
-        raise ValueError(f"--gif {args.gif} must end in .gif")
+    out = _check_png(args.out)
+    _check_suffix(args.gif, ".gif", "--gif")
     options = sampler_options(args, schedule.num_timesteps)
     guidance = check_guidance(config, args.guidance)
     labels = class_labels(config, args.class_label, args.num_images)
@@ -635,10 +632,8 @@ def _guidance_sweep(
 
 
 def _check_png(path: str) -> Path:
-    out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {out} must end in .png")
-    return out
+    _check_suffix(path, ".png", "--out")
+    return Path(path)
 
 
 def _edit_setup(args: argparse.Namespace) -> tuple[Any, torch.Tensor, Any]:
@@ -650,6 +645,37 @@ def _edit_setup(args: argparse.Namespace) -> tuple[Any, torch.Tensor, Any]:
     if args.class_label is not None:
         labels = class_labels(loaded.config, args.class_label, 1).to(loaded.device)
     return loaded, images, (labels, guidance)
+
+
+def _edit_each(
+    args: argparse.Namespace,
+    loaded: Any,
+    images: torch.Tensor,
+    label: torch.Tensor | None,
+    guidance: float,
+    edit: Any,
+    desc: str,
+) -> torch.Tensor:
+    """One grid row per input image: the input, then the columns ``edit`` makes from
+    ``--num-images`` copies of it. One generator for all, so ``--seed`` fixes every result."""
+    n, config = args.num_images, loaded.config
+    gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
+    rows = []
+    for image in tqdm(images, desc=desc, disable=None, leave=False):
+        batch = image.expand(n, *image.shape).to(loaded.device)  # (n, C, H, W)
+        y = None if label is None else label.expand(n)
+        denoiser = model_denoiser(
+            loaded.model, config, loaded.schedule, y, guidance, not args.no_clip
+        )
+        with torch.no_grad():
+            columns = edit(image, denoiser, batch, gen)
+        rows.append(torch.cat([image[None], *[c.clamp(-1, 1).cpu() for c in columns]]))
+    return torch.stack(rows)  # (inputs, 1 + columns, C, H, W)
+
+
+def _check_suffix(path: str | None, suffix: str, flag: str) -> None:
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise ValueError(f"{flag} {path} must end in {suffix}")
 
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
@@ -664,22 +690,18 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         mask = load_mask(args.mask, config)
     else:
         mask = region_mask(args.mask_region, config.model.image_size)
-    gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
-    rows = []
     start = time.perf_counter()
-    for image in tqdm(images, desc="inpaint", disable=None, leave=False):
-        batch = image.expand(n, *image.shape).to(loaded.device)  # (n, C, H, W)
-        y = None if label is None else label.expand(n)
-        denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, not args.no_clip)
-        with torch.no_grad():
-            result = inpaint(
-                denoiser, batch, mask.to(loaded.device), schedule, steps=steps,
-                resample=args.resample, variance=args.variance, generator=gen,
-            )  # fmt: skip
-        masked = (image * (1 - mask[0]))[None]  # the masked region shown mid-grey
-        rows.append(torch.cat([image[None], masked, result.clamp(-1, 1).cpu()]))
+
+    def edit(image: torch.Tensor, denoiser: Any, batch: torch.Tensor, gen: Any) -> list[Any]:
+        result = inpaint(
+            denoiser, batch, mask.to(loaded.device), schedule, steps=steps,
+            resample=args.resample, variance=args.variance, generator=gen,
+        )  # fmt: skip
+        return [(image * (1 - mask[0]))[None], result]  # the masked region shown mid-grey
+
+    rows = _edit_each(args, loaded, images, label, guidance, edit, "inpaint")
     headers = ["input", "masked", *[str(k + 1) for k in range(n)]]
-    viz.save_labelled_grid(torch.stack(rows), out, headers)
+    viz.save_labelled_grid(rows, out, headers)
     seconds = time.perf_counter() - start
     print(f"wrote {out} ({len(images)} input(s) x {n} results, {steps} steps x {args.resample}, "
           f"{seconds:.1f} s)")  # fmt: skip
@@ -690,29 +712,26 @@ def cmd_img2img(args: argparse.Namespace) -> None:
 
     out = _check_png(args.out)
     loaded, images, (label, guidance) = _edit_setup(args)
-    config, schedule, n = loaded.config, loaded.schedule, args.num_images
+    schedule, n = loaded.schedule, args.num_images
     options = sampler_options(args, schedule.num_timesteps)
     for s in args.strength:
         if not 0 < s <= 1:
             raise ValueError(f"--strength {s:g} out of range; expected a number in (0, 1]")
-    gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
-    rows = []
     start = time.perf_counter()
-    for image in tqdm(images, desc="img2img", disable=None, leave=False):
-        batch = image.expand(n, *image.shape).to(loaded.device)  # (n, C, H, W)
-        y = None if label is None else label.expand(n)
-        denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, not args.no_clip)
-        row = [image[None]]
+
+    def edit(image: torch.Tensor, denoiser: Any, batch: torch.Tensor, gen: Any) -> list[Any]:
+        columns = []
         for s in args.strength:
-            with torch.no_grad():
-                result = sdedit(
-                    denoiser, batch, schedule, strength=s, sampler=options["sampler"],
-                    steps=options["steps"], eta=options.get("eta", 0.0), generator=gen,
-                )  # fmt: skip
-            row.append(result.clamp(-1, 1).cpu())
-        rows.append(torch.cat(row))
+            result = sdedit(
+                denoiser, batch, schedule, strength=s, sampler=options["sampler"],
+                steps=options["steps"], eta=options.get("eta", 0.0), generator=gen,
+            )  # fmt: skip
+            columns.append(result)
+        return columns
+
+    rows = _edit_each(args, loaded, images, label, guidance, edit, "img2img")
     headers = ["input", *[f"s={s:g}" for s in args.strength for _ in range(n)]]
-    viz.save_labelled_grid(torch.stack(rows), out, headers)
+    viz.save_labelled_grid(rows, out, headers)
     seconds = time.perf_counter() - start
     print(f"wrote {out} ({len(images)} input(s), strengths {', '.join(f'{s:g}' for s in args.strength)}, "
           f"{n} results each, {args.sampler}, {seconds:.1f} s)")  # fmt: skip
@@ -722,8 +741,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     from difflab.editing import ddim_invert, interpolate
 
     out = _check_png(args.out)
-    if args.gif and Path(args.gif).suffix.lower() != ".gif":
-        raise ValueError(f"--gif {args.gif} must end in .gif")
+    _check_suffix(args.gif, ".gif", "--gif")
     if args.frames < 2:
         raise ValueError(f"--frames {args.frames} too few; expected at least 2")
     loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
