@@ -33,7 +33,7 @@ from difflab.generate import (
     load_model,
     model_denoiser,
 )
-from difflab.samplers import SAMPLERS, SPACINGS, timestep_sequence
+from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
 from difflab.schedules import SCHEDULES, make_schedule
 
 EPILOG = """examples:
@@ -173,7 +173,7 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
 
 def sampler_options(args: argparse.Namespace, num_timesteps: int) -> dict[str, Any]:
     """The generate()/sample() keywords the sampler flags ask for, checked before any work."""
-    steps = args.steps or {"ddpm": num_timesteps, "ddim": 50, "dpmpp-2m": 20}[args.sampler]
+    steps = args.steps or default_steps(args.sampler, num_timesteps)
     timestep_sequence(num_timesteps, steps, args.spacing)  # a bad --steps fails here
     options: dict[str, Any] = {"sampler": args.sampler, "steps": steps, "spacing": args.spacing}
     if args.sampler == "ddpm":
@@ -851,11 +851,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise ValueError("--num-samples must be at least 2 for FID and KID, got 1")
         if args.guidance is not None:
             check_guidance(config, args.guidance)
-        steps = args.steps or (
-            loaded.schedule.num_timesteps
-            if args.sampler == "ddpm"
-            else {"ddim": 50, "dpmpp-2m": 20}[args.sampler]
-        )
+        steps = args.steps or default_steps(args.sampler, loaded.schedule.num_timesteps)
         timestep_sequence(loaded.schedule.num_timesteps, steps)  # a bad --steps fails before work
         setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=args.sampler,
                      steps=steps, guidance=args.guidance, ema=not args.raw_weights)  # fmt: skip

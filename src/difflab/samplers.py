@@ -262,6 +262,11 @@ def sample_dpmpp_2m(
     return x
 
 
+def default_steps(sampler: str, num_timesteps: int) -> int:
+    """Steps a sampler takes when none are asked for: all T for DDPM, 50 for DDIM, 20 for DPM++."""
+    return {"ddpm": num_timesteps, "ddim": 50, "dpmpp-2m": 20}[sampler]
+
+
 def sample(
     sampler: str,
     denoiser: Denoiser,
@@ -281,12 +286,13 @@ def sample(
         )
     if sampler == "ddim":
         return sample_ddim(
-            denoiser, x, schedule, steps=steps or 50, eta=eta, generator=generator,
+            denoiser, x, schedule, steps=steps or default_steps(sampler, schedule.num_timesteps), eta=eta,
+            generator=generator,
             callback=callback, **options,
         )  # fmt: skip
     if sampler == "dpmpp-2m":
         return sample_dpmpp_2m(
-            denoiser, x, schedule, steps=steps or 20, generator=generator, callback=callback,
-            **options,
+            denoiser, x, schedule, steps=steps or default_steps(sampler, schedule.num_timesteps), generator=generator,
+            callback=callback, **options,
         )  # fmt: skip
     raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
