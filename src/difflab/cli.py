@@ -640,11 +640,16 @@ def _edit_setup(args: argparse.Namespace) -> tuple[Any, torch.Tensor, Any]:
     """Model, input images and labels for the editing commands (all checked before any work)."""
     loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
     images = load_input_images(loaded.config, args.image, args.from_data)
+    return loaded, images, _edit_label(loaded, args)
+
+
+def _edit_label(loaded: Any, args: argparse.Namespace) -> tuple[torch.Tensor | None, float]:
+    """The (1,) label and guidance scale of an editing command; without --class-label a
+    conditional model edits unconditionally (its null label)."""
     guidance = check_guidance(loaded.config, args.guidance)
-    labels = None  # a conditional model without --class-label edits unconditionally
-    if args.class_label is not None:
-        labels = class_labels(loaded.config, args.class_label, 1).to(loaded.device)
-    return loaded, images, (labels, guidance)
+    if args.class_label is None:
+        return None, guidance
+    return class_labels(loaded.config, args.class_label, 1).to(loaded.device), guidance
 
 
 def _edit_each(
@@ -747,10 +752,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
     config, schedule = loaded.config, loaded.schedule
     timestep_sequence(schedule.num_timesteps, args.steps)  # a bad --steps fails before any work
-    guidance = check_guidance(config, args.guidance)
-    y = None
-    if args.class_label is not None:
-        y = class_labels(config, args.class_label, 1).to(loaded.device)
+    y, guidance = _edit_label(loaded, args)
     denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, not args.no_clip)
     mc = config.model
     if args.seeds:
