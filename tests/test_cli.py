@@ -102,6 +102,9 @@ def test_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys):
         (["train", "--epochs", "0"], "expected a positive integer, got 0"),
         (["train", "--lr", "fast"], "invalid positive number value: 'fast'"),
         (["train", "--schedule", "quadratic"], "invalid choice: 'quadratic'"),
+        (["train", "--preset", "fancy"], "invalid choice: 'fancy'"),
+        (["train", "--resume", str(tiny_run), "--preset", "classic"], "--preset cannot change"),
+        (["train", "--resume", str(tiny_run), "--lr", "0.1"], "--lr cannot change"),
         (["train", "--data", "shapes", "--channel-mults", "1,2,2,2,2,2", "--out", str(tmp_path / "x")],
          "cannot be halved"),
         (["train", "--data", "emoji", "--timesteps", "10"], "at least 21 timesteps"),
@@ -163,3 +166,28 @@ def test_numpy_backend_trains_and_its_checkpoint_runs_in_both_backends(tmp_path,
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
     np.testing.assert_allclose(numpy_model(x, t), expected, atol=1e-4)
+
+
+def test_preset_sets_the_recipe_and_flags_given_win(tmp_path, capsys):
+    from difflab.config import PRESETS, DiffusionConfig, TrainConfig
+
+    quick = ["--data", "shapes", "--num-images", "16", "--max-steps", "1", "--sample-every", "0",
+             "--checkpoint-every", "0", "--preview-steps", "2", "--no-progress"]  # fmt: skip
+    configs = {}
+    for name, extra in [("default", []), ("classic", ["--preset", "classic"]),
+                        ("override", ["--preset", "classic", "--lr", "1e-3", "--base-channels",
+                                      "16", "--timesteps", "50"])]:  # fmt: skip
+        assert main(["train", *quick, *extra, "--out", str(tmp_path / name)]) == 0
+        configs[name] = json.loads((tmp_path / name / "config.json").read_text())
+    default, classic, override = configs["default"], configs["classic"], configs["override"]
+    for field in ("batch_size", "lr", "warmup_steps", "grad_clip", "ema_decay", "lr_decay"):
+        assert default["train"][field] == getattr(TrainConfig(), field), field
+        assert classic["train"][field] == PRESETS["classic"][field], field
+    assert default["diffusion"]["timesteps"] == DiffusionConfig().timesteps
+    assert classic["model"]["base_channels"] == 64 and classic["model"]["channel_mults"] == [1, 2]
+    assert default["model"] != classic["model"]
+    # flags given on the command line win; the rest of the preset stays
+    assert override["train"]["lr"] == 1e-3 and override["model"]["base_channels"] == 16
+    assert override["diffusion"]["timesteps"] == 50
+    assert override["train"]["batch_size"] == PRESETS["classic"]["batch_size"]
+    assert override["model"]["channel_mults"] == [1, 2]

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.samplers import make_denoiser, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from difflab.samplers import (
+    make_denoiser,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+)
 from difflab.schedules import make_schedule
 
 diffusers = pytest.importorskip("diffusers")
@@ -27,25 +33,23 @@ def fake_eps(x, t):
     return 0.6 * torch.tanh(x) + 0.2 * torch.cos(t / 150.0) * torch.sin(3.0 * x)
 
 
-def x_T(seed=0):
-    return torch.randn(
-        4, 1, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
-    )
+def x_T(seed=0, dtype=torch.float64):
+    return torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def ours(sampler, schedule_name, steps, clip, **options):
+def ours(sampler, schedule_name, steps, clip, dtype=torch.float64, **options):
     """Our sampler's x_t before each step, and its output."""
     schedule = make_schedule(schedule_name, T)
     denoiser = make_denoiser(fake_eps, schedule, "eps", clip_x0=clip)
     states = []
     out = sampler(
-        denoiser, x_T(), schedule, steps=steps, generator=torch.Generator().manual_seed(7),
+        denoiser, x_T(dtype=dtype), schedule, steps=steps, generator=torch.Generator().manual_seed(7),
         callback=lambda info: states.append((info["t"], info["x"].clone())), **options,
     )  # fmt: skip
     return states, out
 
 
-def theirs(scheduler, steps, **step_options):
+def theirs(scheduler, steps, dtype=torch.float64, **step_options):
     """diffusers' loop: x_t before each step, and its output.
 
     diffusers keeps alpha_bar in float32; over 1000 steps that alone moves x_t by ~3e-4. To
@@ -56,7 +60,7 @@ def theirs(scheduler, steps, **step_options):
     scheduler.alphas_cumprod = torch.from_numpy(make_schedule(name, T).alpha_bar)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(7)
-    x, states = x_T(), []
+    x, states = x_T(dtype=dtype), []
     for t in scheduler.timesteps:
         states.append((int(t), x.clone()))
         x = scheduler.step(fake_eps(x, t), t, x, generator=generator, **step_options).prev_sample
@@ -139,6 +143,27 @@ def test_dpmpp_2m_matches_dpm_solver_multistep_scheduler(schedule_name, steps):
     scale = max(x.abs().max().item() for _, x in a)
     assert_same_trajectory(a, b, rtol=1e-6, atol=1e-6 * scale)
     torch.testing.assert_close(out_a, out_b.double(), rtol=1e-6, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [5, 20, 50])
+def test_dpmpp_2m_sde_matches_sde_dpm_solver_multistep_scheduler(schedule_name, steps):
+    """The SDE variant (``algorithm_type="sde-dpmsolver++"``), same options as above. diffusers
+    draws its noise in ``step`` from the generator passed in, as ours does, but always in float32:
+    with float32 images on both sides the same seed injects the same z at every step."""
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, algorithm_type="sde-dpmsolver++", solver_order=2,
+        solver_type="midpoint", lower_order_final=False, final_sigmas_type="zero",
+        timestep_spacing="trailing", prediction_type="epsilon", thresholding=False,
+        **BETAS[schedule_name],
+    )  # fmt: skip
+    a, out_a = ours(sample_dpmpp_2m_sde, schedule_name, steps, clip=False, dtype=torch.float32)
+    b, out_b = theirs(scheduler, steps, dtype=torch.float32)
+    scale = max(x.abs().max().item() for _, x in a)
+    assert_same_trajectory(a, b, rtol=1e-5, atol=1e-5 * scale)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5 * scale)
+    ode, _ = ours(sample_dpmpp_2m, schedule_name, steps, clip=False, dtype=torch.float32)
+    assert not torch.allclose(ode[-1][1], a[-1][1], atol=1e-3)  # the noise does act
 
 
 def test_the_fake_network_is_not_trivial():

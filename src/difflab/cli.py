@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from difflab import __version__, viz
-from difflab.config import DiffusionConfig, TrainConfig
+from difflab.config import PRESETS, DiffusionConfig, TrainConfig
 from difflab.data import DATASETS, load_dataset
 from difflab.diffusion import PREDICTIONS
 from difflab.editing import MASK_REGIONS
@@ -130,7 +130,7 @@ def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     p.add_argument(
         "--steps", type=positive_int,
-        help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpmpp-2m)",
+        help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpmpp-2m and dpmpp-2m-sde)",
     )  # fmt: skip
     p.add_argument(
         "--spacing", default="trailing", choices=SPACINGS,
@@ -183,6 +183,16 @@ def sampler_options(args: argparse.Namespace, num_timesteps: int) -> dict[str, A
     return options
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a flag's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="difflab",
@@ -196,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
             name, help=help_text, description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )  # fmt: skip
 
     # visualize ------------------------------------------------------------------------------
@@ -213,21 +223,63 @@ def build_parser() -> argparse.ArgumentParser:
     # train ----------------------------------------------------------------------------------
     from difflab.config import PRECISIONS
 
-    p = command("train", "Train a noise-prediction U-Net and write a run directory.")
+    p = command(
+        "train",
+        "Train a noise-prediction U-Net and write a run directory. The recipe (network shape, "
+        "optimiser, schedule) is --preset's; any flag given here overrides its value.",
+    )
     add_data_flags(p)
-    add_diffusion_flags(p)
-    d = TrainConfig()
-    p.add_argument("--prediction", default="eps", choices=PREDICTIONS, help="network target")
+    d, dd = TrainConfig(), DiffusionConfig()
+    recipe = argparse.SUPPRESS  # unset recipe flags come from --preset (see _resolve_recipe)
+    p.add_argument(
+        "--preset", default="default", choices=PRESETS,
+        help="default: difflab's recipe (docs/recipe.md); classic: the tutorials' 64-channel "
+        "U-Net with Adam 2e-4, batch 128 and no EMA",
+    )  # fmt: skip
+    p.add_argument(
+        "--timesteps", type=positive_int, default=recipe, help=f"T (default: {dd.timesteps})"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=recipe,
+        help=f"beta schedule (default: {dd.schedule})",
+    )
+    p.add_argument(
+        "--prediction", choices=PREDICTIONS, default=recipe,
+        help=f"network target (default: {dd.prediction})",
+    )  # fmt: skip
     p.add_argument(
         "--epochs", type=positive_int, help=f"passes over the data (default: {d.epochs})"
     )
     p.add_argument("--max-minutes", type=positive_float, help="stop after this much training time")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup-steps", type=non_negative_int, default=d.warmup_steps)
-    p.add_argument("--lr-decay", default=d.lr_decay, choices=("constant", "cosine"))
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
-    p.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=recipe, help=f"(default: {d.batch_size})"
+    )
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=recipe,
+        help=f"peak learning rate, AdamW (default: {d.lr:g})",
+    )
+    p.add_argument(
+        "--warmup-steps", type=non_negative_int, default=recipe, help=f"(default: {d.warmup_steps})"
+    )
+    p.add_argument(
+        "--lr-decay",
+        choices=("constant", "cosine"),
+        default=recipe,
+        help=f"(default: {d.lr_decay})",
+    )
+    p.add_argument(
+        "--grad-clip", type=float, default=recipe, help=f"0 = off (default: {d.grad_clip:g})"
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=recipe,
+        help=f"0 = no averaging (default: {d.ema_decay:g})",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
     p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every, help="epochs")
@@ -238,13 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview-sampler", default=d.preview_sampler, choices=SAMPLERS)
     p.add_argument("--preview-steps", type=positive_int, default=d.preview_steps)
     p.add_argument("--num-images", type=positive_int, help="train on the first N images only")
-    p.add_argument("--base-channels", type=positive_int, help="U-Net width (default: by data)")
-    p.add_argument("--channel-mults", type=int_tuple, help="e.g. 1,2,4 (default: by data)")
     p.add_argument(
-        "--num-res-blocks", type=positive_int, help="blocks per level (default: by data)"
+        "--base-channels", type=positive_int, default=recipe, help="U-Net width (default: by data)"
     )
-    p.add_argument("--attention-levels", type=int_tuple, help="e.g. 2 (default: none)")
-    p.add_argument("--dropout", type=float, help="dropout in residual blocks (default 0)")
+    p.add_argument(
+        "--channel-mults", type=int_tuple, default=recipe, help="e.g. 1,2,4 (default: by data)"
+    )
+    p.add_argument(
+        "--num-res-blocks",
+        type=positive_int,
+        default=recipe,
+        help="blocks per level (default: by data)",
+    )
+    p.add_argument(
+        "--attention-levels", type=int_tuple, default=recipe, help="e.g. 2 (default: by data)"
+    )
+    p.add_argument(
+        "--dropout", type=float, default=recipe, help="dropout in residual blocks (default: 0)"
+    )
     p.add_argument("--conditional", action="store_true", help="learn a label embedding (classes)")
     p.add_argument(
         "--backend", default="torch", choices=("torch", "numpy"),
@@ -278,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip a step whose loss or gradient is NaN/inf, with a warning (default: stop)",
     )  # fmt: skip
     p.add_argument(
-        "--min-snr-gamma", type=positive_float,
+        "--min-snr-gamma", type=positive_float, default=recipe,
         help="min-SNR-gamma loss weighting, e.g. 5 (Hang et al. 2023; default: off)",
     )  # fmt: skip
 
@@ -378,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampler", default="dpmpp-2m", choices=SAMPLERS, help="thousands of images: a fast one"
     )
     p.add_argument(
-        "--steps", type=positive_int, help="sampling steps (default: ddpm T, ddim 50, dpmpp-2m 20)"
+        "--steps",
+        type=positive_int,
+        help="sampling steps (default: ddpm T, ddim 50, dpmpp-2m(-sde) 20)",
     )
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument(
@@ -450,6 +515,26 @@ def cmd_visualize(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+# The train flags a preset may set, with what they are when neither the flag nor the preset is:
+# the dataclass defaults, or None for the U-Net's shape (default_model_config picks it by data).
+RECIPE_DEFAULTS: dict[str, Any] = {
+    **{name: getattr(TrainConfig(), name) for name in
+       ("batch_size", "lr", "warmup_steps", "lr_decay", "grad_clip", "ema_decay")},
+    **{name: getattr(DiffusionConfig(), name) for name in
+       ("timesteps", "schedule", "prediction", "min_snr_gamma")},
+    **dict.fromkeys(("base_channels", "channel_mults", "num_res_blocks", "attention_levels",
+                     "dropout")),
+}  # fmt: skip
+
+
+def _resolve_recipe(args: argparse.Namespace) -> None:
+    """Fill each recipe flag not given on the command line from --preset, else its default."""
+    preset = PRESETS[args.preset]
+    for name, default in RECIPE_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, preset.get(name, default))
+
+
 def _train_config(args: argparse.Namespace) -> TrainConfig:
     d = TrainConfig()
     return TrainConfig(
@@ -506,6 +591,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_images=tc.num_images,
         )  # fmt: skip
     else:
+        _resolve_recipe(args)
         if not 0.0 <= args.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
         diffusion = DiffusionConfig(

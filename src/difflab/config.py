@@ -185,6 +185,33 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
         raise ValueError(f"configuration is missing or malformed ({err})") from err
 
 
+# Named recipes for `difflab train --preset NAME`: values for fields of ModelConfig (the U-Net's
+# shape), DiffusionConfig and TrainConfig that replace difflab's defaults. A flag given on the
+# command line wins over its preset. docs/recipe.md has the experiments behind "default".
+PRESETS: dict[str, dict[str, Any]] = {
+    # difflab's recipe: the dataclass defaults above and default_model_config below.
+    "default": {},
+    # The classic tutorial DDPM for MNIST: a 64-channel U-Net (64 at 28 px, 128 at 14 px; 2.6M
+    # parameters), Adam at 2e-4 with batch 128, no warm-up, no clipping, no EMA; 1000 linear steps.
+    "classic": dict(
+        base_channels=64,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(),
+        batch_size=128,
+        lr=2e-4,
+        warmup_steps=0,
+        lr_decay="constant",
+        grad_clip=0.0,
+        ema_decay=0.0,
+        timesteps=1000,
+        schedule="linear",
+        prediction="eps",
+        min_snr_gamma=None,
+    ),
+}
+
+
 def default_model_config(
     data: str, image_size: int, in_channels: int, num_classes: int = 0
 ) -> ModelConfig:

@@ -1,0 +1,226 @@
+"""Time to quality on real MNIST: FID after 5, 10, 20 and 40 CPU-minutes of training, per recipe.
+
+    .venv/bin/python benchmarks/time_to_quality.py --data-dir ../shared/data/mnist \\
+        [--budgets 5,10,20,40] [--recipes default,classic,diffusers] [--num-samples 1000]
+
+Recipes:
+- ``default``: ``difflab train --data mnist`` as it is (docs/recipe.md says why);
+- ``classic``: ``difflab train --data mnist --preset classic``, the tutorials' recipe;
+- ``diffusers``: diffusers' ``UNet2DModel`` as its unconditional-training example sets it up for
+  28 px (block_out_channels 32/64/64, two ResNet layers per block, attention at 14 and 7 px;
+  1.7M parameters) with ``DDPMScheduler`` (1000 linear steps), AdamW at 2e-4, batch 64, no EMA.
+
+Each difflab recipe is one run continued with ``--resume RUN --max-minutes B`` to each budget B
+(its clock counts training steps only, not previews or checkpoints); the diffusers loop runs in
+this process and counts the same way. At each budget, N images are drawn with 20 steps of
+DPM-Solver++(2M): difflab's ``dpmpp-2m`` for difflab's checkpoints, diffusers' own
+``DPMSolverMultistepScheduler`` for the diffusers model, and all are scored by
+``difflab evaluate`` against the MNIST test split.
+
+Writes ``docs/time_to_quality.json`` (rows are merged by recipe and budget, so recipes can be run
+one at a time), the table in ``docs/time_to_quality.md`` between the ``time_to_quality`` markers,
+and the plot ``docs/time_to_quality.png``. Needs the ``bench`` extra for the diffusers recipe and an
+otherwise idle machine: the budgets are wall time on the 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "time_to_quality.json"
+DOC = ROOT / "docs" / "time_to_quality.md"
+PLOT = ROOT / "docs" / "time_to_quality.png"
+BEGIN, END = "<!-- time_to_quality:begin -->", "<!-- time_to_quality:end -->"
+DIFFLAB = [sys.executable, "-m", "difflab"]
+RECIPE_FLAGS = {"default": [], "classic": ["--preset", "classic"]}
+
+# diffusers' train_unconditional example, at MNIST's size
+DIFFUSERS_UNET = dict(
+    sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
+    block_out_channels=(32, 64, 64),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+    up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+)  # fmt: skip
+DIFFUSERS_BATCH, DIFFUSERS_LR = 64, 2e-4
+
+
+def run(argv: list[str]) -> None:
+    print("$ difflab " + shlex.join(argv), file=sys.stderr, flush=True)
+    subprocess.run([*DIFFLAB, *argv], check=True, stdout=sys.stderr)
+
+
+def score(args: argparse.Namespace, source: list[str]) -> dict:
+    """FID, KID, precision and recall from ``difflab evaluate``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "metrics.json"
+        run(["evaluate", *source, "--seed", "1", "--out", str(out)])
+        m = json.loads(out.read_text())["metrics"]
+    return {"fid": round(m["fid"], 3), "kid": round(m["kid"], 5),
+            "precision": round(m["precision"], 3), "recall": round(m["recall"], 3)}  # fmt: skip
+
+
+def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float]):
+    run_dir = Path(args.runs) / recipe
+    for i, budget in enumerate(budgets):
+        if i == 0:
+            run(["train", "--data", "mnist", "--data-dir", args.data_dir, *RECIPE_FLAGS[recipe],
+                 "--epochs", "1000", "--max-minutes", f"{budget:g}", "--sample-every", "0",
+                 "--checkpoint-every", "0", "--seed", "0", "--no-progress", "--overwrite",
+                 "--out", str(run_dir)])  # fmt: skip
+        else:
+            run(["train", "--resume", str(run_dir), "--max-minutes", f"{budget:g}",
+                 "--no-progress"])  # fmt: skip
+        log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in log if "loss" in r][-1]
+        ckpt = run_dir / "model_final.safetensors"
+        sampling = [
+            "--sampler",
+            "dpmpp-2m",
+            "--steps",
+            "20",
+            "--num-samples",
+            str(args.num_samples),
+        ]
+        yield {"recipe": recipe, "minutes": budget, "steps": last["step"],
+               "trained_s": last["elapsed_s"], **score(args, ["--checkpoint", str(ckpt), *sampling])}  # fmt: skip
+
+
+def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+
+    from difflab.data import load_dataset
+
+    torch.manual_seed(0)
+    model = UNet2DModel(**DIFFUSERS_UNET)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)  # linear betas 1e-4 .. 0.02
+    optimizer = torch.optim.AdamW(model.parameters(), lr=DIFFUSERS_LR)
+    images = torch.from_numpy(load_dataset("mnist", data_dir=args.data_dir).images)
+    gen = torch.Generator().manual_seed(0)
+    print(f"diffusers UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters",
+          file=sys.stderr)  # fmt: skip
+    step, elapsed, order, pos = 0, 0.0, torch.randperm(len(images), generator=gen), 0
+    for budget in budgets:
+        model.train()
+        while elapsed < budget * 60:
+            t0 = time.perf_counter()
+            if pos + DIFFUSERS_BATCH > len(order):
+                order, pos = torch.randperm(len(images), generator=gen), 0
+            x0 = images[order[pos : pos + DIFFUSERS_BATCH]]
+            pos += DIFFUSERS_BATCH
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, 1000, (len(x0),), generator=gen)
+            pred = model(scheduler.add_noise(x0, noise, t), t, return_dict=False)[0]
+            loss = torch.nn.functional.mse_loss(pred, noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            elapsed += time.perf_counter() - t0
+        print(f"diffusers: {step} steps in {elapsed / 60:.1f} min, loss {loss.item():.4f}",
+              file=sys.stderr)  # fmt: skip
+        model.eval()
+        samples = sample_diffusers(model, DPMSolverMultistepScheduler(num_train_timesteps=1000),
+                                   args.num_samples)  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            npz = Path(tmp) / "samples.npz"
+            np.savez_compressed(npz, images=np.round((samples + 1) * 127.5).astype(np.uint8))
+            scores = score(args, ["--images", str(npz), "--data", "mnist"])
+        yield {"recipe": "diffusers", "minutes": budget, "steps": step,
+               "trained_s": round(elapsed, 2), **scores}  # fmt: skip
+
+
+@torch.no_grad()
+def sample_diffusers(model, scheduler, n: int, batch: int = 250) -> np.ndarray:
+    """diffusers' pipeline loop (set_timesteps, then UNet and scheduler.step), 20 steps."""
+    gen = torch.Generator().manual_seed(1)
+    out = []
+    for start in range(0, n, batch):
+        scheduler.set_timesteps(20)
+        x = torch.randn((min(batch, n - start), 1, 28, 28), generator=gen)
+        for t in scheduler.timesteps:
+            x = scheduler.step(model(x, t, return_dict=False)[0], t, x, return_dict=False)[0]
+        out.append(x.clamp(-1, 1).numpy())
+    return np.concatenate(out)
+
+
+def write_outputs(rows: list[dict]) -> None:
+    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    budgets = sorted({r["minutes"] for r in rows})
+    recipes = [
+        r for r in ("default", "classic", "diffusers") if any(x["recipe"] == r for x in rows)
+    ]
+    fid = {(r["recipe"], r["minutes"]): r for r in rows}
+    head = "| recipe | " + " | ".join(f"FID @ {b:g} min" for b in budgets) + " | steps at the end |"
+    lines = [head, "|---" * (len(budgets) + 2) + "|"]
+    for recipe in recipes:
+        cells = [f"{fid[(recipe, b)]['fid']:.2f}" if (recipe, b) in fid else "-" for b in budgets]
+        last = max((r for r in rows if r["recipe"] == recipe), key=lambda r: r["minutes"])
+        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {last['steps']} |")
+    text = DOC.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    DOC.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for recipe in recipes:
+        points = sorted((r["minutes"], r["fid"]) for r in rows if r["recipe"] == recipe)
+        ax.plot(*zip(*points, strict=True), marker="o", label=recipe)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.set_xlabel("training time on the 2-core CPU (minutes)")
+    ax.set_ylabel(f"FID (difflab evaluate, N = {rows[0].get('num_samples', 0)})")
+    ax.set_title("MNIST: FID after a CPU-minute budget")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(PLOT)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data/mnist")
+    parser.add_argument("--budgets", default="5,10,20,40", help="minutes, comma-separated")
+    parser.add_argument("--recipes", default="default,classic,diffusers")
+    parser.add_argument("--num-samples", type=int, default=1000, help="N for FID")
+    parser.add_argument("--runs", default="runs/time_to_quality")
+    parser.add_argument("--no-write", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    budgets = sorted(float(b) for b in args.budgets.split(","))
+    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_write else []
+    for recipe in args.recipes.split(","):
+        if recipe not in (*RECIPE_FLAGS, "diffusers"):
+            parser.error(f"unknown recipe {recipe!r}; expected default, classic or diffusers")
+        points = (diffusers_recipe(args, budgets) if recipe == "diffusers"
+                  else difflab_recipe(args, recipe, budgets))  # fmt: skip
+        for row in points:
+            row.update(
+                num_samples=args.num_samples, load_average=[round(x, 2) for x in os.getloadavg()]
+            )
+            print(json.dumps(row), flush=True)
+            if not args.no_write:
+                rows = [r for r in rows if (r["recipe"], r["minutes"]) != (recipe, row["minutes"])]
+                rows.append(row)
+                rows.sort(key=lambda r: (r["recipe"], r["minutes"]))
+                write_outputs(rows)
+
+
+if __name__ == "__main__":
+    main()
