@@ -197,3 +197,16 @@ def test_weights_that_do_not_fit_their_own_configuration(tmp_path):
     rewrite_metadata(path, config=json.dumps(config))
     with pytest.raises(ValueError, match=rf"checkpoint {path}: tensor .* has shape"):
         load_model(path, "cpu")
+
+
+def test_a_config_without_new_diffusion_fields_keeps_what_it_was_trained_with():
+    """Checkpoints from before the recipe search lack min_snr_gamma; a missing field must mean the
+    old default (linear, eps, no weighting), not today's (cosine, v, min-SNR-5)."""
+    from difflab.config import DiffusionConfig, RunConfig, run_config_from_dict, to_dict
+
+    data = to_dict(RunConfig())
+    assert data["diffusion"]["schedule"] == "cosine" and data["diffusion"]["prediction"] == "v"
+    assert run_config_from_dict(data).diffusion == DiffusionConfig()  # a full config round-trips
+    data["diffusion"] = {"timesteps": 1000}
+    old = run_config_from_dict(data).diffusion
+    assert (old.schedule, old.prediction, old.min_snr_gamma) == ("linear", "eps", None)

@@ -265,7 +265,7 @@ def test_bf16_autocast_and_min_snr_gamma_train_on_cpu(tmp_path, capsys):
     for name, flags in {
         "fp32": [],
         "bf16": ["--precision", "bf16", "--no-channels-last"],
-        "snr": ["--min-snr-gamma", "5", "--prediction", "v"],
+        "plain": ["--min-snr-gamma", "0", "--prediction", "eps"],  # 0 = no weighting
     }.items():
         runs[name] = tmp_path / name
         argv = ["train", *TINY, "--max-steps", "1", *flags, "--out", str(runs[name])]
@@ -277,9 +277,11 @@ def test_bf16_autocast_and_min_snr_gamma_train_on_cpu(tmp_path, capsys):
     assert first_loss["bf16"] != first_loss["fp32"]
     final = tensors(runs["bf16"] / "model_final.safetensors")
     assert all(v.dtype == torch.float32 for v in final.values())  # fp32 master weights
-    snr = json.loads((runs["snr"] / "config.json").read_text())["diffusion"]
-    assert snr["min_snr_gamma"] == 5.0 and snr["prediction"] == "v"
-    assert first_loss["snr"] != first_loss["fp32"]
+    default = json.loads((runs["fp32"] / "config.json").read_text())["diffusion"]
+    assert default["min_snr_gamma"] == 5.0 and default["prediction"] == "v"  # the recipe
+    plain = json.loads((runs["plain"] / "config.json").read_text())["diffusion"]
+    assert plain["min_snr_gamma"] is None and plain["prediction"] == "eps"
+    assert first_loss["plain"] != first_loss["fp32"]
 
 
 @pytest.mark.slow
@@ -435,7 +437,7 @@ def test_bad_input_to_train_is_one_clear_line(uninterrupted, tmp_path, capsys):
         (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
         (["--num-images", "-5"], "argument --num-images: expected a positive integer, got -5"),
         (["--lr", "0"], "argument --lr: expected a positive number, got 0"),
-        (["--min-snr-gamma", "-1"], "argument --min-snr-gamma: expected a positive number"),
+        (["--min-snr-gamma", "-1"], "argument --min-snr-gamma: expected a number >= 0"),
         (["--schedule", "quadratic"], "argument --schedule: invalid choice: 'quadratic'"),
         (["--precision", "fp64"], "argument --precision: invalid choice: 'fp64'"),
         (["--data", "shapes", "--image-size", "30", "--channel-mults", "1,2,2"],

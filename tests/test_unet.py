@@ -74,9 +74,12 @@ def test_default_configs_shapes_and_parameter_counts(data, size, channels):
     assert count_parameters(model) == expected_parameters(cfg)
 
 
-def test_mnist_default_is_about_two_million_parameters():
-    n = count_parameters(UNet(default_model_config("mnist", 28, 1)))
-    assert 1.5e6 < n < 3e6, n
+def test_mnist_default_is_the_recipe_network():
+    """16/32/64 channels at 28/14/7 px (docs/recipe.md), a quarter of the 32-channel one's size."""
+    cfg = default_model_config("mnist", 28, 1)
+    assert (cfg.base_channels, cfg.channel_mults, cfg.num_res_blocks) == (16, (1, 2, 4), 1)
+    n = count_parameters(UNet(cfg))
+    assert 0.5e6 < n < 0.8e6, n
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
 def int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip() != "")
@@ -88,6 +95,7 @@ def int_tuple(text: str) -> tuple[int, ...]:
 positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "integer >= 0"
 positive_float.__name__ = "positive number"
+non_negative_float.__name__ = "number >= 0"
 int_tuple.__name__ = "list of integers"
 
 
@@ -109,8 +117,9 @@ def add_data_flags(p: argparse.ArgumentParser, default: str = "emoji") -> None:
 
 
 def add_diffusion_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timesteps", type=positive_int, default=1000, help="T (default: %(default)s)")
-    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="beta schedule")
+    d = DiffusionConfig()
+    p.add_argument("--timesteps", type=positive_int, default=d.timesteps, help="T")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="beta schedule")
 
 
 def float_tuple(text: str) -> tuple[float, ...]:
@@ -341,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip a step whose loss or gradient is NaN/inf, with a warning (default: stop)",
     )  # fmt: skip
     p.add_argument(
-        "--min-snr-gamma", type=positive_float, default=recipe,
-        help="min-SNR-gamma loss weighting, e.g. 5 (Hang et al. 2023; default: off)",
+        "--min-snr-gamma", type=non_negative_float, default=recipe,
+        help="min-SNR-gamma loss weighting, e.g. 5 (Hang et al. 2023); 0 = off (default: "
+        f"{dd.min_snr_gamma or 'off'})",
     )  # fmt: skip
 
     # sample ---------------------------------------------------------------------------------
@@ -533,6 +543,8 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
     for name, default in RECIPE_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, preset.get(name, default))
+    if args.min_snr_gamma == 0:
+        args.min_snr_gamma = None  # --min-snr-gamma 0: no weighting
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -886,7 +898,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         warmup_steps=100, lr_decay="constant", ema_decay=0.995, seed=args.seed, sample_every=0,
         checkpoint_every=0, num_preview=64, preview_sampler="ddpm", preview_steps=1000,
     )  # fmt: skip
-    diffusion = DiffusionConfig(timesteps=1000, schedule="linear", prediction="eps")
+    diffusion = DiffusionConfig()  # the default recipe: cosine, v prediction, min-SNR-5
     config, dataset = prepare_run(train_cfg, diffusion)
     print(f"difflab demo: training on the built-in '{args.data}' set for {args.minutes:g} minutes")
     result = train(config, dataset, out, overwrite=True, progress=not args.no_progress)
