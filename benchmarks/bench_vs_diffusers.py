@@ -1,7 +1,7 @@
 """difflab against diffusers on one machine, in one process: training, FLOP rate, sampling, memory.
 
 Networks: difflab's default MNIST U-Net (``default_model_config("mnist", 28, 1, 0)``) and a
-diffusers ``UNet2DModel`` set up with the same shape: block_out_channels (32, 64, 128), one
+diffusers ``UNet2DModel`` set up with the same shape: block_out_channels (16, 32, 64), one
 ResBlock per level (two on the way up), plain Down/UpBlock2D, a bottleneck with single-head
 attention, GroupNorm(8). The two have the same parameter count, so the comparison is between
 implementations of one architecture; both counts are printed.
@@ -120,16 +120,18 @@ def difflab_unet() -> UNet:
     return UNet(default_model_config("mnist", 28, 1, 0))
 
 
+_DEFAULT = default_model_config("mnist", 28, 1, 0)
+_CHANNELS = tuple(_DEFAULT.base_channels * m for m in _DEFAULT.channel_mults)
 DIFFUSERS_CONFIG = dict(
     sample_size=28,  # 28 -> 14 -> 7: two halvings, like difflab's three levels
     in_channels=1,
     out_channels=1,
-    block_out_channels=(32, 64, 128),  # difflab: base 32, channel_mults (1, 2, 4)
-    layers_per_block=1,  # difflab: num_res_blocks 1 (both add one more ResBlock on the way up)
-    down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),  # no attention in levels
-    up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-    attention_head_dim=128,  # one head over 128 channels in the bottleneck, like difflab's
-    norm_num_groups=8,
+    block_out_channels=_CHANNELS,  # difflab: base_channels * channel_mults, (16, 32, 64)
+    layers_per_block=_DEFAULT.num_res_blocks,  # both add one more ResBlock on the way up
+    down_block_types=("DownBlock2D",) * len(_CHANNELS),  # no attention in levels
+    up_block_types=("UpBlock2D",) * len(_CHANNELS),
+    attention_head_dim=_CHANNELS[-1],  # one head over the bottleneck's channels, like difflab's
+    norm_num_groups=_DEFAULT.norm_groups,
 )
 
 

@@ -24,8 +24,9 @@ def test_short_mnist_training_lowers_the_loss_and_samples(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) >= 10
-    # From ~1 (predicting noise with an untrained net) to well below 0.1 within 128 steps.
-    assert losses[0] > 0.3 and max(losses[-3:]) < 0.1, losses
+    # An untrained net predicts ~0: its loss is the target's weighted variance. Within 128 steps
+    # it must fall to a small fraction of that (the default recipe: v prediction, min-SNR-5).
+    assert max(losses[-3:]) < 0.25 * losses[0] and max(losses[-3:]) < 0.1, losses
     sample = tmp_path / "grid.png"
     assert main(["sample", "--checkpoint", str(out / "model_final.safetensors"), "--sampler",
                  "dpmpp-2m", "--steps", "10", "--num-images", "16", "--out", str(sample)]) == 0  # fmt: skip
