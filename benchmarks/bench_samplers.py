@@ -40,6 +40,8 @@ CONFIGS = [  # (sampler, steps, options)
     ("dpmpp-2m", 50, {}),
     ("dpmpp-2m", 20, {}),
     ("dpmpp-2m", 10, {}),
+    ("dpmpp-2m-sde", 20, {}),
+    ("dpmpp-2m-sde", 10, {}),
 ]
 
 
