@@ -240,26 +240,7 @@ def sample_dpmpp_2m(
     (r = h_prev / h). The last step, to the data (sigma = 0), is first order: it returns x0_pred.
     ``generator`` is unused (the solver is deterministic) and kept for a uniform signature.
     """
-    seq = _resolve(schedule, steps, spacing, timesteps)
-    x0_prev, h_prev = None, None
-    for i, (t, ab_t, ab_next) in enumerate(alpha_bar_pairs(schedule, seq)):
-        _, x0 = denoiser(x, timesteps_like(x, t))
-        if callback is not None:
-            callback({"x": x, "i": i, "t": t, "x0_pred": x0})
-        if ab_next >= 1.0:  # the final step to the data
-            x = x0
-            break
-        lam_t = 0.5 * math.log(ab_t / (1.0 - ab_t))
-        lam_s = 0.5 * math.log(ab_next / (1.0 - ab_next))
-        h = lam_s - lam_t
-        if x0_prev is None:
-            d = x0
-        else:
-            r = h_prev / h
-            d = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * x0_prev
-        x = math.sqrt((1.0 - ab_next) / (1.0 - ab_t)) * x - math.sqrt(ab_next) * math.expm1(-h) * d
-        x0_prev, h_prev = x0, h
-    return x
+    return _dpmpp_2m(denoiser, x, schedule, steps, spacing, timesteps, None, callback, sde=False)
 
 
 def sample_dpmpp_2m_sde(
@@ -281,6 +262,24 @@ def sample_dpmpp_2m_sde(
     correct a young model's errors that the deterministic ODE carries to the end. The last step,
     to the data, returns x0_pred.
     """
+    return _dpmpp_2m(
+        denoiser, x, schedule, steps, spacing, timesteps, generator, callback, sde=True
+    )
+
+
+def _dpmpp_2m(
+    denoiser: Denoiser,
+    x: Any,
+    schedule: Schedule,
+    steps: int,
+    spacing: str,
+    timesteps: list[int] | None,
+    generator: Any,
+    callback: Callback | None,
+    *,
+    sde: bool,
+) -> Any:
+    """The DPM-Solver++(2M) loop of both samplers: the ODE step, or (``sde``) the SDE step."""
     seq = _resolve(schedule, steps, spacing, timesteps)
     x0_prev, h_prev = None, None
     for i, (t, ab_t, ab_next) in enumerate(alpha_bar_pairs(schedule, seq)):
@@ -297,11 +296,14 @@ def sample_dpmpp_2m_sde(
             r = h_prev / h
             d = (1.0 + 1.0 / (2.0 * r)) * x0 - (1.0 / (2.0 * r)) * x0_prev
         sigma_ratio = math.sqrt((1.0 - ab_next) / (1.0 - ab_t))
-        x = (
-            sigma_ratio * math.exp(-h) * x
-            - math.sqrt(ab_next) * math.expm1(-2.0 * h) * d
-            + math.sqrt((1.0 - ab_next) * -math.expm1(-2.0 * h)) * noise_like(x, generator)
-        )
+        if not sde:  # ODE: x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D
+            x = sigma_ratio * x - math.sqrt(ab_next) * math.expm1(-h) * d
+        else:  # SDE: forget part of x_t, inject fresh noise
+            x = (
+                sigma_ratio * math.exp(-h) * x
+                - math.sqrt(ab_next) * math.expm1(-2.0 * h) * d
+                + math.sqrt((1.0 - ab_next) * -math.expm1(-2.0 * h)) * noise_like(x, generator)
+            )
         x0_prev, h_prev = x0, h
     return x
 
