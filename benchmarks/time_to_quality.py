@@ -1,7 +1,7 @@
 """Time to quality on real MNIST: FID after 5, 10, 20 and 40 CPU-minutes of training, per recipe.
 
     .venv/bin/python benchmarks/time_to_quality.py --data-dir ../shared/data/mnist \\
-        [--budgets 5,10,20,40] [--recipes default,classic,diffusers] [--num-samples 1000]
+        [--budgets 5,10,20,40] [--recipes default,classic,diffusers] [--num-samples 1000] [--extend]
 
 Recipes:
 - ``default``: ``difflab train --data mnist`` as it is (docs/recipe.md says why);
@@ -11,7 +11,8 @@ Recipes:
   1.7M parameters) with ``DDPMScheduler`` (1000 linear steps), AdamW at 2e-4, batch 64, no EMA.
 
 Each difflab recipe is one run continued with ``--resume RUN --max-minutes B`` to each budget B
-(its clock counts training steps only, not previews or checkpoints); the diffusers loop runs in
+(its clock counts training steps only, not previews or checkpoints; ``--extend`` continues the
+runs left in ``--runs`` to the budgets that have no row yet); the diffusers loop runs in
 this process and counts the same way. At each budget, N images are drawn with 20 steps of
 DPM-Solver++(2M): difflab's ``dpmpp-2m`` for difflab's checkpoints, diffusers' own
 ``DPMSolverMultistepScheduler`` for the diffusers model, and all are scored by
@@ -72,10 +73,26 @@ def score(args: argparse.Namespace, source: list[str]) -> dict:
             "precision": round(m["precision"], 3), "recall": round(m["recall"], 3)}  # fmt: skip
 
 
-def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float]):
+def trained_seconds(run_dir: Path) -> float:
+    """Training time so far of a run directory (0 when there is none)."""
+    log = run_dir / "metrics.jsonl"
+    if not log.exists():
+        return 0.0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return max((r["elapsed_s"] for r in records if "elapsed_s" in r), default=0.0)
+
+
+def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float], done: set):
     run_dir = Path(args.runs) / recipe
-    for i, budget in enumerate(budgets):
-        if i == 0:
+    so_far = trained_seconds(run_dir) if args.extend else 0.0
+    for budget in budgets:
+        if so_far >= budget * 60:  # --extend: this run is past the budget already
+            if (recipe, budget) not in done:
+                raise SystemExit(f"{run_dir} has trained {so_far / 60:.1f} min, past the "
+                                 f"{budget:g}-min budget, which has no row: run without --extend")  # fmt: skip
+            print(f"{recipe}: {budget:g} min already measured", file=sys.stderr)
+            continue
+        if so_far == 0:
             run(["train", "--data", "mnist", "--data-dir", args.data_dir, *RECIPE_FLAGS[recipe],
                  "--epochs", "1000", "--max-minutes", f"{budget:g}", "--sample-every", "0",
                  "--checkpoint-every", "0", "--seed", "0", "--no-progress", "--overwrite",
@@ -83,6 +100,7 @@ def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float]):
         else:
             run(["train", "--resume", str(run_dir), "--max-minutes", f"{budget:g}",
                  "--no-progress"])  # fmt: skip
+        so_far = budget * 60
         log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         last = [r for r in log if "loss" in r][-1]
         ckpt = run_dir / "model_final.safetensors"
@@ -214,6 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", type=int, default=1000, help="N for FID")
     parser.add_argument("--runs", default="runs/time_to_quality")
     parser.add_argument("--no-write", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="continue the difflab runs already in --runs to the budgets not yet measured, "
+        "instead of training afresh (the diffusers recipe always starts afresh)",
+    )
     args = parser.parse_args(argv)
     budgets = sorted(float(b) for b in args.budgets.split(","))
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_write else []
@@ -221,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         if recipe not in (*RECIPE_FLAGS, "diffusers"):
             parser.error(f"unknown recipe {recipe!r}; expected default, classic or diffusers")
         points = (diffusers_recipe(args, budgets) if recipe == "diffusers"
-                  else difflab_recipe(args, recipe, budgets))  # fmt: skip
+                  else difflab_recipe(args, recipe, budgets, {(r["recipe"], r["minutes"]) for r in rows}))  # fmt: skip
         for row in points:
             row.update(
                 num_samples=args.num_samples, load_average=[round(x, 2) for x in os.getloadavg()]

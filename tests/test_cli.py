@@ -192,3 +192,10 @@ def test_preset_sets_the_recipe_and_flags_given_win(tmp_path, capsys):
     assert override["diffusion"]["timesteps"] == 50
     assert override["train"]["batch_size"] == PRESETS["classic"]["batch_size"]
     assert override["model"]["channel_mults"] == [1, 2]
+
+    # classic does not clip, so no gradient norm is measured: the log says null, not NaN
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
+
+    records = [strict(line) for line in (tmp_path / "classic" / "metrics.jsonl").open()]
+    assert [r["grad_norm"] for r in records if "grad_norm" in r] == [None]

@@ -161,8 +161,13 @@ def prepare_run(
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line; a value not measured (NaN, e.g. the gradient norm without clipping) is null,
+    so that strict JSON readers (jq, JavaScript) can read the log."""
+    clean = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
+    }
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(clean, allow_nan=False) + "\n")
 
 
 def _read_losses(path: Path) -> tuple[list[int], list[float]]:
