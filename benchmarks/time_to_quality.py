@@ -16,7 +16,8 @@ runs left in ``--runs`` to the budgets that have no row yet); the diffusers loop
 this process and counts the same way. At each budget, N images are drawn with 20 steps of
 DPM-Solver++(2M): difflab's ``dpmpp-2m`` for difflab's checkpoints, diffusers' own
 ``DPMSolverMultistepScheduler`` for the diffusers model, and all are scored by
-``difflab evaluate`` against the MNIST test split.
+``difflab evaluate`` against the MNIST test split. The diffusers loop also leaves a grid of 64 of
+its samples at each budget in ``RUNS/diffusers/`` (difflab's runs write their own previews).
 
 Writes ``docs/time_to_quality.json`` (rows are merged by recipe and budget, so recipes can be run
 one at a time), the table in ``docs/time_to_quality.md`` between the ``time_to_quality`` markers,
@@ -120,6 +121,7 @@ def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
     from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
     from difflab.data import load_dataset
+    from difflab.viz import save_grid
 
     torch.manual_seed(0)
     model = UNet2DModel(**DIFFUSERS_UNET)
@@ -152,6 +154,7 @@ def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
         model.eval()
         samples = sample_diffusers(model, DPMSolverMultistepScheduler(num_train_timesteps=1000),
                                    args.num_samples)  # fmt: skip
+        save_grid(samples[:64], Path(args.runs) / "diffusers" / f"samples_{budget:g}min.png")
         with tempfile.TemporaryDirectory() as tmp:
             npz = Path(tmp) / "samples.npz"
             np.savez_compressed(npz, images=np.round((samples + 1) * 127.5).astype(np.uint8))
@@ -206,14 +209,16 @@ def write_outputs(rows: list[dict]) -> None:
              and r["num_samples"] == rows[0].get("num_samples")]  # fmt: skip
     if noisy:  # benchmarks/recipe_search.py --noise-reference at the same N
         ax.axhline(noisy[-1]["fid"], color="grey", linestyle="--", linewidth=1)
-        ax.annotate("real images + noise 0.1", (budgets[0], noisy[-1]["fid"]), color="grey",
-                    textcoords="offset points", xytext=(0, 4), fontsize=8)  # fmt: skip
+        ax.annotate("real images + noise 0.1", (budgets[-1], noisy[-1]["fid"]), color="grey",
+                    textcoords="offset points", xytext=(0, 4), fontsize=8, ha="right")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    # label the minor ticks 2 and 5 of each decade only: all eight overlap
+    ax.yaxis.set_minor_formatter(
+        FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else "")
+    )
     ax.set_xlabel("training time on the 2-core CPU (minutes)")
     ax.set_ylabel(f"FID (difflab evaluate, N = {rows[0].get('num_samples', 0)})")
     ax.set_title("MNIST: FID after a CPU-minute budget")
@@ -238,9 +243,12 @@ def main(argv: list[str] | None = None) -> None:
         help="continue the difflab runs already in --runs to the budgets not yet measured, "
         "instead of training afresh (the diffusers recipe always starts afresh)",
     )
+    parser.add_argument("--replot", action="store_true", help="only rewrite the table and plot")
     args = parser.parse_args(argv)
     budgets = sorted(float(b) for b in args.budgets.split(","))
     rows = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_write else []
+    if args.replot:
+        return write_outputs(rows)
     for recipe in args.recipes.split(","):
         if recipe not in (*RECIPE_FLAGS, "diffusers"):
             parser.error(f"unknown recipe {recipe!r}; expected default, classic or diffusers")
