@@ -108,8 +108,10 @@ class TrainConfig:
     checkpoint_every: int = 1  # write a checkpoint every N epochs; 0 = only at the end
     keep_checkpoints: int = 3  # keep the newest N checkpoints
     num_preview: int = 64  # images in each preview grid
-    preview_sampler: str = "ddpm"  # sampler for previews; stochastic ones forgive young models
-    preview_steps: int = 100  # sampler steps for previews (respaced DDPM)
+    # Previews: stochastic samplers forgive young models; on MNIST 20 steps of DPM-Solver++(2M)
+    # SDE score as well as 100 of DDPM at a fifth of the cost (docs/samplers.md).
+    preview_sampler: str = "dpmpp-2m-sde"  # sampler for previews
+    preview_steps: int = 20  # sampler steps for previews
     log_every: int = 10  # write a metrics.jsonl line every N steps
     num_images: int | None = None  # train on the first N images; None = all (kept for resume)
     max_steps: int | None = None  # stop after N steps in all (LR schedule still spans the epochs)
