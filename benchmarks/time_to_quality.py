@@ -74,13 +74,15 @@ def score(args: argparse.Namespace, source: list[str]) -> dict:
             "precision": round(m["precision"], 3), "recall": round(m["recall"], 3)}  # fmt: skip
 
 
+def read_log(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl ([] when there is none)."""
+    log = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
 def trained_seconds(run_dir: Path) -> float:
     """Training time so far of a run directory (0 when there is none)."""
-    log = run_dir / "metrics.jsonl"
-    if not log.exists():
-        return 0.0
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    return max((r["elapsed_s"] for r in records if "elapsed_s" in r), default=0.0)
+    return max((r["elapsed_s"] for r in read_log(run_dir) if "elapsed_s" in r), default=0.0)
 
 
 def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float], done: set):
@@ -102,8 +104,7 @@ def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float], 
             run(["train", "--resume", str(run_dir), "--max-minutes", f"{budget:g}",
                  "--no-progress"])  # fmt: skip
         so_far = budget * 60
-        log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        last = [r for r in log if "loss" in r][-1]
+        last = [r for r in read_log(run_dir) if "loss" in r][-1]
         ckpt = run_dir / "model_final.safetensors"
         sampling = [
             "--sampler",
