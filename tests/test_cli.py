@@ -58,6 +58,11 @@ def test_sample_round_trip_is_reproducible(tiny_run, tmp_path, capsys):
     c = tmp_path / "c.png"
     assert main([*args, "ddim", "--steps", "10", "--out", str(c)]) == 0
     assert c.read_bytes() != a.read_bytes()
+    # the default: 20 steps of dpmpp-2m-sde (docs/samplers.md: DDPM-1000's FID at 1/60 the time)
+    default, sde = tmp_path / "default.png", tmp_path / "sde.png"
+    assert main([*args[:-1], "--out", str(default)]) == 0
+    assert main([*args, "dpmpp-2m-sde", "--steps", "20", "--out", str(sde)]) == 0
+    assert default.read_bytes() == sde.read_bytes() != a.read_bytes()
 
 
 def test_visualize(tmp_path):

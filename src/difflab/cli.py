@@ -36,6 +36,8 @@ from difflab.generate import (
 from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
 from difflab.schedules import SCHEDULES, make_schedule
 
+INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~15 images/s on 2 cores: 60k would take an hour
+
 EPILOG = """examples:
   difflab demo                                      # train on built-in faces, write every picture
   difflab visualize --data mnist --data-dir DIR     # watch MNIST digits dissolve into noise
@@ -134,9 +136,9 @@ def float_tuple(text: str) -> tuple[float, ...]:
     return values
 
 
-def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
     """How to sample a trained model: shared by sample and the editing commands."""
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
+    p.add_argument("--sampler", default=default, choices=SAMPLERS)
     p.add_argument(
         "--steps", type=positive_int,
         help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpmpp-2m and dpmpp-2m-sde)",
@@ -363,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_flags(p)
     p.add_argument("--num-images", type=positive_int, default=64)
-    add_sampler_flags(p)
+    # 20 SDE steps: FID within 3% of 1000-step DDPM at 1/60 of its time (docs/samplers.md)
+    add_sampler_flags(p, default="dpmpp-2m-sde")
     p.add_argument("--show-intermediate", action="store_true", help="also a grid of x_t per step")
     p.add_argument(
         "--gif",
@@ -409,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_flags(p)
     add_input_flags(p)
-    add_sampler_flags(p)
+    add_sampler_flags(p, default="ddpm")
     p.add_argument(
         "--strength", type=float_tuple, default=(0.5,), metavar="S[,S...]",
         help="how far to noise the input, in (0, 1]: low keeps the layout, 1 ignores the input",
@@ -462,7 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
         "or under $DIFFLAB_CACHE)",
     )
     p.add_argument(
-        "--inception-weights", help="pytorch-fid Inception weights (not available, see docs)"
+        "--inception-weights",
+        metavar="PATH",
+        help="score in Inception features instead: pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth on disk (never downloaded; ~15 images/s on a "
+        "2-core CPU; no class accuracy). See docs/metrics.md",
+    )
+    p.add_argument(
+        "--reference-train-images",
+        type=positive_int,
+        metavar="N",
+        help="training images for the distance-to-train check (default: all of them; "
+        f"{INCEPTION_TRAIN_IMAGES} with --inception-weights)",
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
     p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
@@ -936,8 +950,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from difflab.generate import class_labels, pick_device
     from difflab.io import atomic_path, write_text_atomic
 
-    if args.inception_weights:
-        ev.load_inception(args.inception_weights)
+    if args.inception_weights and args.evaluator:
+        raise ValueError("--evaluator and --inception-weights both given; choose one network")
     start = time.perf_counter()
     setup: dict[str, Any] = {"seed": args.seed}
     labels: np.ndarray | None = None
@@ -967,24 +981,45 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data, size, recorded_dir, data_seed = args.data, images.shape[-1], None, 0
         setup.update(source="images", images=str(args.images))
 
-    path = args.evaluator or ev.default_evaluator_path(data, size, args.data_dir or recorded_dir)
-    hint_dir = args.data_dir or recorded_dir
-    hint = f"; train one with: {ev.train_evaluator_command(data, size, hint_dir)}"
-    evaluator = ev.load_evaluator(path, pick_device(args.device), hint=hint)
-    if evaluator.info.get("data") != data:
-        raise ValueError(
-            f"evaluator {path} was trained on {evaluator.info.get('data')!r}, not on {data!r}"
+    device = pick_device(args.device)
+    if args.inception_weights:
+        evaluator = ev.load_inception(args.inception_weights, device)
+        data_dir, reference_size = args.data_dir or recorded_dir, size
+    else:
+        path = args.evaluator or ev.default_evaluator_path(
+            data, size, args.data_dir or recorded_dir
         )
-    data_dir = args.data_dir or evaluator.info.get("data_dir") or recorded_dir
+        hint_dir = args.data_dir or recorded_dir
+        hint = f"; train one with: {ev.train_evaluator_command(data, size, hint_dir)}"
+        evaluator = ev.load_evaluator(path, device, hint=hint)
+        if evaluator.info.get("data") != data:
+            raise ValueError(
+                f"evaluator {path} was trained on {evaluator.info.get('data')!r}, not on {data!r}"
+            )
+        data_dir = args.data_dir or evaluator.info.get("data_dir") or recorded_dir
+        reference_size = evaluator.config.image_size
     train_set, test_set = ev.reference_datasets(
-        data, data_dir, image_size=evaluator.config.image_size, seed=data_seed
+        data, data_dir, image_size=reference_size, seed=data_seed
     )
+    train_limit = args.reference_train_images
+    if train_limit is None and evaluator.is_inception:
+        train_limit = INCEPTION_TRAIN_IMAGES
+    train_set = ev.subset(train_set, train_limit)
+    if (
+        evaluator.is_inception
+        and not ev.reference_cache_path(evaluator, train_set, test_set).is_file()
+    ):
+        print(
+            f"Inception features of {test_set.num_images} test and {train_set.num_images} training "
+            f"{data} images: once, cached for later runs ...",
+            flush=True,
+        )
     reference = ev.reference_statistics(evaluator, train_set, test_set)
 
     if args.checkpoint:
         n = args.num_samples
         label_tensor = class_labels(config, None, n)  # i % num_classes, or None
-        if label_tensor is not None:
+        if label_tensor is not None and not evaluator.is_inception:
             ev.check_classes(evaluator, config.class_names)
             labels = label_tensor.numpy()
         extra: dict[str, Any] = {} if args.guidance is None else {"guidance": args.guidance}
@@ -999,7 +1034,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         source = str(args.checkpoint)
     else:
         source = str(args.images)
-        if class_names:  # class subfolders: labels, if they are the evaluator's classes
+        if evaluator.is_inception:
+            labels = None  # Inception's classes are not the dataset's: no class accuracy
+        elif class_names:  # class subfolders: labels, if they are the evaluator's classes
             names = list(evaluator.info.get("class_names") or ())
             missing = [c for c in class_names if c not in names]
             if missing:
@@ -1035,7 +1072,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     setup.update(
         data=data, data_dir=None if data_dir is None else str(data_dir), num_images=len(images),
         evaluator=str(evaluator.path), evaluator_test_accuracy=evaluator.info.get("test_accuracy"),
-        feature_dim=evaluator.config.feature_dim, reference_test_images=test_set.num_images,
+        feature_network="inception" if evaluator.is_inception else "evaluator",
+        feature_dim=evaluator.feature_dim, reference_test_images=test_set.num_images,
         reference_train_images=train_set.num_images, reference_cache=str(reference.path),
         k=3, kid_subsets=100, kid_subset_size=min(1000, len(images), test_set.num_images),
         seconds=round(time.perf_counter() - start, 2),
@@ -1043,7 +1081,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_text_atomic(args.out, json.dumps({"metrics": metrics, "setup": setup}, indent=2) + "\n")
     print(
         f"{len(images)} images from {source} vs {test_set.num_images} {data} test images, in the "
-        f"{evaluator.config.feature_dim}-d features of {evaluator.path}"
+        f"{evaluator.feature_dim}-d features of {evaluator.path}"
     )
     print(ev.format_table(metrics, data))
     print(f"wrote {args.out}")

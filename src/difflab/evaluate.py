@@ -15,6 +15,9 @@ The evaluator is one safetensors file with its configuration as JSON in the head
 the reference statistics of the test split (mean, covariance, features) are cached, keyed by
 the dataset and hashes of the evaluator and the data, so they are computed once. Why scores in
 this feature space differ from published Inception FIDs: docs/metrics.md.
+
+``load_inception`` makes an evaluator of pytorch-fid's FID-Inception weights file instead
+(``models/inception.py``): the feature space of published FIDs, for colour datasets.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,6 +44,8 @@ import difflab
 from difflab.data import DATASETS, ImageDataset, default_cache_dir, load_dataset
 from difflab.io import atomic_path
 from difflab.models.classifier import Classifier, ClassifierConfig
+from difflab.models.inception import FEATURE_DIM as INCEPTION_FEATURES
+from difflab.models.inception import FIDInception
 
 EVALUATOR_FORMAT = "difflab-evaluator-1"
 REFERENCE_FORMAT = "difflab-reference-1"
@@ -269,26 +275,58 @@ def _check_dataset(data: str) -> None:
 
 @dataclass
 class Evaluator:
-    """A trained feature network, what it was trained on, and where it was loaded from."""
+    """A feature network, what it was trained on, and where it was loaded from.
 
-    model: Classifier
+    Either the project's classifier (``load_evaluator``: fixed image size and channels, class
+    predictions) or pytorch-fid's FID-Inception (``load_inception``: any size, grey or RGB, no
+    classes of the dataset).
+    """
+
+    model: Classifier | FIDInception
     info: dict[str, Any]  # data, data_dir, class_names, test_accuracy, ... (from the file header)
     digest: str  # SHA-256 of the weights: keys the cached reference statistics
     path: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
+    def is_inception(self) -> bool:
+        return isinstance(self.model, FIDInception)
+
+    @property
     def config(self) -> ClassifierConfig:
+        assert isinstance(self.model, Classifier), "FID-Inception has no ClassifierConfig"
         return self.model.config
+
+    @property
+    def feature_dim(self) -> int:
+        return INCEPTION_FEATURES if self.is_inception else self.config.feature_dim
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes it predicts, or None (Inception's are not the dataset's)."""
+        return None if self.is_inception else self.config.num_classes
+
+    @property
+    def image_size(self) -> int | None:
+        """The image size it expects, or None for any (Inception resizes to 299)."""
+        return None if self.is_inception else self.config.image_size
 
     @torch.no_grad()
     def _run(self, images: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
         self.check_images(images)
         self.model.eval()
+        batch_size = 32 if self.is_inception else 500  # Inception: 299 px activations
         out = []
-        for start in range(0, len(images), 500):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + 500]))
-            out.append(fn(batch.to(self.device, torch.float32)).float().cpu().numpy())
+        slow = self.is_inception and len(images) > batch_size
+        bar = tqdm(total=len(images), desc="Inception features", unit="img", disable=not slow)
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            batch = batch.to(self.device, torch.float32)
+            if self.is_inception:
+                batch = batch.contiguous(memory_format=torch.channels_last)  # 1.5x on CPU
+            out.append(fn(batch).float().cpu().numpy())
+            bar.update(len(batch))
+        bar.close()
         return np.concatenate(out)
 
     def features(self, images: np.ndarray) -> np.ndarray:
@@ -297,9 +335,21 @@ class Evaluator:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """The evaluator's class index (N,) for each image."""
+        if self.is_inception:
+            raise ValueError(
+                "class accuracy needs the project's evaluator (difflab train-evaluator), not "
+                "Inception, whose classes are not the dataset's"
+            )
         return self._run(images, lambda x: self.model(x).argmax(1))
 
     def check_images(self, images: np.ndarray) -> None:
+        if self.is_inception:
+            if images.ndim != 4 or images.shape[1] not in (1, 3):
+                raise ValueError(
+                    f"images of shape {tuple(images.shape)} do not fit Inception, which expects "
+                    "(N, 1 or 3, H, W)"
+                )
+            return
         c, s = self.config.in_channels, self.config.image_size
         if images.ndim != 4 or images.shape[1:] != (c, s, s):
             raise ValueError(
@@ -465,20 +515,76 @@ def load_evaluator(
     return Evaluator(model.to(device).eval(), info, _weights_digest(weights), path, device)
 
 
-def load_inception(path: str | os.PathLike[str]) -> None:
-    """The hook for pytorch-fid's Inception weights: not available in difflab (see docs/metrics.md).
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+    f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{INCEPTION_FILE}"
+)
 
-    Rebuilding pytorch-fid's FID-Inception (its patched torchvision InceptionV3 blocks) needs
-    torchvision, which difflab does not depend on; rather than a look-alike network whose scores
-    would silently differ from published FIDs, this is an error.
+
+def _check_tensor_names(weights: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
+    """A ValueError naming the first missing, unexpected and mis-shaped tensors, if any."""
+    missing = [k for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in weights if k not in expected]
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    wrong = [k for k in expected if k in weights and shape(weights[k]) != shape(expected[k])]
+    problems = [
+        f"{len(names)} {what} (first: {names[0]})"
+        for names, what in (
+            (missing, "missing"),
+            (unexpected, "unexpected"),
+            (wrong, "of another shape"),
+        )
+        if names
+    ]
+    if problems:
+        raise ValueError(f"{len(weights)} tensors, {', '.join(problems)}")
+
+
+def load_inception(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Evaluator:
+    """pytorch-fid's FID-Inception weights (``INCEPTION_FILE``, or a .safetensors of the same
+    tensors) as an evaluator: 2048-d pool features, the feature space of published FIDs.
+
+    Nothing is downloaded: the file must be on disk (``INCEPTION_URL``, fetched by the user). It is
+    read with ``torch.load(weights_only=True)``, which runs no code from the file. Any mismatch
+    with the network (``models/inception.py``) is a one-line ValueError.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"--inception-weights {path} does not exist")
-    raise ValueError(
-        f"--inception-weights {path}: Inception features are not available in difflab (pytorch-fid's "
-        "Inception needs torchvision, which difflab does not depend on); use the project's evaluator "
-        "(difflab train-evaluator), or pytorch-fid itself on a folder written by difflab sample"
+        raise ValueError(
+            f"--inception-weights {path} does not exist (pytorch-fid's {INCEPTION_FILE}, from "
+            f"{INCEPTION_URL})"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            weights = load_file(str(path))
+        else:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(weights, dict):
+            raise TypeError(f"it holds a {type(weights).__name__}, not a state dict")
+        model = FIDInception()
+        _check_tensor_names(weights, model.state_dict())
+        model.load_state_dict(weights)
+    except (SafetensorError, OSError, RuntimeError, TypeError, EOFError, ValueError,
+            pickle.UnpicklingError) as err:  # fmt: skip
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"--inception-weights {path} is not pytorch-fid's FID-Inception state dict "
+            f"({INCEPTION_FILE}): {first[:300]}"
+        ) from err
+    device = torch.device(device)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    info = {"network": "pytorch-fid FID-Inception", "weights": INCEPTION_FILE}
+    return Evaluator(model, info, _weights_digest(model.state_dict()), path, device)
+
+
+def subset(dataset: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
+    """``n`` images of ``dataset`` drawn without replacement (in their original order); all if
+    ``n`` is None or not smaller."""
+    if n is None or n >= dataset.num_images:
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).choice(dataset.num_images, n, replace=False))
+    return ImageDataset(
+        dataset.name, dataset.images[keep], dataset.labels[keep], dataset.class_names
     )
 
 
@@ -558,7 +664,9 @@ def reference_cache_path(
     train_digest, test_digest = digests or (dataset_digest(train), dataset_digest(test))
     key = hashlib.sha256(f"{evaluator.digest}|{test_digest}|{train_digest}".encode()).hexdigest()
     key = key[:16]
-    if evaluator.path is not None:
+    if evaluator.is_inception:  # its file may sit anywhere, read-only: keep caches in ours
+        folder, stem = default_cache_dir() / "evaluators", f"inception-{evaluator.digest[:12]}"
+    elif evaluator.path is not None:
         folder, stem = evaluator.path.parent, evaluator.path.stem
     else:
         folder, stem = default_cache_dir() / "evaluators", "unsaved"
@@ -752,7 +860,7 @@ def load_images(
 
 def match_channels(images: np.ndarray, evaluator: Evaluator, source: str) -> np.ndarray:
     """Grey images stored as RGB (three equal channels) become 1-channel for a grey evaluator."""
-    if images.shape[1] == 3 and evaluator.config.in_channels == 1:
+    if images.shape[1] == 3 and not evaluator.is_inception and evaluator.config.in_channels == 1:
         if np.abs(images - images[:, :1]).max() > 1e-6:
             raise ValueError(
                 f"{source}: colour images, but the evaluator ({evaluator.info.get('data')}) "
