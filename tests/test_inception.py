@@ -165,3 +165,23 @@ def test_evaluate_with_inception_weights_scores_in_inception_features(
     assert main(argv) == 0
     assert "Inception features of" not in capsys.readouterr().out
     assert json.loads(out.read_text())["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-6)
+
+
+def test_evaluate_gives_pytorch_fids_fid_on_png_folders(seeded, tmp_path, monkeypatch, capsys):
+    """The whole pipeline (PNG -> pixels -> resize -> features -> FID) against pytorch-fid's own
+    ``calculate_fid_given_paths`` on the same seeded folders and weights."""
+    _, weights = seeded
+    monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path / "cache"))
+    save_file(weights, str(tmp_path / "inception.safetensors"))
+    oracle.seeded_folders(tmp_path)
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--images", str(tmp_path / "generated"), "--data", "folder",
+            "--data-dir", str(tmp_path / "real"),
+            "--inception-weights", str(tmp_path / "inception.safetensors"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    setup = json.loads(out.read_text())["setup"]
+    assert setup["num_images"] == REFERENCE["folder_sizes"]["generated"]
+    assert setup["reference_test_images"] == REFERENCE["folder_sizes"]["real/test"]
+    fid = json.loads(out.read_text())["metrics"]["fid"]
+    assert REFERENCE["folder_fid"] > 1.0  # the two folders differ
+    assert fid == pytest.approx(REFERENCE["folder_fid"], rel=1e-4)

@@ -9,7 +9,9 @@ without torchvision or pytorch-fid. To regenerate it, in a separate environment 
 pytorch-fid builds its network and loads the weights through its own code (the download is
 replaced by the seeded state dict below, loaded strictly, so every name and shape must be its
 own), then runs on seeded images in [0, 1]. The file keeps pytorch-fid's parameter names and
-shapes, the images' seed and shapes, and every 8th feature of each image with their norms.
+shapes, the images' seed and shapes, and every 8th feature of each image with their norms; and
+the FID that pytorch-fid's ``calculate_fid_given_paths`` (its command line) gives between two
+seeded PNG folders (``seeded_folders``), for a check of the whole pipeline.
 """
 
 from __future__ import annotations
@@ -61,6 +63,26 @@ def seeded_images(seed: int = IMAGE_SEED) -> list[np.ndarray]:
     return [rng.uniform(0.0, 1.0, shape).astype(np.float32) for shape in IMAGE_SHAPES]
 
 
+FOLDER_SIZES = {"generated": 64, "real/test": 64, "real/train": 40}  # images of 32 px
+
+
+def seeded_folders(root: Path, seed: int = IMAGE_SEED) -> None:
+    """PNG folders for the whole-pipeline check: "generated" is pixel noise, "real" blocky noise
+    (4x4 blocks), so that the two sets differ; pytorch-fid compares generated with real/test."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, n in FOLDER_SIZES.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if name == "generated":
+            pixels = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        else:
+            pixels = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8).repeat(4, 1).repeat(4, 2)
+        for i, image in enumerate(pixels):
+            Image.fromarray(image).save(folder / f"{i:03d}.png")
+
+
 def main() -> None:
     import pytorch_fid
     import pytorch_fid.inception as pfi
@@ -97,6 +119,15 @@ def main() -> None:
                     "mean": features.mean(axis=1).tolist(),
                 }
             )
+    # the whole pipeline, from PNG folders to FID, by pytorch-fid's own command-line function
+    import tempfile
+
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    with tempfile.TemporaryDirectory() as tmp:
+        seeded_folders(Path(tmp))
+        paths = [str(Path(tmp) / "generated"), str(Path(tmp) / "real" / "test")]
+        folder_fid = float(calculate_fid_given_paths(paths, 50, "cpu", 2048, num_workers=0))
     OUT.write_text(
         json.dumps(
             {
@@ -106,6 +137,8 @@ def main() -> None:
                 "every": EVERY,
                 "state_dict_shapes": {k: list(v) for k, v in shapes.items()},
                 "batches": batches,
+                "folder_sizes": FOLDER_SIZES,
+                "folder_fid": folder_fid,
             },
             indent=1,
         )
