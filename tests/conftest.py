@@ -3,6 +3,11 @@
 import pytest
 import torch
 
+from difflab.checkpoint import save_checkpoint
+from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from difflab.data import EMOJI_CLASSES
+from difflab.models.unet import UNet
+
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
@@ -11,3 +16,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_checkpoint():
+    """``make(path, num_classes)``: an 8 px emoji U-Net with its initial weights, saved as a
+    checkpoint: enough to test generation -> metrics plumbing."""
+
+    def make(path, num_classes):
+        model_cfg = ModelConfig(
+            image_size=8, in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+            num_classes=num_classes,
+        )  # fmt: skip
+        config = RunConfig(
+            model=model_cfg, diffusion=DiffusionConfig(timesteps=30),
+            train=TrainConfig(data="emoji"), class_names=EMOJI_CLASSES if num_classes else (),
+        )  # fmt: skip
+        torch.manual_seed(0)
+        return save_checkpoint(path, config, UNet(model_cfg).state_dict())
+
+    return make

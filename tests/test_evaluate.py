@@ -10,12 +10,9 @@ import torch
 from PIL import Image
 
 from difflab import evaluate as ev
-from difflab.checkpoint import save_checkpoint
 from difflab.cli import main
-from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from difflab.data import EMOJI_CLASSES, load_dataset
 from difflab.generate import generate, load_model
-from difflab.models.unet import UNet
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -289,20 +286,6 @@ def cache(tmp_path_factory, one_torch_thread):
         yield root
 
 
-def tiny_checkpoint(path, num_classes):
-    """A small U-Net with its initial weights: enough to test generation -> metrics plumbing."""
-    model_cfg = ModelConfig(
-        image_size=8, in_channels=3, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-        num_classes=num_classes,
-    )  # fmt: skip
-    config = RunConfig(
-        model=model_cfg, diffusion=DiffusionConfig(timesteps=30), train=TrainConfig(data="emoji"),
-        class_names=EMOJI_CLASSES if num_classes else (),
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return save_checkpoint(path, config, UNet(model_cfg).state_dict())
-
-
 def read_report(path):
     return json.loads(Path(path).read_text())
 
@@ -316,7 +299,7 @@ def test_train_evaluator_writes_the_default_evaluator_and_reference(cache, capsy
     assert evaluator.info["steps"] == 6 * math.ceil(4096 / 128)
 
 
-def test_evaluate_a_conditional_checkpoint(cache, tmp_path, monkeypatch, capsys):
+def test_evaluate_a_conditional_checkpoint(cache, tmp_path, monkeypatch, capsys, tiny_checkpoint):
     monkeypatch.setenv("DIFFLAB_CACHE", str(cache))
     ckpt = tiny_checkpoint(tmp_path / "cond.safetensors", num_classes=5)
     out, kept = tmp_path / "metrics.json", tmp_path / "samples.npz"
@@ -410,7 +393,7 @@ def one_line_error(capsys, argv, match):
     assert "Traceback" not in err
 
 
-def test_bad_input_is_one_clear_line(cache, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_clear_line(cache, tmp_path, monkeypatch, capsys, tiny_checkpoint):
     monkeypatch.setenv("DIFFLAB_CACHE", str(cache))
     uncond = str(tiny_checkpoint(tmp_path / "uncond.safetensors", num_classes=0))
     evaluator = str(cache / "evaluators" / "emoji-8px.safetensors")

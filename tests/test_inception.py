@@ -125,7 +125,7 @@ def test_load_inception_rejects_other_files_in_one_line(seeded, tmp_path):
 
 
 def test_evaluate_with_inception_weights_scores_in_inception_features(
-    seeded, tmp_path, monkeypatch, capsys
+    seeded, tmp_path, monkeypatch, capsys, tiny_checkpoint
 ):
     """``difflab evaluate --inception-weights``: the report's FID is that of Inception features."""
     _, weights = seeded
@@ -165,6 +165,18 @@ def test_evaluate_with_inception_weights_scores_in_inception_features(
     assert main(argv) == 0
     assert "Inception features of" not in capsys.readouterr().out
     assert json.loads(out.read_text())["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-6)
+
+    # a class-conditional checkpoint (8 px emoji classes) scored against the same folder (resized
+    # to 8 px): generated, scored in Inception features, no class accuracy and no class check
+    ckpt = tiny_checkpoint(tmp_path / "cond.safetensors", num_classes=5)
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--num-samples", "10", "--sampler", "ddim",
+            "--steps", "3", "--data", "folder", "--data-dir", str(folder),
+            "--inception-weights", str(tmp_path / "inception.safetensors"),
+            "--reference-train-images", "20", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["setup"]["num_images"] == 10 and report["setup"]["reference_train_images"] == 20
+    assert report["metrics"]["class_accuracy"] is None and report["metrics"]["fid"] > 0
 
 
 def test_evaluate_gives_pytorch_fids_fid_on_png_folders(seeded, tmp_path, monkeypatch, capsys):
