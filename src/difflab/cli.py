@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--inception-weights",
         metavar="PATH",
         help="score in Inception features instead: pytorch-fid's "
-        "pt_inception-2015-12-05-6726825d.pth on disk (never downloaded; ~15 images/s on a "
+        "pt_inception-2015-12-05-6726825d.pth on disk (never downloaded; ~18 images/s on a "
         "2-core CPU; no class accuracy). See docs/metrics.md",
     )
     p.add_argument(
