@@ -85,7 +85,6 @@ def test_load_inception_reads_pytorch_fid_files_and_safetensors(seeded, tmp_path
     for name in (ev.INCEPTION_FILE, "inception.safetensors"):
         evaluator = ev.load_inception(tmp_path / name)
         assert evaluator.is_inception and evaluator.feature_dim == 2048
-        assert evaluator.image_size is None and evaluator.num_classes is None
         np.testing.assert_allclose(evaluator.features(images), expected, rtol=1e-5, atol=1e-5)
         digests.add(evaluator.digest)
         with pytest.raises(ValueError, match="class accuracy needs the project's evaluator"):
@@ -112,12 +111,12 @@ def test_load_inception_rejects_other_files_in_one_line(seeded, tmp_path):
         ("missing.pth", "does not exist"),
         (
             "other.pth",
-            "1 tensors, 472 missing \\(first: Conv2d_1a_3x3.conv.weight\\), 1 unexpected",
+            "tensors in the file: 1; 472 missing \\(first: Conv2d_1a_3x3.conv.weight\\), 1 unexpected",
         ),
         ("junk.pth", "not pytorch-fid's FID-Inception state dict"),
         ("code.pth", "not pytorch-fid's FID-Inception state dict"),
         ("list.pth", "holds a list, not a state dict"),
-        ("imagenet_fc.pth", "566 tensors, 1 of another shape \\(first: fc.bias\\)"),
+        ("imagenet_fc.pth", "tensors in the file: 566; 1 of another shape \\(first: fc.bias\\)"),
     ]:
         with pytest.raises(ValueError, match=match) as err:
             ev.load_inception(tmp_path / name)

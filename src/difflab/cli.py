@@ -36,7 +36,7 @@ from difflab.generate import (
 from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
 from difflab.schedules import SCHEDULES, make_schedule
 
-INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~15 images/s on 2 cores: 60k would take an hour
+INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~18 images/s on 2 cores: 60k would take an hour
 
 EPILOG = """examples:
   difflab demo                                      # train on built-in faces, write every picture

@@ -301,16 +301,6 @@ class Evaluator:
     def feature_dim(self) -> int:
         return INCEPTION_FEATURES if self.is_inception else self.config.feature_dim
 
-    @property
-    def num_classes(self) -> int | None:
-        """The classes it predicts, or None (Inception's are not the dataset's)."""
-        return None if self.is_inception else self.config.num_classes
-
-    @property
-    def image_size(self) -> int | None:
-        """The image size it expects, or None for any (Inception resizes to 299)."""
-        return None if self.is_inception else self.config.image_size
-
     @torch.no_grad()
     def _run(self, images: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
         self.check_images(images)
@@ -525,8 +515,11 @@ def _check_tensor_names(weights: dict[str, Any], expected: dict[str, torch.Tenso
     """A ValueError naming the first missing, unexpected and mis-shaped tensors, if any."""
     missing = [k for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in weights if k not in expected]
-    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
-    wrong = [k for k in expected if k in weights and shape(weights[k]) != shape(expected[k])]
+    wrong = [
+        k
+        for k in expected
+        if k in weights and tuple(getattr(weights[k], "shape", ())) != tuple(expected[k].shape)
+    ]
     problems = [
         f"{len(names)} {what} (first: {names[0]})"
         for names, what in (
@@ -537,7 +530,7 @@ def _check_tensor_names(weights: dict[str, Any], expected: dict[str, torch.Tenso
         if names
     ]
     if problems:
-        raise ValueError(f"{len(weights)} tensors, {', '.join(problems)}")
+        raise ValueError(f"tensors in the file: {len(weights)}; {', '.join(problems)}")
 
 
 def load_inception(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Evaluator:
