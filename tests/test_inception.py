@@ -105,6 +105,10 @@ def test_load_inception_rejects_other_files_in_one_line(seeded, tmp_path):
     torch.save({**weights, "fc.bias": torch.zeros(1000)}, tmp_path / "imagenet_fc.pth")
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"\x00not a torch file")
+    (tmp_path / "text.pth").write_text("junk\n")  # the unpickler fails with a KeyError here
+    torch.save(weights, tmp_path / "whole.pth")
+    whole = (tmp_path / "whole.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "code.pth").write_bytes(pickle.dumps(Payload()))
     torch.save([torch.zeros(2)], tmp_path / "list.pth")
     for name, match in [
@@ -115,6 +119,8 @@ def test_load_inception_rejects_other_files_in_one_line(seeded, tmp_path):
         ),
         ("junk.pth", "not pytorch-fid's FID-Inception state dict"),
         ("code.pth", "not pytorch-fid's FID-Inception state dict"),
+        ("text.pth", "not a readable torch file"),
+        ("truncated.pth", "not pytorch-fid's FID-Inception state dict"),
         ("list.pth", "holds a list, not a state dict"),
         ("imagenet_fc.pth", "tensors in the file: 566; 1 of another shape \\(first: fc.bias\\)"),
     ]:

@@ -138,7 +138,9 @@ def float_tuple(text: str) -> tuple[float, ...]:
 
 def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
     """How to sample a trained model: shared by sample and the editing commands."""
-    p.add_argument("--sampler", default=default, choices=SAMPLERS)
+    p.add_argument(
+        "--sampler", default=default, choices=SAMPLERS, help="sampling algorithm (docs/samplers.md)"
+    )
     p.add_argument(
         "--steps", type=positive_int,
         help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpmpp-2m and dpmpp-2m-sde)",

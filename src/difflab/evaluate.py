@@ -551,7 +551,12 @@ def load_inception(path: str | os.PathLike[str], device: str | torch.device = "c
         if path.suffix == ".safetensors":
             weights = load_file(str(path))
         else:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                weights = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # untrusted bytes fail in many ways (KeyError, ...)
+                raise ValueError(
+                    f"not a readable torch file ({type(err).__name__}: {err})"
+                ) from err
         if not isinstance(weights, dict):
             raise TypeError(f"it holds a {type(weights).__name__}, not a state dict")
         model = FIDInception()
