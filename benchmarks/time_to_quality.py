@@ -19,9 +19,9 @@ runs left in ``--runs`` to the budgets that have no row yet); the diffusers loop
 this process and counts the same way. At each budget, N images are drawn with 20 steps of
 DPM-Solver++(2M): difflab's ``dpmpp-2m`` for difflab's checkpoints, diffusers' own
 ``DPMSolverMultistepScheduler`` for the diffusers model (x0 clipped to [-1, 1] in both), and all
-are scored by ``difflab evaluate`` against the MNIST test split. The diffusers loop also leaves a grid of 64 of
-its samples and its weights at each budget in ``RUNS/diffusers/`` (difflab's runs write their own
-previews and checkpoints).
+are scored by ``difflab evaluate`` against the MNIST test split. The diffusers loop also leaves
+a grid of 64 of its samples and its weights at each budget in ``RUNS/diffusers/`` (difflab's
+runs write their own previews and checkpoints).
 
 Writes ``docs/time_to_quality.json`` (rows are merged by recipe and budget, so recipes can be run
 one at a time), the table in ``docs/time_to_quality.md`` between the ``time_to_quality`` markers,
@@ -173,11 +173,9 @@ def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
             num_train_timesteps=1000, thresholding=True, sample_max_value=1.0
         )
         samples = sample_diffusers(model, solver, args.num_samples)
-        save_grid(samples[:64], Path(args.runs) / "diffusers" / f"samples_{budget:g}min.png")
-        save_file(
-            model.state_dict(),
-            str(Path(args.runs) / "diffusers" / f"unet_{budget:g}min.safetensors"),
-        )  # the EMA weights
+        out = Path(args.runs) / "diffusers"
+        save_grid(samples[:64], out / f"samples_{budget:g}min.png")
+        save_file(model.state_dict(), str(out / f"unet_{budget:g}min.safetensors"))  # EMA weights
         ema.restore(model.parameters())
         with tempfile.TemporaryDirectory() as tmp:
             npz = Path(tmp) / "samples.npz"

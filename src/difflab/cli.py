@@ -1007,16 +1007,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if train_limit is None and evaluator.is_inception:
         train_limit = INCEPTION_TRAIN_IMAGES
     train_set = ev.subset(train_set, train_limit)
-    if (
-        evaluator.is_inception
-        and not ev.reference_cache_path(evaluator, train_set, test_set).is_file()
-    ):
-        print(
-            f"Inception features of {test_set.num_images} test and {train_set.num_images} training "
-            f"{data} images: once, cached for later runs ...",
-            flush=True,
-        )
-    reference = ev.reference_statistics(evaluator, train_set, test_set)
+
+    def announce() -> None:  # Inception features take minutes on a CPU: say what is coming
+        if evaluator.is_inception:
+            print(
+                f"Inception features of {test_set.num_images} test and {train_set.num_images} "
+                f"training {data} images: once, cached for later runs ...",
+                flush=True,
+            )
+
+    reference = ev.reference_statistics(evaluator, train_set, test_set, on_compute=announce)
 
     if args.checkpoint:
         n = args.num_samples

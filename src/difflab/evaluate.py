@@ -672,12 +672,18 @@ def reference_cache_path(
 
 
 def reference_statistics(
-    evaluator: Evaluator, train: ImageDataset, test: ImageDataset, *, cache: bool = True
+    evaluator: Evaluator,
+    train: ImageDataset,
+    test: ImageDataset,
+    *,
+    cache: bool = True,
+    on_compute: Callable[[], None] | None = None,
 ) -> Reference:
     """The test split's features, mean and covariance, and the train features; cached on disk.
 
     The cache file's name holds a hash of the evaluator's weights and of both splits, so a new
-    evaluator or changed data never reuses stale statistics.
+    evaluator or changed data never reuses stale statistics. ``on_compute`` is called before
+    the features are computed (not when they come from the cache).
     """
     digests = dataset_digest(train), dataset_digest(test)
     path = reference_cache_path(evaluator, train, test, digests)
@@ -693,6 +699,8 @@ def reference_statistics(
                 )  # fmt: skip
         except (SafetensorError, OSError, KeyError, ValueError):
             pass  # unreadable cache: recompute and overwrite it below
+    if on_compute is not None:
+        on_compute()
     test_features = evaluator.features(test.images)
     train_features = evaluator.features(train.images)
     mu, sigma = feature_statistics(test_features)
