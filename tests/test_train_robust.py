@@ -166,6 +166,29 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, capsys):
     assert f"trained {step + 2} steps" in capsys.readouterr().out
 
 
+def deliver(signum):
+    """Send ``signum`` to this process and let Python run its handler."""
+    os.kill(os.getpid(), signum)
+    time.sleep(0.01)  # handlers run between bytecodes of the main thread
+
+
+@pytest.mark.parametrize("under_torchrun", [False, True])
+def test_a_second_ctrl_c_stops_at_once_except_under_torchrun(under_torchrun, capsys):
+    # Under torchrun one Ctrl-C arrives twice (the terminal's, and torchrun's copy of it).
+    with difflab.train.StopOnSignal(under_torchrun=under_torchrun) as stop:
+        deliver(signal.SIGINT)
+        assert stop.received == "SIGINT"
+        if under_torchrun:
+            deliver(signal.SIGINT)
+            deliver(signal.SIGTERM)
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                deliver(signal.SIGINT)
+        assert stop.received == "SIGINT"  # the first signal is the one reported
+    assert capsys.readouterr().err.count("stopping after this step") == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 @pytest.mark.slow
 def test_sigkill_leaves_the_previous_checkpoint_intact_and_resume_works(tmp_path, capsys):
     run = tmp_path / "run"
@@ -396,6 +419,34 @@ def test_torchrun_command_line(tmp_path):
     names = [name for name, _ in UNet(config.model).named_parameters()]
     multi, single = tensors(tmp_path / "ddp" / final), tensors(tmp_path / "single" / final)
     assert_matches_one_process(multi, single, names)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, capsys):
+    """A terminal's Ctrl-C reaches torchrun and its workers, and torchrun forwards it again."""
+    run = tmp_path / "ddp"
+    argv = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
+            "--master_port", str(free_port()), "-m", "difflab", "train", *TINY,
+            "--num-images", "32", "--epochs", "1000", "--sample-every", "0", "--out", str(run)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=True
+        )
+        wait_for(run / "checkpoints/epoch_002.safetensors", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole process group
+        proc.wait(timeout=60)  # torchrun's own exit status (1, after its SignalException)
+        stderr.seek(0)
+        err = stderr.read()
+    assert "[rank" not in err, err[-2000:]  # no worker printed a traceback
+    stops = [line for line in err.splitlines() if "saved" in line]
+    assert len(stops) == 1, err[-2000:]  # rank 0 alone, once
+    assert f"continue with: torchrun --nproc_per_node 2 -m difflab train --resume {run}" in stops[0]
+    step = int(stops[0].split("after step ")[1].split(";")[0])
+    saved = Path(stops[0].split("saved ")[1].split(";")[0])
+    assert load_checkpoint(saved).state["step"] == step
+    assert main(["train", "--resume", str(run), "--max-steps", str(step + 2), "--no-progress"]) == 0
+    assert f"trained {step + 2} steps" in capsys.readouterr().out
 
 
 # -------------------------------------------------------------------------------------------------

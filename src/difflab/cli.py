@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from difflab import __version__, viz
+from difflab import __version__, distributed, viz
 from difflab.config import PRESETS, DiffusionConfig, TrainConfig
 from difflab.data import DATASETS, load_dataset
 from difflab.diffusion import PREDICTIONS
@@ -590,11 +590,9 @@ def _flags_set(args: argparse.Namespace, ignore: Sequence[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from difflab import distributed
     from difflab.checkpoint import load_checkpoint
     from difflab.train import (
         RESUME_FLAGS,
-        TrainingInterrupted,
         latest_checkpoint,
         model_config_overrides,
         prepare_run,
@@ -636,17 +634,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             conditional=args.conditional, backend=args.backend,
         )  # fmt: skip
         out = Path(args.out or f"runs/{args.data}")
-    main_process = distributed.env_rank() == 0  # under torchrun, rank 0 alone prints
-    try:
-        result = train(
-            config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )  # fmt: skip
-    except TrainingInterrupted as stop:
-        if main_process:
-            print(f"difflab train: {stop}", file=sys.stderr)
-        raise  # main() turns it into exit code 130
-    if main_process:
+    # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
+    result = train(
+        config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if distributed.env_rank() == 0:  # under torchrun, rank 0 alone prints
         print(
             f"trained {result.steps} steps ({result.minutes:.1f} min); loss "
             f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir} "
@@ -1144,8 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"difflab {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"difflab {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C; training's says where it saved a checkpoint
+        if distributed.env_rank() == 0:  # one line, not one per torchrun process
+            print(f"difflab {args.command}: {stop or 'interrupted'}", file=sys.stderr)
         return 130
     except RuntimeError as err:  # TrainingError and friends: the message says what to do
         print(f"difflab {args.command}: error: {err}", file=sys.stderr)

@@ -318,10 +318,13 @@ def _check_numpy_options(cfg: TrainConfig) -> None:
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped training after a step, and a checkpoint holds that step."""
 
-    def __init__(self, run_dir: Path, checkpoint: Path, step: int, signal_name: str) -> None:
+    def __init__(
+        self, run_dir: Path, checkpoint: Path, step: int, signal_name: str, processes: int = 1
+    ) -> None:
+        launch = f"torchrun --nproc_per_node {processes} -m " if processes > 1 else ""
         super().__init__(
             f"stopped by {signal_name} after step {step}; saved {checkpoint}; "
-            f"continue with: difflab train --resume {run_dir}"
+            f"continue with: {launch}difflab train --resume {run_dir}"
         )
         self.run_dir, self.checkpoint, self.step = run_dir, checkpoint, step
 
@@ -331,11 +334,16 @@ class StopOnSignal:
     that it can save a checkpoint of a whole step; a second Ctrl-C stops at once.
 
     torchrun and cluster schedulers send SIGTERM before they kill a job, hence both signals.
+
+    Under torchrun (``under_torchrun``) one Ctrl-C reaches each worker twice: from the terminal
+    and forwarded by torchrun. So a repeat there does not stop at once; torchrun itself kills the
+    workers that have not stopped 30 s after it forwarded the signal.
     """
 
-    def __init__(self, announce: bool = True) -> None:
+    def __init__(self, announce: bool = True, under_torchrun: bool = False) -> None:
         self.received: str | None = None  # the name of the signal, once one came
         self.announce = announce
+        self.under_torchrun = under_torchrun
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignal:
@@ -345,13 +353,20 @@ class StopOnSignal:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: do not wait for the step
+        if self.received is not None:
+            if signum == signal.SIGINT and not self.under_torchrun:
+                raise KeyboardInterrupt  # the second Ctrl-C: do not wait for the step
+            return
         self.received = signal.Signals(signum).name
         if self.announce:
+            again = (
+                "torchrun stops the workers at once 30 s after a signal"
+                if self.under_torchrun
+                else "Ctrl-C again to stop at once"
+            )
             print(
                 f"\ndifflab train: {self.received}: stopping after this step to save a checkpoint "
-                "(Ctrl-C again to stop at once)",
+                f"({again})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -404,7 +419,7 @@ def train(
         check_can_continue(cfg, ckpt.state)
     with (
         distributed.process_group(device) as (ddp, device),
-        StopOnSignal(announce=ddp.is_main) as stop,
+        StopOnSignal(announce=ddp.is_main, under_torchrun=ddp.enabled) as stop,
     ):
         return _train_torch(
             config, dataset, out, ckpt, ddp, device, stop, overwrite=overwrite, progress=progress
@@ -682,7 +697,10 @@ def _train_torch(
         last_ckpt = save(name, epoch_start_state if batch_in_epoch else data_gen.get_state())
     if stop_reason == "signal":
         assert last_ckpt is not None
-        raise TrainingInterrupted(out, last_ckpt, step, stop.received or "a signal to another rank")
+        distributed.wait_for_all()  # every process raises this; leave together
+        raise TrainingInterrupted(
+            out, last_ckpt, step, stop.received or "a signal to another rank", ddp.world_size
+        )
     result = TrainResult(
         run_dir=out, steps=step, epochs_done=epoch, first_loss=first_loss, last_loss=last_loss,
         minutes=elapsed / 60, num_parameters=num_params, model=model, ema=ema,
