@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from difflab.generate import (
 )
 from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
 from difflab.schedules import SCHEDULES, make_schedule
+
+if TYPE_CHECKING:
+    from difflab.evaluate import Evaluator
 
 INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~18 images/s on 2 cores: 60k would take an hour
 
@@ -938,6 +941,58 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo finished: open {report}")
 
 
+def _feature_network(
+    args: argparse.Namespace, data: str, size: int, recorded_dir: str | None, device: torch.device
+) -> tuple[Evaluator, str | None, int]:
+    """The feature network, the reference images' data directory, and the size they are read at.
+
+    The network is difflab's evaluator for the dataset, or Inception with --inception-weights.
+    """
+    from difflab import evaluate as ev
+
+    if args.inception_weights:  # any image size: Inception resizes to 299
+        return (
+            ev.load_inception(args.inception_weights, device),
+            args.data_dir or recorded_dir,
+            size,
+        )
+    path = args.evaluator or ev.default_evaluator_path(data, size, args.data_dir or recorded_dir)
+    hint_dir = args.data_dir or recorded_dir
+    hint = f"; train one with: {ev.train_evaluator_command(data, size, hint_dir)}"
+    evaluator = ev.load_evaluator(path, device, hint=hint)
+    if evaluator.info.get("data") != data:
+        raise ValueError(
+            f"evaluator {path} was trained on {evaluator.info.get('data')!r}, not on {data!r}"
+        )
+    data_dir = args.data_dir or evaluator.info.get("data_dir") or recorded_dir
+    return evaluator, data_dir, evaluator.config.image_size
+
+
+def _evaluator_labels(
+    evaluator: Evaluator, labels: np.ndarray | None, class_names: Sequence[str], source: str
+) -> np.ndarray | None:
+    """Labels of scored images as the evaluator numbers its classes (None: no class accuracy)."""
+    if evaluator.is_inception:
+        return None  # Inception's classes are not the dataset's
+    if class_names:  # class subfolders: labels, if they are the evaluator's classes
+        names = list(evaluator.info.get("class_names") or ())
+        missing = [c for c in class_names if c not in names]
+        if missing:
+            raise ValueError(
+                f"--images {source}: class folders {missing[:5]} are not classes of the "
+                f"evaluator ({names[:10]}); put the images in one folder or name the folders "
+                "after the classes"
+            )
+        assert labels is not None  # load_images labels every image of class folders
+        labels = np.array([names.index(class_names[i]) for i in labels])
+    if labels is not None and labels.max(initial=0) >= evaluator.config.num_classes:
+        raise ValueError(
+            f"--images {source}: labels up to {labels.max()}, but the evaluator has "
+            f"{evaluator.config.num_classes} classes"
+        )
+    return labels
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
@@ -976,23 +1031,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data, size, recorded_dir, data_seed = args.data, images.shape[-1], None, 0
         setup.update(source="images", images=str(args.images))
 
-    device = pick_device(args.device)
-    if args.inception_weights:
-        evaluator = ev.load_inception(args.inception_weights, device)
-        data_dir, reference_size = args.data_dir or recorded_dir, size
-    else:
-        path = args.evaluator or ev.default_evaluator_path(
-            data, size, args.data_dir or recorded_dir
-        )
-        hint_dir = args.data_dir or recorded_dir
-        hint = f"; train one with: {ev.train_evaluator_command(data, size, hint_dir)}"
-        evaluator = ev.load_evaluator(path, device, hint=hint)
-        if evaluator.info.get("data") != data:
-            raise ValueError(
-                f"evaluator {path} was trained on {evaluator.info.get('data')!r}, not on {data!r}"
-            )
-        data_dir = args.data_dir or evaluator.info.get("data_dir") or recorded_dir
-        reference_size = evaluator.config.image_size
+    evaluator, data_dir, reference_size = _feature_network(
+        args, data, size, recorded_dir, pick_device(args.device)
+    )
     train_set, test_set = ev.reference_datasets(
         data, data_dir, image_size=reference_size, seed=data_seed
     )
@@ -1029,23 +1070,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         source = str(args.checkpoint)
     else:
         source = str(args.images)
-        if evaluator.is_inception:
-            labels = None  # Inception's classes are not the dataset's: no class accuracy
-        elif class_names:  # class subfolders: labels, if they are the evaluator's classes
-            names = list(evaluator.info.get("class_names") or ())
-            missing = [c for c in class_names if c not in names]
-            if missing:
-                raise ValueError(
-                    f"--images {source}: class folders {missing[:5]} are not classes of the "
-                    f"evaluator ({names[:10]}); put the images in one folder or name the folders "
-                    "after the classes"
-                )
-            labels = np.array([names.index(class_names[i]) for i in labels])  # type: ignore[index]
-        if labels is not None and labels.max(initial=0) >= evaluator.config.num_classes:
-            raise ValueError(
-                f"--images {source}: labels up to {labels.max()}, but the evaluator has "
-                f"{evaluator.config.num_classes} classes"
-            )
+        labels = _evaluator_labels(evaluator, labels, class_names, source)
     images = ev.match_channels(images, evaluator, source)
     evaluator.check_images(images)
     if len(images) < 2:
