@@ -402,6 +402,33 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path, capsys):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def cli_as_rank(rank, world_size, port, argv):
+    """``difflab ARGV`` as one process of a torchrun-style run."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    assert main(argv) == 0
+
+
+def on_two_processes(argv):
+    torch.multiprocessing.start_processes(
+        cli_as_rank, args=(2, free_port(), argv), nprocs=2, start_method="fork"
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_with_dropout_resume_bitwise(tmp_path):
+    # 37 images in batches of 16: each epoch ends with 5 = 3 + 2, so the processes draw dropout
+    # masks for different numbers of images and their random states part.
+    argv = ["train", *EXACT, "--num-images", "37", "--epochs", "3"]
+    on_two_processes([*argv, "--out", str(tmp_path / "whole")])
+    run = tmp_path / "stopped"
+    on_two_processes([*argv, "--max-steps", "5", "--out", str(run)])  # in the middle of epoch 2
+    on_two_processes(["train", "--resume", str(run), "--no-progress"])
+    final = "checkpoints/epoch_003.safetensors"
+    assert_bitwise_equal(tensors(tmp_path / "whole" / final), tensors(run / final))
+
+
 @pytest.mark.slow
 def test_torchrun_command_line(tmp_path):
     """The README's command: `torchrun --nproc_per_node 2 -m difflab train ...`."""
@@ -419,6 +446,9 @@ def test_torchrun_command_line(tmp_path):
     names = [name for name, _ in UNet(config.model).named_parameters()]
     multi, single = tensors(tmp_path / "ddp" / final), tensors(tmp_path / "single" / final)
     assert_matches_one_process(multi, single, names)
+    # Every process draws its own dropout masks (with the same draws, the states would be equal).
+    rng = load_checkpoint(tmp_path / "ddp" / final).rng
+    assert not torch.equal(rng["torch_cpu"], rng["torch_cpu_rank1"])
 
 
 @pytest.mark.slow

@@ -101,6 +101,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather_all(tensor: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """``tensor`` from every process, in rank order, on the CPU (``[tensor]`` for one process).
+
+    Every process calls it, each with a tensor of the same shape and dtype.
+    """
+    if not _active():
+        return [tensor]
+    mine = tensor.to(device)  # NCCL moves CUDA tensors only
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    return [part.cpu() for part in parts]
+
+
 def any_of(flags: Sequence[bool], device: torch.device) -> list[bool]:
     """For each flag: is it true on any process? (The flags themselves for one process.)
 

@@ -376,6 +376,11 @@ class StopOnSignal:
             signal.signal(sig, handler)
 
 
+def _process_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A seed for one process's dropout masks: independent streams for each (seed, rank, step)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the lines a run logged after the checkpoint it resumes from (they will be redone)."""
     if path.exists():
@@ -462,6 +467,8 @@ def _train_torch(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(cfg.seed)  # initial weights; later dropout masks (checkpointed)
     model = UNet(config.model).to(device, memory_format=memory_format)
+    if ddp.enabled:  # the same weights everywhere, but dropout masks of each process's own
+        torch.manual_seed(_process_seed(cfg.seed, ddp.rank))
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range and needs none.
@@ -485,11 +492,15 @@ def _train_torch(
             optimizer.load_state_dict(ckpt.optimizer)
         data_gen.set_state(ckpt.rng["data_epoch_start"])
         noise_gen.set_state(ckpt.rng["noise"].to(noise_gen.get_state().device))
-        # Older checkpoints lack these: they resume, with other dropout masks than before.
-        if "torch_cpu" in ckpt.rng:
-            torch.set_rng_state(ckpt.rng["torch_cpu"])
-        if "torch_cuda" in ckpt.rng and device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt.rng["torch_cuda"], device)
+        # Dropout's generator, each process its own. Older checkpoints lack it, and a process
+        # that the run did not have before lacks its own: they resume with other masks.
+        rank = f"_rank{ddp.rank}" if ddp.rank else ""
+        if f"torch_cpu{rank}" in ckpt.rng:
+            torch.set_rng_state(ckpt.rng[f"torch_cpu{rank}"])
+        elif ddp.enabled:
+            torch.manual_seed(_process_seed(cfg.seed, ddp.rank, ckpt.state["step"]))
+        if f"torch_cuda{rank}" in ckpt.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.rng[f"torch_cuda{rank}"], device)
         if "scaler" in ckpt.state and scaler.is_enabled():
             scaler.load_state_dict(ckpt.state["scaler"])
         step, epoch = ckpt.state["step"], ckpt.state["epoch"]
@@ -523,12 +534,18 @@ def _train_torch(
     def save(name: str, data_state: torch.Tensor) -> Path:
         """A checkpoint with everything that resuming needs; rank 0 writes it."""
         path = out / "checkpoints" / f"{name}.safetensors"
+        # Dropout's generator state of every process: rank 0's as torch_cpu, rank r's as
+        # torch_cpu_rank{r}; the same for CUDA.
+        dropout_rng = {"torch_cpu": distributed.gather_all(torch.get_rng_state(), device)}
+        if device.type == "cuda":
+            dropout_rng["torch_cuda"] = distributed.gather_all(
+                torch.cuda.get_rng_state(device), device
+            )
         if not ddp.is_main:
             return path
-        rng = {"data_epoch_start": data_state, "noise": noise_gen.get_state().cpu(),
-               "torch_cpu": torch.get_rng_state()}  # fmt: skip
-        if device.type == "cuda":
-            rng["torch_cuda"] = torch.cuda.get_rng_state(device)
+        rng = {"data_epoch_start": data_state, "noise": noise_gen.get_state().cpu()}
+        for key, states in dropout_rng.items():
+            rng.update({key + (f"_rank{r}" if r else ""): s for r, s in enumerate(states)})
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                  "elapsed_s": elapsed, "skipped_steps": skipped}  # fmt: skip
         if scaler.is_enabled():
