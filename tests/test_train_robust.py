@@ -339,11 +339,16 @@ DDP_DIFFUSION = DiffusionConfig(timesteps=50)
 DDP_MODEL = {"base_channels": 8, "channel_mults": (1, 2)}
 
 
-def train_as_rank(rank, world_size, port, out, weights_dir):
-    """One process of a torchrun-style run; writes its final weights for the test to compare."""
+def join_as_rank(rank, world_size, port):
+    """Make this (forked) process one of a torchrun-style run: torchrun's environment."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
+
+
+def train_as_rank(rank, world_size, port, out, weights_dir):
+    """One process of a torchrun-style run; writes its final weights for the test to compare."""
+    join_as_rank(rank, world_size, port)
     config, dataset = difflab.train.prepare_run(
         DDP_TRAIN, DDP_DIFFUSION, DDP_MODEL, conditional=True
     )
@@ -404,9 +409,7 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path, capsys):
 
 def cli_as_rank(rank, world_size, port, argv):
     """``difflab ARGV`` as one process of a torchrun-style run."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(1)
+    join_as_rank(rank, world_size, port)
     assert main(argv) == 0
 
 
@@ -463,9 +466,13 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, capsys):
         proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=True
         )
-        wait_for(run / "checkpoints/epoch_002.safetensors", proc)
-        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole process group
-        proc.wait(timeout=60)  # torchrun's own exit status (1, after its SignalException)
+        try:
+            wait_for(run / "checkpoints/epoch_002.safetensors", proc)
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole group
+            proc.wait(timeout=60)  # torchrun's own exit status (1, after its SignalException)
+        finally:
+            if proc.poll() is None:  # the test failed: leave no training processes behind
+                os.killpg(proc.pid, signal.SIGKILL)
         stderr.seek(0)
         err = stderr.read()
     assert "[rank" not in err, err[-2000:]  # no worker printed a traceback
