@@ -372,8 +372,11 @@ class StopOnSignal:
             )
 
     def __exit__(self, *exc_info: object) -> None:
+        # Under torchrun its copy of a signal that stopped the loop can come after the loop
+        # (a worker may save and finish first): the worker is on its way out, so ignore it.
+        leaving = self.under_torchrun and self.received is not None
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if leaving else handler)
 
 
 def _process_seed(seed: int, rank: int, step: int = 0) -> int:
