@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import difflab.distributed
 import difflab.train
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
@@ -461,6 +462,31 @@ def test_torchrun_command_line(tmp_path):
     # Every process draws its own dropout masks (with the same draws, the states would be equal).
     rng = load_checkpoint(tmp_path / "ddp" / final).rng
     assert not torch.equal(rng["torch_cpu"], rng["torch_cpu_rank1"])
+
+
+def test_an_error_of_every_process_is_reported_by_rank_0_alone(monkeypatch):
+    error = difflab.train.TrainingError("loss became nan at step 2")
+    with pytest.raises(difflab.train.TrainingError):
+        difflab.distributed.raise_on_every_process(error)  # one process: no barrier to pass
+    own = RuntimeError("CUDA out of memory")  # one rank's own trouble
+    assert difflab.distributed.reported_here(error) and difflab.distributed.reported_here(own)
+    monkeypatch.setenv("RANK", "1")
+    assert not difflab.distributed.reported_here(error)
+    assert difflab.distributed.reported_here(own)
+
+
+@pytest.mark.slow
+def test_an_error_under_torchrun_is_one_line(tmp_path):
+    """A loss that turns NaN stops every process at the same step: one message, a clean exit."""
+    argv = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
+            "--master_port", str(free_port()), "-m", "difflab", "train", *TINY, "--lr", "1e6",
+            "--out", str(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("difflab train: error: loss became ")
+    assert "exitcode  : 1 " in result.stderr  # what torchrun names as the cause: not a SIGABRT
 
 
 @pytest.mark.slow

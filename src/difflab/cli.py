@@ -1157,17 +1157,23 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``difflab`` console script."""
     args = build_parser().parse_args(argv)
+    # Under torchrun, an error that every process raised together is printed by rank 0 alone;
+    # another rank's own error names the rank.
+    rank = distributed.env_rank()
+    who = f"difflab {args.command}" + (f" (rank {rank})" if rank else "")
     try:
         COMMANDS[args.command](args)
     except (ValueError, OSError) as err:
-        print(f"difflab {args.command}: error: {err}", file=sys.stderr)
+        if distributed.reported_here(err):
+            print(f"{who}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C; training's says where it saved a checkpoint
-        if distributed.env_rank() == 0:  # one line, not one per torchrun process
-            print(f"difflab {args.command}: {stop or 'interrupted'}", file=sys.stderr)
+        if rank == 0:  # one line, not one per torchrun process
+            print(f"{who}: {stop or 'interrupted'}", file=sys.stderr)
         return 130
     except RuntimeError as err:  # TrainingError and friends: the message says what to do
-        print(f"difflab {args.command}: error: {err}", file=sys.stderr)
+        if distributed.reported_here(err):
+            print(f"{who}: error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -92,6 +93,26 @@ def wait_for_all() -> None:
     """
     if _active():
         dist.barrier()
+
+
+# Set on an error that every process raised together: rank 0 reports it for all.
+_ON_EVERY_PROCESS = "difflab_raised_on_every_process"
+
+
+def raise_on_every_process(error: BaseException) -> NoReturn:
+    """Raise ``error``, which every process raises at this same point, once all got here.
+
+    The processes leave together (see ``wait_for_all``), and rank 0 alone reports the error for
+    all of them (``reported_here``): one message instead of one per process.
+    """
+    wait_for_all()
+    setattr(error, _ON_EVERY_PROCESS, True)
+    raise error
+
+
+def reported_here(error: BaseException) -> bool:
+    """Whether this process prints ``error``: rank 0 always, another rank its own errors only."""
+    return env_rank() == 0 or not getattr(error, _ON_EVERY_PROCESS, False)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -449,9 +449,11 @@ def _train_torch(
     """The PyTorch training loop of ``train``, inside the process group and the signal handler."""
     cfg = config.train
     if cfg.batch_size % ddp.world_size:
-        raise ValueError(
-            f"--batch-size {cfg.batch_size} (the global batch) does not split evenly among "
-            f"{ddp.world_size} processes; use a multiple of {ddp.world_size}"
+        distributed.raise_on_every_process(
+            ValueError(
+                f"--batch-size {cfg.batch_size} (the global batch) does not split evenly among "
+                f"{ddp.world_size} processes; use a multiple of {ddp.world_size}"
+            )
         )
     # Rank 0 lays out the run directory; the others learn whether that worked, instead of
     # waiting for it forever in the first all-reduce.
@@ -464,7 +466,7 @@ def _train_torch(
         except (ValueError, OSError) as err:
             error = err
     if distributed.any_of([error is not None], device)[0]:
-        raise error if error is not None else ValueError(f"rank 0 could not set up {out}")
+        distributed.raise_on_every_process(error or ValueError(f"rank 0 could not set up {out}"))
 
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -649,14 +651,19 @@ def _train_torch(
                     else "no checkpoint was written yet"
                 )
                 if not cfg.skip_nonfinite:
-                    raise TrainingError(
-                        f"{problem} at step {step + 1}; {where}. Lower --lr or check the data "
-                        "(--skip-nonfinite skips such steps)"
+                    distributed.raise_on_every_process(
+                        TrainingError(
+                            f"{problem} at step {step + 1}; {where}. Lower --lr or check the "
+                            "data (--skip-nonfinite skips such steps)"
+                        )
                     )
                 if skipped_in_a_row > MAX_SKIPS_IN_A_ROW:
-                    raise TrainingError(
-                        f"{problem} at step {step + 1}, {skipped_in_a_row} steps in a row: the "
-                        f"weights have diverged and skipping cannot help; {where}. Lower --lr"
+                    distributed.raise_on_every_process(
+                        TrainingError(
+                            f"{problem} at step {step + 1}, {skipped_in_a_row} steps in a row: "
+                            f"the weights have diverged and skipping cannot help; {where}. "
+                            "Lower --lr"
+                        )
                     )
                 if ddp.is_main:
                     tqdm.write(
@@ -717,9 +724,10 @@ def _train_torch(
         last_ckpt = save(name, epoch_start_state if batch_in_epoch else data_gen.get_state())
     if stop_reason == "signal":
         assert last_ckpt is not None
-        distributed.wait_for_all()  # every process raises this; leave together
-        raise TrainingInterrupted(
-            out, last_ckpt, step, stop.received or "a signal to another rank", ddp.world_size
+        distributed.raise_on_every_process(
+            TrainingInterrupted(
+                out, last_ckpt, step, stop.received or "a signal to another rank", ddp.world_size
+            )
         )
     result = TrainResult(
         run_dir=out, steps=step, epochs_done=epoch, first_loss=first_loss, last_loss=last_loss,
