@@ -384,6 +384,12 @@ def _process_seed(seed: int, rank: int, step: int = 0) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
+def _rank_key(name: str, rank: int) -> str:
+    """A process's generator state in a checkpoint: rank 0's under ``name`` (as one process saves
+    it), rank r's under ``name_rank{r}``."""
+    return f"{name}_rank{rank}" if rank else name
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the lines a run logged after the checkpoint it resumes from (they will be redone)."""
     if path.exists():
@@ -499,13 +505,13 @@ def _train_torch(
         noise_gen.set_state(ckpt.rng["noise"].to(noise_gen.get_state().device))
         # Dropout's generator, each process its own. Older checkpoints lack it, and a process
         # that the run did not have before lacks its own: they resume with other masks.
-        rank = f"_rank{ddp.rank}" if ddp.rank else ""
-        if f"torch_cpu{rank}" in ckpt.rng:
-            torch.set_rng_state(ckpt.rng[f"torch_cpu{rank}"])
+        cpu_key, cuda_key = _rank_key("torch_cpu", ddp.rank), _rank_key("torch_cuda", ddp.rank)
+        if cpu_key in ckpt.rng:
+            torch.set_rng_state(ckpt.rng[cpu_key])
         elif ddp.enabled:
             torch.manual_seed(_process_seed(cfg.seed, ddp.rank, ckpt.state["step"]))
-        if f"torch_cuda{rank}" in ckpt.rng and device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt.rng[f"torch_cuda{rank}"], device)
+        if cuda_key in ckpt.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.rng[cuda_key], device)
         if "scaler" in ckpt.state and scaler.is_enabled():
             scaler.load_state_dict(ckpt.state["scaler"])
         step, epoch = ckpt.state["step"], ckpt.state["epoch"]
@@ -539,8 +545,7 @@ def _train_torch(
     def save(name: str, data_state: torch.Tensor) -> Path:
         """A checkpoint with everything that resuming needs; rank 0 writes it."""
         path = out / "checkpoints" / f"{name}.safetensors"
-        # Dropout's generator state of every process: rank 0's as torch_cpu, rank r's as
-        # torch_cpu_rank{r}; the same for CUDA.
+        # Dropout's generator state of every process (names: _rank_key).
         dropout_rng = {"torch_cpu": distributed.gather_all(torch.get_rng_state(), device)}
         if device.type == "cuda":
             dropout_rng["torch_cuda"] = distributed.gather_all(
@@ -550,7 +555,7 @@ def _train_torch(
             return path
         rng = {"data_epoch_start": data_state, "noise": noise_gen.get_state().cpu()}
         for key, states in dropout_rng.items():
-            rng.update({key + (f"_rank{r}" if r else ""): s for r, s in enumerate(states)})
+            rng.update({_rank_key(key, r): state for r, state in enumerate(states)})
         state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                  "elapsed_s": elapsed, "skipped_steps": skipped}  # fmt: skip
         if scaler.is_enabled():
