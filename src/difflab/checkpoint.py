@@ -1,8 +1,10 @@
 """Checkpoints: safetensors weights with the JSON configuration inside, written atomically.
 
-One file holds everything: tensors named ``model.*`` (raw weights), ``ema.*`` (the moving average,
-used for sampling), ``optim.*`` (optimiser moments) and ``rng.*``; the safetensors metadata holds
-the run configuration and the training state (step, epoch, ...) as JSON. Nothing is ever
+One file holds everything an objective declares (``difflab.harness``): the tensors of each network
+under its name (``model.*`` the raw weights, ``ema.*`` the moving average used for sampling, and
+any others, e.g. a discriminator), of each optimiser (``optim.*``, the moments) and ``rng.*``; the
+safetensors metadata holds the run configuration, the network names, the optimisers' scalars and
+the training state (step, epoch, ...) as JSON. Nothing is ever
 unpickled. ``load_checkpoint`` is the one loader every command uses (STYLE 8).
 """
 
@@ -31,12 +33,33 @@ class Checkpoint:
     """What a checkpoint file holds, as loaded."""
 
     config: RunConfig
-    model: dict[str, torch.Tensor]  # raw weights
-    ema: dict[str, torch.Tensor] | None = None  # EMA weights, if the run kept them
-    optimizer: dict[str, Any] | None = None  # torch optimiser state_dict, if saved for resuming
+    networks: dict[str, dict[str, torch.Tensor]]  # weights by network name ("model", "ema", ...)
+    optimizers: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # torch state_dicts, by name
     rng: dict[str, torch.Tensor] = field(default_factory=dict)  # generator states for resuming
     state: dict[str, Any] = field(default_factory=dict)  # step, epoch, ... (JSON values)
     path: Path | None = None
+
+    @property
+    def model(self) -> dict[str, torch.Tensor]:
+        """The raw weights of the trained network (of a one-network objective such as diffusion)."""
+        if "model" not in self.networks:
+            raise ValueError(
+                f"checkpoint {self.path} holds no 'model' network (it has "
+                f"{', '.join(sorted(self.networks))}): it is not a diffusion model"
+            )
+        return self.networks["model"]
+
+    @property
+    def ema(self) -> dict[str, torch.Tensor] | None:
+        """Its moving average, if the run kept one."""
+        return self.networks.get("ema")
+
+    @property
+    def optimizer(self) -> dict[str, Any] | None:
+        """The optimiser state of the trained network, if saved for resuming."""
+        return self.optimizers.get(DEFAULT_OPTIMIZER)
 
     @property
     def sampling_weights(self) -> dict[str, torch.Tensor]:
@@ -44,14 +67,16 @@ class Checkpoint:
         return self.ema if self.ema is not None else self.model
 
 
-def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
-    """Split a torch optimiser state_dict into named tensors and a JSON-able rest."""
+def _flatten_optimizer(
+    name: str, state_dict: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a torch optimiser state_dict into tensors ``NAME.INDEX.KEY`` and a JSON-able rest."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, param_state in state_dict["state"].items():
         for key, value in param_state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optim.{index}.{key}"] = value
+                tensors[f"{name}.{index}.{key}"] = value
             else:
                 scalars.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
@@ -67,6 +92,63 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
+# The one optimiser of a one-network run is ``optim`` (tensors ``optim.*``, metadata
+# ``optimizer``), as in every checkpoint written before objectives had several.
+DEFAULT_OPTIMIZER = "optim"
+# Networks of checkpoints that do not list theirs (written before the list existed).
+LEGACY_NETWORKS = ("model", "ema")
+
+
+def _optimizer_key(name: str) -> str:
+    return "optimizer" if name == DEFAULT_OPTIMIZER else f"optimizer.{name}"
+
+
+def _optimizer_names(metadata: dict[str, str]) -> list[str]:
+    return [
+        DEFAULT_OPTIMIZER if key == "optimizer" else key.removeprefix("optimizer.")
+        for key in metadata
+        if key == "optimizer" or key.startswith("optimizer.")
+    ]
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str],
+    config: RunConfig,
+    networks: dict[str, dict[str, torch.Tensor]],
+    *,
+    optimizers: dict[str, dict[str, Any]] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Write one checkpoint file atomically (temporary file, then rename).
+
+    ``networks`` are state_dicts by name (their tensors become ``NAME.*``), ``optimizers`` torch
+    optimiser state_dicts by name, ``rng`` generator states, ``state`` JSON values (step, ...).
+    """
+    optimizers, reserved = optimizers or {}, {"rng"}
+    for name in [*networks, *optimizers]:
+        assert name.isidentifier() and name not in reserved, f"bad checkpoint group name {name!r}"
+        reserved.add(name)
+    tensors = {f"{net}.{k}": v for net, weights in networks.items() for k, v in weights.items()}
+    metadata = {
+        "format": FORMAT,
+        "difflab_version": difflab.__version__,
+        "config": json.dumps(to_dict(config)),
+        "state": json.dumps(state or {}),
+        "networks": json.dumps(list(networks)),
+    }
+    for name, optimizer in optimizers.items():
+        optim_tensors, rest = _flatten_optimizer(name, optimizer)
+        tensors.update(optim_tensors)
+        metadata[_optimizer_key(name)] = json.dumps(rest)
+    for name, value in (rng or {}).items():
+        tensors[f"rng.{name}"] = value
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     config: RunConfig,
@@ -77,26 +159,10 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor] | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one checkpoint file atomically (temporary file, then rename)."""
-    tensors = {f"model.{k}": v for k, v in model.items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.items()})
-    metadata = {
-        "format": FORMAT,
-        "difflab_version": difflab.__version__,
-        "config": json.dumps(to_dict(config)),
-        "state": json.dumps(state or {}),
-    }
-    if optimizer is not None:
-        optim_tensors, rest = _flatten_optimizer(optimizer)
-        tensors.update(optim_tensors)
-        metadata["optimizer"] = json.dumps(rest)
-    for name, value in (rng or {}).items():
-        tensors[f"rng.{name}"] = value
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return Path(path)
+    """A one-network checkpoint (weights, EMA, optimiser): ``write_checkpoint`` with those names."""
+    networks = {"model": model, **({"ema": ema} if ema is not None else {})}
+    optimizers = {DEFAULT_OPTIMIZER: optimizer} if optimizer is not None else None
+    return write_checkpoint(path, config, networks, optimizers=optimizers, rng=rng, state=state)
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -133,23 +199,29 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         config.model.validate()
         config.diffusion.validate()
         state = json.loads(metadata.get("state", "{}"))
-        optimizer_rest = json.loads(metadata["optimizer"]) if "optimizer" in metadata else None
+        network_names = json.loads(metadata.get("networks", json.dumps(LEGACY_NETWORKS)))
+        optimizer_rests = {
+            name: json.loads(metadata[_optimizer_key(name)]) for name in _optimizer_names(metadata)
+        }
     except (ValueError, TypeError) as err:
         raise ValueError(f"checkpoint {path} has an invalid configuration ({err})") from err
 
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
+    groups: dict[str, dict[str, torch.Tensor]] = {
+        name: {} for name in [*network_names, *optimizer_rests, "rng"]
+    }
     for name, value in tensors.items():
         prefix, _, rest = name.partition(".")
         if prefix not in groups:
             raise ValueError(f"checkpoint {path} has an unexpected tensor {name!r}")
-        groups[prefix][rest if prefix != "optim" else name] = value
-    if not groups["model"]:
-        raise ValueError(f"checkpoint {path} holds no model weights")
+        groups[prefix][name if prefix in optimizer_rests else rest] = value
+    if not any(groups[name] for name in network_names):
+        raise ValueError(f"checkpoint {path} holds no network weights")
     return Checkpoint(
         config=config,
-        model=groups["model"],
-        ema=groups["ema"] or None,
-        optimizer=_unflatten_optimizer(groups["optim"], optimizer_rest) if optimizer_rest else None,
+        networks={name: groups[name] for name in network_names if groups[name]},
+        optimizers={
+            name: _unflatten_optimizer(groups[name], rest) for name, rest in optimizer_rests.items()
+        },
         rng=groups["rng"],
         state=state,
         path=path,

@@ -1,0 +1,183 @@
+"""The harness is generic: a toy objective (tests/toy_objective.py: two networks, two phases, two
+kinds of optimiser, an EMA copy, a generator and a counter of its own, dropout) gets bitwise-exact
+resume, Ctrl-C, SIGKILL safety and the non-finite guard with no code of its own for them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difflab.checkpoint import load_checkpoint
+from difflab.harness import (
+    TrainingError,
+    default_channels_last,
+    lr_at,
+    run_checkpoints,
+)
+from toy_objective import NUM_POINTS, toy_config, train_toy
+
+TOY = Path(__file__).with_name("toy_objective.py")
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_torch_thread):
+    yield
+
+
+def tensors(path):
+    return load_file(str(path))
+
+
+def assert_bitwise_equal(a, b):
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+def records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "whole"
+    result = train_toy(out, toy_config())
+    assert result.steps == 9  # 3 epochs of 40 points in batches of 16: 3 steps each
+    return out
+
+
+def test_the_checkpoint_holds_everything_the_objective_declares(uninterrupted):
+    ckpt = load_checkpoint(uninterrupted / "checkpoints/epoch_003.safetensors")
+    assert sorted(ckpt.networks) == ["critic", "mlp", "mlp_ema"]
+    assert sorted(ckpt.optimizers) == ["adam", "sgd"]
+    assert "momentum_buffer" in ckpt.optimizers["sgd"]["state"][0]  # SGD's own state
+    assert {"data_epoch_start", "jitter", "torch_cpu"} <= set(ckpt.rng)
+    assert ckpt.state["objective"] == {"points_seen": 3 * NUM_POINTS}
+    assert ckpt.state["step"] == 9 and ckpt.state["epoch"] == 3
+    # The EMA copy moved away from the weights it averages, and both are finite.
+    mlp, ema = ckpt.networks["mlp"], ckpt.networks["mlp_ema"]
+    assert all(torch.isfinite(v).all() for v in [*mlp.values(), *ema.values()])
+    assert not torch.equal(mlp["0.weight"], ema["0.weight"])
+
+
+def test_two_phases_are_logged_each_and_as_a_total(uninterrupted):
+    lines = [r for r in records(uninterrupted) if "loss" in r]
+    assert [r["step"] for r in lines][-1] == 9
+    for r in lines:
+        assert r["loss"] == pytest.approx(r["loss_regress"] + r["loss_critic"])
+        cfg = toy_config().train
+        assert r["lr_regress"] == pytest.approx(lr_at(r["step"] - 1, cfg, 9))
+        assert r["lr_critic"] == pytest.approx(lr_at(r["step"] - 1, cfg, 9, cfg.lr / 2))
+    assert (uninterrupted / "training_loss.png").stat().st_size > 0
+
+
+def test_stop_and_resume_the_toy_gives_bitwise_the_same_run(uninterrupted, tmp_path):
+    run = tmp_path / "stopped"
+    train_toy(run, toy_config(max_steps=2))  # inside epoch 1
+    assert (run / "checkpoints/epoch_000_step_000002.safetensors").is_file()
+    train_toy(run, toy_config(max_steps=7), resume=True)  # inside epoch 3
+    result = train_toy(run, toy_config(), resume=True)
+    assert result.steps == 9
+    for name in ["model_final.safetensors", "checkpoints/epoch_003.safetensors"]:
+        assert_bitwise_equal(tensors(uninterrupted / name), tensors(run / name))
+    whole = load_checkpoint(uninterrupted / "checkpoints/epoch_003.safetensors").state
+    resumed = load_checkpoint(run / "checkpoints/epoch_003.safetensors").state
+    assert resumed["objective"] == whole["objective"]  # the objective's own counter too
+
+    def losses(r):
+        return [(x["step"], x["loss_regress"], x["loss_critic"]) for x in records(r) if "loss" in x]
+
+    # Every step logged (log_every 1): the same losses at the same steps, each once.
+    assert losses(run) == losses(uninterrupted)
+
+
+def test_a_nonfinite_phase_stops_the_toy_naming_it(tmp_path):
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingError) as error:
+        train_toy(run, toy_config(), nan_at_step=5)
+    message = str(error.value)
+    assert message.startswith("critic loss became nan at step 5; the last good checkpoint is ")
+    assert message.endswith("Lower --lr or check the data (--skip-nonfinite skips such steps)")
+    assert "epoch_001.safetensors" in message
+    assert load_checkpoint(run / "checkpoints/epoch_001.safetensors").state["step"] == 3
+
+
+def test_skip_nonfinite_skips_the_toy_step(tmp_path):
+    run = tmp_path / "skip"
+    train_toy(run, toy_config(skip_nonfinite=True), nan_at_step=5)
+    ckpt = load_checkpoint(run / "checkpoints/epoch_003.safetensors")
+    assert ckpt.state["skipped_steps"] == 1 and ckpt.state["step"] == 9
+    assert all(torch.isfinite(v).all() for v in ckpt.networks["critic"].values())
+
+
+def start_toy(run, *flags):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stderr = open(run.parent / "stderr.txt", "w+")  # noqa: SIM115 (closed by the caller)
+    argv = [sys.executable, str(TOY), str(run), "--epochs", "100000", *flags]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env), stderr
+
+
+def wait_for_epoch(run, epoch, proc, timeout=120.0):
+    """Wait until the run has checkpointed ``epoch`` (toy epochs are fast: an older checkpoint
+    may already be pruned when we look, so any later one will do)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = [p.name for p in run_checkpoints(run)] if (run / "checkpoints").is_dir() else []
+        if any(int(name[6:9]) >= epoch for name in names):
+            return
+        assert proc.poll() is None, "training exited early"
+        assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} appeared"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_the_toy_after_a_step_with_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc, stderr = start_toy(run)
+    with stderr:
+        wait_for_epoch(run, 5, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        stderr.seek(0)
+        err = stderr.read()
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if "saved" in line)
+    assert line.startswith("toy train: stopped by SIGINT after step ")
+    assert f"continue with: toy train --resume {run}" in line
+    step = int(line.split("after step ")[1].split(";")[0])
+    saved = Path(line.split("saved ")[1].split(";")[0])
+    assert load_checkpoint(saved).state["step"] == step
+    result = train_toy(run, toy_config(epochs=100000, max_steps=step + 2), resume=True)
+    assert result.steps == step + 2
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_the_toy_resumable(tmp_path):
+    run = tmp_path / "run"
+    proc, stderr = start_toy(run)
+    with stderr:
+        wait_for_epoch(run, 10, proc)
+        time.sleep(0.3)  # in the middle of later steps and checkpoint writes
+        proc.kill()
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    (run / "checkpoints/.epoch_999.x1y2.tmp.safetensors").write_bytes(b"partial")
+    ckpts = run_checkpoints(run)
+    steps = [load_checkpoint(p).state["step"] for p in ckpts]  # every one loads
+    assert steps == sorted(steps) and 3 <= len(ckpts) <= 4
+    points = load_checkpoint(ckpts[-1]).state["objective"]["points_seen"]
+    assert points == steps[-1] // 3 * NUM_POINTS + steps[-1] % 3 * 16
+    result = train_toy(run, toy_config(epochs=100000, max_steps=steps[-1] + 2), resume=True)
+    assert result.steps == steps[-1] + 2
+
+
+def test_the_default_memory_layout_follows_the_cpu_rule():
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert default_channels_last(torch.device("cpu")) == capability.startswith("AVX512")
+    assert default_channels_last(torch.device("cuda")) is False
+    assert default_channels_last(torch.device("mps")) is False
