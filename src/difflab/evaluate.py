@@ -391,28 +391,10 @@ def train_classifier(
         torch.manual_seed(seed)  # initial weights and dropout
         model = Classifier(config).to(device)
         order_gen = torch.Generator().manual_seed(seed)  # batch order
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        model.train()
-        step, losses = 0, []
-        bar = tqdm(total=total, desc="training evaluator", disable=not progress, leave=False)
-        while step < total:
-            perm = torch.randperm(train.num_images, generator=order_gen)
-            for start in range(0, train.num_images, batch_size):
-                if step >= total:
-                    break
-                idx = perm[start : start + batch_size]
-                x, y = images[idx].to(device), labels[idx].to(device)
-                for group in optimizer.param_groups:  # cosine decay to 5% of lr
-                    group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        bar.close()
+        losses = _fit_classifier(
+            model, images, labels, order_gen, total=total, batch_size=batch_size, lr=lr,
+            device=device, progress=progress,
+        )  # fmt: skip
     model.eval()
     evaluator = Evaluator(model, {}, digest="", device=device)
     raw = evaluator._run(train.images, model.features).astype(np.float64)  # (N, D)
@@ -428,7 +410,7 @@ def train_classifier(
         "test_images": test.num_images,
         "train_digest": dataset_digest(train),
         "test_digest": dataset_digest(test),
-        "steps": step,
+        "steps": len(losses),  # one per step
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
@@ -437,6 +419,45 @@ def train_classifier(
         "train_seconds": seconds,
     }
     return model, info
+
+
+def _fit_classifier(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order_gen: torch.Generator,
+    *,
+    total: int,
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    progress: bool,
+) -> list[float]:
+    """``total`` AdamW steps of cross-entropy on shuffled batches (the order ``order_gen``
+    draws), the LR decaying on a cosine to 5% of ``lr``; the loss of each step."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.train()
+    step, losses = 0, []
+    bar = tqdm(total=total, desc="training evaluator", disable=not progress, leave=False)
+    while step < total:
+        perm = torch.randperm(len(images), generator=order_gen)
+        for start in range(0, len(images), batch_size):
+            if step >= total:
+                break
+            idx = perm[start : start + batch_size]
+            x, y = images[idx].to(device), labels[idx].to(device)
+            for group in optimizer.param_groups:  # cosine decay to 5% of lr
+                group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    bar.close()
+    return losses
 
 
 def default_epochs(num_images: int, batch_size: int) -> int:

@@ -1,0 +1,88 @@
+"""``difflab visualize | train | sample | inpaint | img2img | interpolate | evaluate |
+train-evaluator | demo``: the command line.
+
+Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
+are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
+
+One module per command or family of commands, each with ``add_commands(subparsers)``, which
+defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
+
+  visualize.py   visualize
+  train.py       train
+  sample.py      sample
+  edit.py        inpaint, img2img, interpolate
+  evaluate.py    evaluate, train-evaluator
+  demo.py        demo
+  flags.py       what they share: the parser classes, flag types, flag groups, checks
+
+A new command is a new module like these: add it to ``COMMAND_MODULES`` (its place there is its
+place in ``difflab --help``) and its ``cmd_<name>`` to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from difflab import __version__, distributed
+from difflab.cli import demo, edit, evaluate, sample, train, visualize
+from difflab.cli.flags import ArgumentParser
+
+EPILOG = """examples:
+  difflab demo                                      # train on built-in faces, write every picture
+  difflab visualize --data mnist --data-dir DIR     # watch MNIST digits dissolve into noise
+  difflab train --data mnist --data-dir DIR --max-minutes 10 --out runs/mnist
+  difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
+  difflab train --data mnist --data-dir DIR --conditional --epochs 2 --out runs/mnist-cond
+  difflab sample --checkpoint runs/mnist-cond/model_final.safetensors --class-label 7 --guidance 3
+  difflab train-evaluator --data mnist --data-dir DIR     # once, then:
+  difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
+"""
+
+COMMAND_MODULES = (visualize, train, sample, edit, evaluate, demo)  # in the order of --help
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "visualize": visualize.cmd_visualize, "train": train.cmd_train, "sample": sample.cmd_sample,
+    "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
+    "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
+    "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog="difflab",
+        description="Denoising diffusion models you can read end to end and train for real.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"difflab {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``difflab`` console script."""
+    args = build_parser().parse_args(argv)
+    # Under torchrun, an error that every process raised together is printed by rank 0 alone;
+    # another rank's own error names the rank.
+    rank = distributed.env_rank()
+    who = f"difflab {args.command}" + (f" (rank {rank})" if rank else "")
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, OSError) as err:
+        if distributed.reported_here(err):
+            print(f"{who}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C; training's says where it saved a checkpoint
+        if rank == 0:  # one line, not one per torchrun process
+            print(f"{who}: {stop or 'interrupted'}", file=sys.stderr)
+        return 130
+    except RuntimeError as err:  # TrainingError and friends: the message says what to do
+        if distributed.reported_here(err):
+            print(f"{who}: error: {err}", file=sys.stderr)
+        return 1
+    return 0

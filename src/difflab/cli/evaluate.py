@@ -1,0 +1,366 @@
+"""``difflab evaluate | train-evaluator``: score generated images (FID, KID, precision/recall,
+distance to the training set, class accuracy), and train the classifier whose features they are
+scored in.
+
+The metrics and the evaluator are ``difflab.evaluate``'s. A new command that scores images goes
+here, as ``_add_<name>(subparsers)`` called from ``add_commands`` and ``cmd_<name>(args)`` listed
+in ``difflab/cli/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from difflab.cli.flags import add_command, add_data_flags, positive_float, positive_int
+from difflab.data import DATASETS, ImageDataset
+from difflab.generate import check_guidance, generate, load_model
+from difflab.samplers import SAMPLERS, default_steps, timestep_sequence
+
+if TYPE_CHECKING:
+    from difflab.evaluate import Evaluator, Reference
+
+INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~18 images/s on 2 cores: 60k would take an hour
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    _add_evaluate(subparsers)
+    _add_train_evaluator(subparsers)
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "evaluate",
+        "Score generated images against the test split: FID, KID, precision/recall, distance to "
+        "the training set and, for class-conditional models, class accuracy (docs/metrics.md).",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="generate from this .safetensors checkpoint")
+    source.add_argument(
+        "--images", help="score these instead: a folder of images, or a .npz (uint8 or [-1, 1])"
+    )
+    p.add_argument("--data", choices=DATASETS, help="reference dataset (default: the checkpoint's)")
+    p.add_argument("--data-dir", help="its files (default: as recorded by the evaluator)")
+    p.add_argument("--num-samples", type=positive_int, default=5000, help="images to generate")
+    p.add_argument("--seed", type=int, default=0, help="generation noise and metric subsets")
+    p.add_argument(
+        "--sampler", default="dpmpp-2m", choices=SAMPLERS, help="thousands of images: a fast one"
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        help="sampling steps (default: ddpm T, ddim 50, dpmpp-2m(-sde) 20)",
+    )
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument(
+        "--evaluator",
+        help="evaluator file (default: ~/.cache/difflab/evaluators/<data>-<size>px.safetensors, "
+        "or under $DIFFLAB_CACHE)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="score in Inception features instead: pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth on disk (never downloaded; ~18 images/s on a "
+        "2-core CPU; no class accuracy). See docs/metrics.md",
+    )
+    p.add_argument(
+        "--reference-train-images",
+        type=positive_int,
+        metavar="N",
+        help="training images for the distance-to-train check (default: all of them; "
+        f"{INCEPTION_TRAIN_IMAGES} with --inception-weights)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+    p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save-images", help="also keep the generated images in this .npz")
+    p.add_argument("--out", default="metrics.json", help="JSON report")
+
+
+def _add_train_evaluator(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "train-evaluator",
+        "Train the small CNN classifier whose features `difflab evaluate` compares, and cache "
+        "the test split's reference statistics beside it.",
+    )
+    add_data_flags(p, default="mnist")
+    p.add_argument(
+        "--epochs", type=positive_int, help="passes over the data (default: 3, or >= 1000 steps)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--out", help="evaluator file (default: the user cache, where evaluate looks for it)"
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+# evaluate ---------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from difflab import evaluate as ev
+    from difflab.generate import pick_device
+    from difflab.io import write_text_atomic
+
+    if args.inception_weights and args.evaluator:
+        raise ValueError("--evaluator and --inception-weights both given; choose one network")
+    start = time.perf_counter()
+    setup: dict[str, Any] = {"seed": args.seed}
+    labels: np.ndarray | None = None
+    if args.checkpoint:  # checked now, generated once the reference statistics are ready
+        loaded, steps = _checkpoint_to_score(args)
+        config = loaded.config
+        data, size = args.data or config.train.data, config.model.image_size
+        recorded_dir = config.train.data_dir
+        data_seed = config.train.seed if data in ("emoji", "shapes") else 0  # the draw it saw
+        setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=args.sampler,
+                     steps=steps, guidance=args.guidance, ema=not args.raw_weights)  # fmt: skip
+    else:
+        images, labels, class_names = _images_to_score(args)
+        data, size, recorded_dir, data_seed = args.data, images.shape[-1], None, 0
+        setup.update(source="images", images=str(args.images))
+
+    evaluator, data_dir, reference_size = _feature_network(
+        args, data, size, recorded_dir, pick_device(args.device)
+    )
+    train_set, test_set, reference = _reference(
+        args, evaluator, data, data_dir, reference_size, data_seed
+    )
+    if args.checkpoint:
+        images, labels = _generate(args, loaded, steps, evaluator, setup)
+        source = str(args.checkpoint)
+    else:
+        source = str(args.images)
+        labels = _evaluator_labels(evaluator, labels, class_names, source)
+    images = ev.match_channels(images, evaluator, source)
+    evaluator.check_images(images)
+    if len(images) < 2:
+        raise ValueError(f"{source}: need at least 2 images for FID and KID, got {len(images)}")
+    if args.save_images:
+        _save_images(Path(args.save_images), images, labels)
+
+    metrics: dict[str, Any] = ev.score_features(
+        evaluator.features(images), reference, seed=args.seed
+    )
+    metrics["class_accuracy"] = (
+        None if labels is None else ev.class_accuracy(evaluator, images, labels)
+    )
+    setup.update(
+        data=data, data_dir=None if data_dir is None else str(data_dir), num_images=len(images),
+        evaluator=str(evaluator.path), evaluator_test_accuracy=evaluator.info.get("test_accuracy"),
+        feature_network="inception" if evaluator.is_inception else "evaluator",
+        feature_dim=evaluator.feature_dim, reference_test_images=test_set.num_images,
+        reference_train_images=train_set.num_images, reference_cache=str(reference.path),
+        k=3, kid_subsets=100, kid_subset_size=min(1000, len(images), test_set.num_images),
+        seconds=round(time.perf_counter() - start, 2),
+    )  # fmt: skip
+    write_text_atomic(args.out, json.dumps({"metrics": metrics, "setup": setup}, indent=2) + "\n")
+    print(
+        f"{len(images)} images from {source} vs {test_set.num_images} {data} test images, in the "
+        f"{evaluator.feature_dim}-d features of {evaluator.path}"
+    )
+    print(ev.format_table(metrics, data))
+    print(f"wrote {args.out}")
+
+
+def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, int]:
+    """The model of --checkpoint and its sampling steps, with the flags checked before any work."""
+    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
+    if args.num_samples < 2:
+        raise ValueError("--num-samples must be at least 2 for FID and KID, got 1")
+    if args.guidance is not None:
+        check_guidance(loaded.config, args.guidance)
+    steps = args.steps or default_steps(args.sampler, loaded.schedule.num_timesteps)
+    timestep_sequence(loaded.schedule.num_timesteps, steps)  # a bad --steps fails before work
+    return loaded, steps
+
+
+def _images_to_score(
+    args: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray | None, Sequence[str]]:
+    """The --images, their labels (None: unlabelled) and their class folders' names."""
+    from difflab import evaluate as ev
+
+    if args.data is None:
+        raise ValueError(
+            "--images needs --data, the dataset to compare against (e.g. --data mnist)"
+        )
+    for flag in ("steps", "guidance"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} applies to --checkpoint, not to --images")
+    return ev.load_images(args.images)
+
+
+def _feature_network(
+    args: argparse.Namespace, data: str, size: int, recorded_dir: str | None, device: torch.device
+) -> tuple[Evaluator, str | None, int]:
+    """The feature network, the reference images' data directory, and the size they are read at.
+
+    The network is difflab's evaluator for the dataset, or Inception with --inception-weights.
+    """
+    from difflab import evaluate as ev
+
+    if args.inception_weights:  # any image size: Inception resizes to 299
+        return (
+            ev.load_inception(args.inception_weights, device),
+            args.data_dir or recorded_dir,
+            size,
+        )
+    path = args.evaluator or ev.default_evaluator_path(data, size, args.data_dir or recorded_dir)
+    hint_dir = args.data_dir or recorded_dir
+    hint = f"; train one with: {ev.train_evaluator_command(data, size, hint_dir)}"
+    evaluator = ev.load_evaluator(path, device, hint=hint)
+    if evaluator.info.get("data") != data:
+        raise ValueError(
+            f"evaluator {path} was trained on {evaluator.info.get('data')!r}, not on {data!r}"
+        )
+    data_dir = args.data_dir or evaluator.info.get("data_dir") or recorded_dir
+    return evaluator, data_dir, evaluator.config.image_size
+
+
+def _reference(
+    args: argparse.Namespace,
+    evaluator: Evaluator,
+    data: str,
+    data_dir: str | None,
+    size: int,
+    data_seed: int,
+) -> tuple[ImageDataset, ImageDataset, Reference]:
+    """The reference training and test images, and their statistics in the evaluator's features
+    (computed once, then read from the cache)."""
+    from difflab import evaluate as ev
+
+    train_set, test_set = ev.reference_datasets(data, data_dir, image_size=size, seed=data_seed)
+    train_limit = args.reference_train_images
+    if train_limit is None and evaluator.is_inception:
+        train_limit = INCEPTION_TRAIN_IMAGES
+    train_set = ev.subset(train_set, train_limit)
+
+    def announce() -> None:  # Inception features take minutes on a CPU: say what is coming
+        if evaluator.is_inception:
+            print(
+                f"Inception features of {test_set.num_images} test and {train_set.num_images} "
+                f"training {data} images: once, cached for later runs ...",
+                flush=True,
+            )
+
+    reference = ev.reference_statistics(evaluator, train_set, test_set, on_compute=announce)
+    return train_set, test_set, reference
+
+
+def _generate(
+    args: argparse.Namespace, loaded: Any, steps: int, evaluator: Evaluator, setup: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """--num-samples images from the checkpoint, and their labels for class accuracy (None: an
+    unconditional model, or Inception features); records the time taken in ``setup``."""
+    from difflab import evaluate as ev
+    from difflab.generate import class_labels
+
+    n, config, labels = args.num_samples, loaded.config, None
+    label_tensor = class_labels(config, None, n)  # i % num_classes, or None
+    if label_tensor is not None and not evaluator.is_inception:
+        ev.check_classes(evaluator, config.class_names)
+        labels = label_tensor.numpy()
+    extra: dict[str, Any] = {} if args.guidance is None else {"guidance": args.guidance}
+    print(f"generating {n} images ({args.sampler}, {steps} steps) ...", flush=True)
+    gen_start = time.perf_counter()
+    images = generate(
+        loaded.model, config, loaded.schedule, num_images=n, seed=args.seed,
+        sampler=args.sampler, steps=steps, labels=label_tensor, batch_size=args.batch_size,
+        **extra,
+    ).numpy()  # fmt: skip
+    setup["generate_seconds"] = round(time.perf_counter() - gen_start, 2)
+    return images, labels
+
+
+def _evaluator_labels(
+    evaluator: Evaluator, labels: np.ndarray | None, class_names: Sequence[str], source: str
+) -> np.ndarray | None:
+    """Labels of scored images as the evaluator numbers its classes (None: no class accuracy)."""
+    if evaluator.is_inception:
+        return None  # Inception's classes are not the dataset's
+    if class_names:  # class subfolders: labels, if they are the evaluator's classes
+        names = list(evaluator.info.get("class_names") or ())
+        missing = [c for c in class_names if c not in names]
+        if missing:
+            raise ValueError(
+                f"--images {source}: class folders {missing[:5]} are not classes of the "
+                f"evaluator ({names[:10]}); put the images in one folder or name the folders "
+                "after the classes"
+            )
+        assert labels is not None  # load_images labels every image of class folders
+        labels = np.array([names.index(class_names[i]) for i in labels])
+    if labels is not None and labels.max(initial=0) >= evaluator.config.num_classes:
+        raise ValueError(
+            f"--images {source}: labels up to {labels.max()}, but the evaluator has "
+            f"{evaluator.config.num_classes} classes"
+        )
+    return labels
+
+
+def _save_images(keep: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """--save-images: the scored images as uint8, with their labels if they have any."""
+    from difflab.io import atomic_path
+
+    if keep.suffix != ".npz":
+        raise ValueError(f"--save-images {keep} must end in .npz")
+    pixels = np.round((images + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    with atomic_path(keep) as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, images=pixels, **({} if labels is None else {"labels": labels}))
+
+
+# train-evaluator --------------------------------------------------------------------------------
+
+
+def cmd_train_evaluator(args: argparse.Namespace) -> None:
+    from difflab import evaluate as ev
+    from difflab.generate import pick_device
+
+    device = pick_device(args.device)
+    train_set, test_set = ev.reference_datasets(
+        args.data, args.data_dir, image_size=args.image_size
+    )
+    if train_set.num_classes < 2:
+        raise ValueError(
+            f"the evaluator is a classifier and needs at least 2 classes; {args.data} "
+            f"{args.data_dir or ''} has one (a folder needs one subfolder per class)"
+        )
+    out = Path(
+        args.out or ev.default_evaluator_path(args.data, train_set.image_size, args.data_dir)
+    )
+    epochs = args.epochs or ev.default_epochs(train_set.num_images, args.batch_size)
+    print(
+        f"training the {args.data} evaluator on {train_set.num_images} images for {epochs} "
+        f"epochs ({device}) ...",
+        flush=True,
+    )
+    model, info = ev.train_classifier(
+        train_set, test_set, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, device=device, progress=not args.no_progress,
+    )  # fmt: skip
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    info.update(data_dir=data_dir, image_size=train_set.image_size)
+    ev.save_evaluator(out, model, info)
+    reference = ev.reference_statistics(ev.load_evaluator(out, device), train_set, test_set)
+    for stale in out.parent.glob(f"{out.stem}.ref-*.safetensors"):
+        if stale != reference.path:
+            stale.unlink()  # statistics of an evaluator this file no longer holds
+    print(
+        f"test accuracy {info['test_accuracy']:.2%} on {test_set.num_images} images after "
+        f"{info['steps']} steps ({info['train_seconds'] / 60:.1f} min); wrote {out}"
+    )
+    print(f"reference statistics of the test split: {reference.path}")

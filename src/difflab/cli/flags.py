@@ -1,0 +1,205 @@
+"""What the command modules share: the parser and help classes, the flag types, the flag groups
+that several commands take, and small checks of flag values.
+
+A flag that one command alone takes belongs in that command's module; a group of flags that a
+second command starts to take moves here, as ``add_<group>_flags(parser)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, NoReturn
+
+from difflab.config import DiffusionConfig
+from difflab.data import DATASETS
+from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
+from difflab.schedules import SCHEDULES
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (and a pointer to --help), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a flag's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """The parser of command ``name``; ``help_text`` is its line in ``difflab --help`` and the
+    description in ``difflab NAME --help``."""
+    return subparsers.add_parser(
+        name, help=help_text, description=help_text,
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+
+
+# Flag types -------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip() != "")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from err
+
+
+def float_tuple(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,1,3, got {text!r}"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
+
+
+# argparse names the type in "invalid <name> value" errors
+positive_int.__name__ = "positive integer"
+non_negative_int.__name__ = "integer >= 0"
+positive_float.__name__ = "positive number"
+non_negative_float.__name__ = "number >= 0"
+int_tuple.__name__ = "list of integers"
+
+
+# Flag groups ------------------------------------------------------------------------------------
+
+
+def add_data_flags(p: argparse.ArgumentParser, default: str = "emoji") -> None:
+    p.add_argument(
+        "--data", default=default, choices=DATASETS, help="dataset (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder with the dataset's files (mnist / fashion-mnist: IDX .gz files; cifar10: "
+        "python batches; folder: images, one subfolder per class). Default: the user cache, "
+        "downloading when online",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="resize images to this size (folder, mnist, cifar10)",
+    )
+
+
+def add_diffusion_flags(p: argparse.ArgumentParser) -> None:
+    d = DiffusionConfig()
+    p.add_argument("--timesteps", type=positive_int, default=d.timesteps, help="T")
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES, help="beta schedule")
+
+
+def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
+    """How to sample a trained model: shared by sample and the editing commands."""
+    p.add_argument(
+        "--sampler", default=default, choices=SAMPLERS, help="sampling algorithm (docs/samplers.md)"
+    )
+    p.add_argument(
+        "--steps", type=positive_int,
+        help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpmpp-2m and dpmpp-2m-sde)",
+    )  # fmt: skip
+    p.add_argument(
+        "--spacing", default="trailing", choices=SPACINGS,
+        help="which timesteps a respaced sampler visits (docs/samplers.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like"
+    )
+    p.add_argument(
+        "--variance", default="beta", choices=("beta", "beta_tilde"), help="DDPM sigma^2"
+    )
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """Which weights, which class, how much guidance: shared by sample and the editing commands."""
+    p.add_argument("--checkpoint", required=True, help="a .safetensors file written by difflab")
+    p.add_argument("--no-clip", action="store_true", help="do not clip the predicted x0 to [-1, 1]")
+    p.add_argument(
+        "--class-label", metavar="LABEL",
+        help="class to generate (index or name) with a class-conditional model",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance", type=float, metavar="W",
+        help="classifier-free guidance scale: 0 unconditional, 1 conditional (default), >1 "
+        "stronger; try 2-4",
+    )  # fmt: skip
+    p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
+    p.add_argument("--seed", type=int, default=0, help="which noise")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+def add_input_flags(p: argparse.ArgumentParser) -> None:
+    """The images to edit: files, or test-set images of the data the model was trained on."""
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="input image file")
+    p.add_argument(
+        "--from-data", action="append", default=[], type=non_negative_int, metavar="INDEX",
+        help="input: image INDEX of the test split of the model's training data",
+    )  # fmt: skip
+
+
+# Checks of flag values --------------------------------------------------------------------------
+
+
+def sampler_options(args: argparse.Namespace, num_timesteps: int) -> dict[str, Any]:
+    """The generate()/sample() keywords the sampler flags ask for, checked before any work."""
+    steps = args.steps or default_steps(args.sampler, num_timesteps)
+    timestep_sequence(num_timesteps, steps, args.spacing)  # a bad --steps fails here
+    options: dict[str, Any] = {"sampler": args.sampler, "steps": steps, "spacing": args.spacing}
+    if args.sampler == "ddpm":
+        options["variance"] = args.variance
+    elif args.sampler == "ddim":
+        options["eta"] = args.eta
+    return options
+
+
+def check_suffix(path: str | None, suffix: str, flag: str) -> None:
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise ValueError(f"{flag} {path} must end in {suffix}")
+
+
+def check_png(path: str) -> Path:
+    """``--out``, which must name a .png file."""
+    check_suffix(path, ".png", "--out")
+    return Path(path)

@@ -1,0 +1,289 @@
+"""``difflab train``: train a U-Net and write a run directory, or resume one (``--resume``).
+
+The recipe flags (network shape, optimiser, schedule) default to --preset's values; the rest map
+onto ``TrainConfig``. The training itself is ``difflab.train``'s. A new training command
+(another objective) is a module of its own beside this one, listed in ``difflab/cli/__init__.py``;
+flag groups it shares with this one move to ``flags.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from difflab import distributed
+from difflab.cli.flags import (
+    add_command,
+    add_data_flags,
+    int_tuple,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from difflab.config import PRECISIONS, PRESETS, DiffusionConfig, TrainConfig
+from difflab.data import load_dataset
+from difflab.diffusion import PREDICTIONS
+from difflab.samplers import SAMPLERS
+from difflab.schedules import SCHEDULES
+
+FROM_PRESET = argparse.SUPPRESS  # the default of a recipe flag: unset, _resolve_recipe fills it
+
+# The train flags a preset may set, with what they are when neither the flag nor the preset is:
+# the dataclass defaults, or None for the U-Net's shape (default_model_config picks it by data).
+RECIPE_DEFAULTS: dict[str, Any] = {
+    **{name: getattr(TrainConfig(), name) for name in
+       ("batch_size", "lr", "warmup_steps", "lr_decay", "grad_clip", "ema_decay")},
+    **{name: getattr(DiffusionConfig(), name) for name in
+       ("timesteps", "schedule", "prediction", "min_snr_gamma")},
+    **dict.fromkeys(("base_channels", "channel_mults", "num_res_blocks", "attention_levels",
+                     "dropout")),
+}  # fmt: skip
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "train",
+        "Train a noise-prediction U-Net and write a run directory. The recipe (network shape, "
+        "optimiser, schedule) is --preset's; any flag given here overrides its value.",
+    )
+    # --help lists the flags in this order
+    add_data_flags(p)
+    _add_recipe_flags(p)
+    _add_bookkeeping_flags(p)
+    _add_network_flags(p)
+    _add_run_flags(p)
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """--preset, the diffusion process, and the optimisation: how long, how fast."""
+    d, dd = TrainConfig(), DiffusionConfig()
+    p.add_argument(
+        "--preset", default="default", choices=PRESETS,
+        help="default: difflab's recipe (docs/recipe.md); classic: the tutorials' 64-channel "
+        "U-Net with Adam 2e-4, batch 128 and no EMA",
+    )  # fmt: skip
+    p.add_argument(
+        "--timesteps", type=positive_int, default=FROM_PRESET, help=f"T (default: {dd.timesteps})"
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=FROM_PRESET,
+        help=f"beta schedule (default: {dd.schedule})",
+    )
+    p.add_argument(
+        "--prediction", choices=PREDICTIONS, default=FROM_PRESET,
+        help=f"network target (default: {dd.prediction})",
+    )  # fmt: skip
+    p.add_argument(
+        "--epochs", type=positive_int, help=f"passes over the data (default: {d.epochs})"
+    )
+    p.add_argument("--max-minutes", type=positive_float, help="stop after this much training time")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=FROM_PRESET, help=f"(default: {d.batch_size})"
+    )
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=FROM_PRESET,
+        help=f"peak learning rate, AdamW (default: {d.lr:g})",
+    )
+    p.add_argument(
+        "--warmup-steps", type=non_negative_int, default=FROM_PRESET,
+        help=f"(default: {d.warmup_steps})",
+    )  # fmt: skip
+    p.add_argument(
+        "--lr-decay",
+        choices=("constant", "cosine"),
+        default=FROM_PRESET,
+        help=f"(default: {d.lr_decay})",
+    )
+    p.add_argument(
+        "--grad-clip", type=float, default=FROM_PRESET, help=f"0 = off (default: {d.grad_clip:g})"
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=FROM_PRESET,
+        help=f"0 = no averaging (default: {d.ema_decay:g})",
+    )
+
+
+def _add_bookkeeping_flags(p: argparse.ArgumentParser) -> None:
+    """Seed and device, previews and checkpoints, and a subset of the data."""
+    d = TrainConfig()
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default: {d.device})")
+    p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every, help="epochs")
+    p.add_argument(
+        "--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, help="epochs"
+    )
+    p.add_argument("--keep-checkpoints", type=positive_int, default=d.keep_checkpoints)
+    p.add_argument("--preview-sampler", default=d.preview_sampler, choices=SAMPLERS)
+    p.add_argument("--preview-steps", type=positive_int, default=d.preview_steps)
+    p.add_argument("--num-images", type=positive_int, help="train on the first N images only")
+
+
+def _add_network_flags(p: argparse.ArgumentParser) -> None:
+    """The U-Net's shape (recipe flags: by data unless the preset sets them) and backend."""
+    p.add_argument(
+        "--base-channels", type=positive_int, default=FROM_PRESET,
+        help="U-Net width (default: by data)",
+    )  # fmt: skip
+    p.add_argument(
+        "--channel-mults", type=int_tuple, default=FROM_PRESET, help="e.g. 1,2,4 (default: by data)"
+    )
+    p.add_argument(
+        "--num-res-blocks",
+        type=positive_int,
+        default=FROM_PRESET,
+        help="blocks per level (default: by data)",
+    )
+    p.add_argument(
+        "--attention-levels", type=int_tuple, default=FROM_PRESET, help="e.g. 2 (default: by data)"
+    )
+    p.add_argument(
+        "--dropout", type=float, default=FROM_PRESET, help="dropout in residual blocks (default: 0)"
+    )
+    p.add_argument("--conditional", action="store_true", help="learn a label embedding (classes)")
+    p.add_argument(
+        "--backend", default="torch", choices=("torch", "numpy"),
+        help="torch, or the from-scratch NumPy U-Net (CPU, no autograd)",
+    )  # fmt: skip
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The run directory, resuming, and the stopping, numerics and speed flags."""
+    d, dd = TrainConfig(), DiffusionConfig()
+    p.add_argument("--out", default=None, help="run directory (default: runs/<data>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Flags that default to None may also be given with --resume (difflab.train.RESUME_FLAGS).
+    p.add_argument(
+        "--max-steps", type=positive_int,
+        help="stop after this many steps in all; the LR schedule still spans --epochs, so a run "
+        "stopped here and resumed ends with the same weights as one that never stopped",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=PRECISIONS,
+        help=f"fp32; bf16 autocast (CPU, recent GPUs); fp16 autocast with loss scaling (CUDA) "
+        f"(default: {d.precision})",
+    )  # fmt: skip
+    p.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction,
+        help="NHWC memory layout (default: on for CPU, off for GPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction,
+        help="torch.compile the U-Net: a slow first step, faster steps after (default: off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-nonfinite", action="store_true", default=None,
+        help="skip a step whose loss or gradient is NaN/inf, with a warning (default: stop)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-snr-gamma", type=non_negative_float, default=FROM_PRESET,
+        help="min-SNR-gamma loss weighting, e.g. 5 (Hang et al. 2023); 0 = off (default: "
+        f"{dd.min_snr_gamma or 'off'})",
+    )  # fmt: skip
+
+
+def _resolve_recipe(args: argparse.Namespace) -> None:
+    """Fill each recipe flag not given on the command line from --preset, else its default."""
+    preset = PRESETS[args.preset]
+    for name, default in RECIPE_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, preset.get(name, default))
+    if args.min_snr_gamma == 0:
+        args.min_snr_gamma = None  # --min-snr-gamma 0: no weighting
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    d = TrainConfig()
+    return TrainConfig(
+        data=args.data, data_dir=args.data_dir, epochs=args.epochs or d.epochs,
+        max_minutes=args.max_minutes, max_steps=args.max_steps, batch_size=args.batch_size,
+        lr=args.lr, warmup_steps=args.warmup_steps, lr_decay=args.lr_decay,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed,
+        device=args.device or d.device, sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        preview_sampler=args.preview_sampler, preview_steps=args.preview_steps,
+        num_images=args.num_images, precision=args.precision or d.precision,
+        channels_last=args.channels_last, compile=bool(args.compile),
+        skip_nonfinite=bool(args.skip_nonfinite),
+    )  # fmt: skip
+
+
+def _flags_set(args: argparse.Namespace, ignore: Sequence[str]) -> list[str]:
+    """The train flags given with values other than their defaults, as --flag-names."""
+    from difflab.cli import build_parser  # the package imports this module first
+
+    defaults = vars(build_parser().parse_args(["train"]))
+    return [
+        "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name not in ignore and value != defaults.get(name)
+    ]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from difflab.checkpoint import load_checkpoint
+    from difflab.train import (
+        RESUME_FLAGS,
+        latest_checkpoint,
+        model_config_overrides,
+        prepare_run,
+        resume_config,
+        train,
+    )
+
+    if args.resume:
+        fixed = _flags_set(args, ignore=[*RESUME_FLAGS, "resume", "no_progress"])
+        if fixed:
+            allowed = ", ".join("--" + name.replace("_", "-") for name in RESUME_FLAGS)
+            raise ValueError(
+                f"{fixed[0]} cannot change when a run is resumed (--resume continues with the "
+                f"run's own settings; flags it takes: {allowed})"
+            )
+        out = Path(args.resume)
+        ckpt = load_checkpoint(latest_checkpoint(out))
+        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
+        tc = config.train
+        dataset = load_dataset(
+            tc.data, data_dir=tc.data_dir, image_size=config.model.image_size, seed=tc.seed,
+            num_images=tc.num_images,
+        )  # fmt: skip
+    else:
+        _resolve_recipe(args)
+        if not 0.0 <= args.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
+        diffusion = DiffusionConfig(
+            timesteps=args.timesteps, schedule=args.schedule, prediction=args.prediction,
+            min_snr_gamma=args.min_snr_gamma,
+        )  # fmt: skip
+        overrides = model_config_overrides(
+            base_channels=args.base_channels, channel_mults=args.channel_mults,
+            num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
+            dropout=args.dropout,
+        )  # fmt: skip
+        config, dataset = prepare_run(
+            _train_config(args), diffusion, overrides, image_size=args.image_size,
+            conditional=args.conditional, backend=args.backend,
+        )  # fmt: skip
+        out = Path(args.out or f"runs/{args.data}")
+    # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
+    result = train(
+        config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if distributed.env_rank() == 0:  # under torchrun, rank 0 alone prints
+        print(
+            f"trained {result.steps} steps ({result.minutes:.1f} min); loss "
+            f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir} "
+            "(open report.html)"
+        )
