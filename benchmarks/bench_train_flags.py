@@ -15,8 +15,17 @@ After a warm-up (which holds torch.compile's compilation, reported as ``warmup_s
 variants take their steps in turn, so that a load change on a shared machine hits each alike.
 Prints JSON: images/s and median seconds per step of each variant, and the fastest.
 
+``--loop`` adds the row ``loop_default``: the whole training loop, ``difflab.train.train`` (the
+harness and the diffusion objective: data order, noise draws, the non-finite checks, logging,
+progress) with the default flags on synthetic data of the same shape, timed by difference: one
+run of ``warmup`` steps and one of ``warmup + steps``, repeated ``--loop-repeats`` times in turn,
+so that the fixed costs (set-up, the final preview and report) cancel. Its images/s against the
+step alone (the ``fp32_*`` row of the default layout) is what the loop costs. It uses only
+``train``'s public API, so the same script times an older checkout too:
+``PYTHONPATH=OLD/src python benchmarks/bench_train_flags.py --loop``.
+
     python benchmarks/bench_train_flags.py [--device cpu] [--batch 64] [--steps 30] [--warmup 3]
-                                           [--threads N] [--variants a,b,...] [--quick]
+                                           [--threads N] [--variants a,b,...] [--quick] [--loop]
 
 ``--quick`` (batch 8, 2 steps, 1 warm-up) only checks that every variant runs.
 """
@@ -28,17 +37,22 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from difflab.config import default_model_config
+from difflab.config import DiffusionConfig, RunConfig, TrainConfig, default_model_config
+from difflab.data import ImageDataset
 from difflab.diffusion import diffusion_loss
 from difflab.generate import pick_device
 from difflab.models.unet import UNet, count_parameters
 from difflab.schedules import make_schedule
-from difflab.train import AMP_DTYPES, update_ema
+from difflab.train import AMP_DTYPES, train, update_ema
 
 # name -> (precision, channels_last, compile)
 VARIANTS = {
@@ -94,6 +108,38 @@ def make_step(
     return step
 
 
+def time_loop(device: torch.device, batch: int, steps: int, warmup: int, repeats: int) -> dict:
+    """images/s of ``difflab.train.train`` with the default flags, by the difference of a
+    ``warmup``-step run and a ``warmup + steps``-step run (fixed costs cancel)."""
+    rng = np.random.default_rng(0)
+    n = batch * (warmup + steps)  # one epoch: no epoch-end work inside the timed steps
+    images = rng.uniform(-1, 1, (n, 1, 28, 28)).astype(np.float32)
+    dataset = ImageDataset(
+        name="synthetic", images=images, labels=np.zeros(n, dtype=np.int64), class_names=("all",)
+    )
+    train_cfg = TrainConfig(
+        data="synthetic", epochs=1, batch_size=batch, device=str(device), sample_every=0,
+        checkpoint_every=0, num_preview=1, preview_steps=1,
+    )  # fmt: skip
+    config = RunConfig(
+        model=default_model_config("mnist", 28, 1, 0), diffusion=DiffusionConfig(), train=train_cfg
+    )
+    walls: dict[int, list[float]] = {warmup: [], warmup + steps: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            for max_steps in walls:
+                run = replace(config, train=replace(config.train, max_steps=max_steps))
+                start = time.perf_counter()
+                train(run, dataset, Path(tmp) / f"run{r}_{max_steps}", progress=False)
+                walls[max_steps].append(time.perf_counter() - start)
+    short, long = (statistics.median(w) for w in walls.values())
+    return {
+        "images_per_s": round(batch * steps / (long - short), 1),
+        "median_step_s": round((long - short) / steps, 5),
+        "run_s": {str(k): [round(x, 2) for x in v] for k, v in walls.items()},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
@@ -103,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--variants", help="comma-separated subset (default: all for the device)")
     parser.add_argument("--quick", action="store_true", help="batch 8, 2 steps: a smoke check")
+    parser.add_argument("--loop", action="store_true", help="also time difflab.train.train")
+    parser.add_argument("--loop-repeats", type=int, default=3, help="runs of each length")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.steps, args.warmup = 8, 2, 1
@@ -137,13 +185,19 @@ def main(argv: list[str] | None = None) -> dict:
             "median_step_s": round(median, 5),
             "warmup_s": round(first_step_s[name], 2),
         }
-    fastest = max(results, key=lambda n: results[n]["images_per_s"])
+    fastest = max(results, key=lambda n: results[n]["images_per_s"])  # of the flag variants
+    if args.loop:
+        results["loop_default"] = time_loop(
+            device, args.batch, args.steps, args.warmup, args.loop_repeats
+        )
     base = results.get("fp32_nchw", {}).get("images_per_s")
     report = {
         "benchmark": "bench_train_flags",
         "model": "default_model_config('mnist', 28, 1, 0)",
         "parameters": count_parameters(UNet(default_model_config("mnist", 28, 1, 0))),
         "device": str(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "difflab": str(Path(sys.modules["difflab"].__file__).parent),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
