@@ -2,7 +2,6 @@
 kinds of optimiser, an EMA copy, a generator and a counter of its own, dropout) gets bitwise-exact
 resume, Ctrl-C, SIGKILL safety and the non-finite guard with no code of its own for them."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from difflab.checkpoint import load_checkpoint
 from difflab.harness import (
@@ -21,6 +19,7 @@ from difflab.harness import (
     lr_at,
     run_checkpoints,
 )
+from test_train_robust import assert_bitwise_equal, records, tensors
 from toy_objective import NUM_POINTS, toy_config, train_toy
 
 TOY = Path(__file__).with_name("toy_objective.py")
@@ -29,20 +28,6 @@ TOY = Path(__file__).with_name("toy_objective.py")
 @pytest.fixture(autouse=True)
 def _threads(one_torch_thread):
     yield
-
-
-def tensors(path):
-    return load_file(str(path))
-
-
-def assert_bitwise_equal(a, b):
-    assert sorted(a) == sorted(b)
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, different[:5]
-
-
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +61,10 @@ def test_two_phases_are_logged_each_and_as_a_total(uninterrupted):
         assert r["lr_regress"] == pytest.approx(lr_at(r["step"] - 1, cfg, 9))
         assert r["lr_critic"] == pytest.approx(lr_at(r["step"] - 1, cfg, 9, cfg.lr / 2))
     assert (uninterrupted / "training_loss.png").stat().st_size > 0
+    # The harness's report: its summary and the loss curve, nothing of diffusion's.
+    report = (uninterrupted / "report.html").read_text()
+    assert "training_loss.png" in report and "epochs completed" in report
+    assert "<th>prediction</th>" not in report and "forward_process.png" not in report
 
 
 def test_stop_and_resume_the_toy_gives_bitwise_the_same_run(uninterrupted, tmp_path):

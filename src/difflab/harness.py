@@ -105,6 +105,15 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class Report:
+    """An objective's part of report.html."""
+
+    facts: dict[str, Any] = field(default_factory=dict)  # summary rows after steps, loss, ...
+    pictures: tuple[tuple[str, str], ...] = ()  # (caption, file in the run dir), when it exists
+    final_caption: str = "The final preview"  # the caption of the last preview, shown first
+
+
+@dataclass(frozen=True)
 class Context:
     """What the harness decided before the objective is built."""
 
@@ -162,7 +171,11 @@ class Objective:
         """Restore what ``state_dict`` returned."""
 
     def finish(self, result: TrainResult, final_preview: Path | None) -> None:
-        """The pictures and the report the run ends with (rank 0 only; after the loss plot)."""
+        """Pictures the run ends with beside the loss curve (rank 0 only), before the report."""
+
+    def report(self) -> Report:
+        """What report.html shows of this objective beside the harness's summary."""
+        return Report()
 
 
 def count_parameters(objective: Objective) -> int:
@@ -252,6 +265,36 @@ def plot_loss_curve(run_dir: Path) -> None:
     loss_steps, losses = read_losses(run_dir / "metrics.jsonl")
     if losses:
         viz.plot_loss(loss_steps, losses, run_dir / "training_loss.png")
+
+
+def write_run_report(
+    out: Path, config: RunConfig, result: TrainResult, final_preview: Path | None, report: Report
+) -> Path:
+    """report.html: what was trained, how it went, and every picture of the run."""
+    images = []
+    if final_preview is not None:
+        images.append((report.final_caption, final_preview.relative_to(out).as_posix()))
+    loss_curve = (
+        "Training loss (faint: per log interval; bold: moving average)",
+        "training_loss.png",
+    )
+    images += [(caption, name) for caption, name in [loss_curve, *report.pictures]
+               if (out / name).exists()]  # fmt: skip
+    previews = sorted((out / "samples").glob("epoch_*.png"))
+    images += [(f"Preview after {p.stem.replace('_', ' ')}", f"samples/{p.name}") for p in previews]
+    summary = {
+        "dataset": config.train.data,
+        "parameters": f"{result.num_parameters:,}",
+        "steps": result.steps,
+        "epochs completed": result.epochs_done,
+        "training minutes": f"{result.minutes:.1f}",
+        "loss (first step -> last step)": f"{result.first_loss:.4f} -> {result.last_loss:.4f}",
+        **report.facts,
+    }
+    return viz.write_report(
+        out, title=f"difflab run: {out.name}", summary=summary, images=images,
+        config=to_dict(config),
+    )  # fmt: skip
 
 
 def epoch_label(epoch: int, elapsed: float, cfg: TrainConfig) -> str:
@@ -827,8 +870,8 @@ class Harness:
         self, stop_reason: str | None, data_state: torch.Tensor, first_loss: float, last_loss: float
     ) -> TrainResult:
         """The end of training (by epochs, by a step or time limit, or by a signal): the last
-        checkpoint, then on rank 0 the final weights, the last preview, the loss curve and the
-        objective's report."""
+        checkpoint, then on rank 0 the final weights, the last preview, the loss curve, the
+        objective's last pictures and report.html."""
         obj = self.objective
         if self.saved_step != self.step:
             self.save(checkpoint_name(self.epoch, self.step, self.batch_in_epoch), data_state)
@@ -856,4 +899,5 @@ class Harness:
             last_preview = self.preview(checkpoint_name(self.epoch, self.step, self.batch_in_epoch))
             plot_loss_curve(self.out)
             obj.finish(result, last_preview)
+            write_run_report(self.out, self.config, result, last_preview, obj.report())
         return result

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from difflab import distributed, viz
+from difflab import distributed, harness, viz
 from difflab.checkpoint import Checkpoint, save_checkpoint
-from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig, to_dict
+from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import diffusion_loss
 from difflab.generate import generate, pick_device
@@ -42,6 +42,7 @@ from difflab.harness import (  # noqa: F401 (re-exported: the names ``difflab.tr
     Context,
     Objective,
     Phase,
+    Report,
     StopOnSignal,
     TrainingError,
     TrainingInterrupted,
@@ -131,8 +132,10 @@ class DiffusionObjective(Objective):
         return viz.save_grid(x, path)
 
     def finish(self, result: TrainResult, final_preview: Path | None) -> None:
-        assert final_preview is not None
-        finish_run(self.config, self.dataset, self.schedule, result, final_preview)
+        save_forward_process(self.config, self.dataset, self.schedule, result.run_dir)
+
+    def report(self) -> Report:
+        return diffusion_report(self.config)
 
 
 def train(
@@ -266,21 +269,14 @@ def _check_numpy_options(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} is available for the torch backend only")
 
 
-def finish_run(
-    config: RunConfig,
-    dataset: ImageDataset,
-    schedule: Schedule,
-    result: TrainResult,
-    final_grid: Path,
+def save_forward_process(
+    config: RunConfig, dataset: ImageDataset, schedule: Schedule, out: Path
 ) -> None:
-    """The pictures and the report every diffusion run ends with, whichever backend trained it
-    (the loss curve is the harness's)."""
-    out = result.run_dir
+    """forward_process.png: eight training images dissolving into noise."""
     viz.save_forward_process_grid(
         dataset.images[:8], schedule, out / "forward_process.png",
         generator=np.random.default_rng(config.train.seed),
     )  # fmt: skip
-    write_run_report(out, config, result, final_grid)
 
 
 class NumpyDiffusion:
@@ -428,42 +424,30 @@ def train_numpy(
     )  # fmt: skip
     final = run.preview(out / "samples" / f"epoch_{epoch:03d}.png")
     plot_loss_curve(out)
-    finish_run(config, dataset, run.schedule, result, final)
+    save_forward_process(config, dataset, run.schedule, out)
+    write_run_report(out, config, result, final)
     return result
 
 
-def write_run_report(out: Path, config: RunConfig, result: TrainResult, final_grid: Path) -> Path:
-    """report.html: what was trained, how it went, and every picture of the run."""
-    images = [
-        ("Samples from the final model (EMA weights)", final_grid.relative_to(out).as_posix())
-    ]
-    for caption, name in [
-        ("Training loss (faint: per log interval; bold: moving average)", "training_loss.png"),
-        ("The forward process on training images", "forward_process.png"),
-        ("Denoising trajectory: x_t from noise to image", "trajectory.png"),
-        ("Noise schedules", "schedules.png"),
-    ]:
-        if (out / name).exists():
-            images.append((caption, name))
-    previews = sorted((out / "samples").glob("epoch_*.png"))
-    images += [(f"Preview after {p.stem.replace('_', ' ')}", f"samples/{p.name}") for p in previews]
-    summary = {
-        "dataset": config.train.data,
-        "parameters": f"{result.num_parameters:,}",
-        "steps": result.steps,
-        "epochs completed": result.epochs_done,
-        "training minutes": f"{result.minutes:.1f}",
-        "loss (first step -> last step)": f"{result.first_loss:.4f} -> {result.last_loss:.4f}",
-        "schedule": f"{config.diffusion.schedule}, T = {config.diffusion.timesteps}",
-        "prediction": config.diffusion.prediction,
-    }
-    return viz.write_report(
-        out,
-        title=f"difflab run: {out.name}",
-        summary=summary,
-        images=images,
-        config=to_dict(config),
+def diffusion_report(config: RunConfig) -> Report:
+    """Diffusion's part of report.html."""
+    return Report(
+        facts={
+            "schedule": f"{config.diffusion.schedule}, T = {config.diffusion.timesteps}",
+            "prediction": config.diffusion.prediction,
+        },
+        pictures=(
+            ("The forward process on training images", "forward_process.png"),
+            ("Denoising trajectory: x_t from noise to image", "trajectory.png"),
+            ("Noise schedules", "schedules.png"),
+        ),
+        final_caption="Samples from the final model (EMA weights)",
     )
+
+
+def write_run_report(out: Path, config: RunConfig, result: TrainResult, final_grid: Path) -> Path:
+    """report.html of a diffusion run (``difflab demo`` rewrites it after adding pictures)."""
+    return harness.write_run_report(out, config, result, final_grid, diffusion_report(config))
 
 
 def model_config_overrides(**values: Any) -> dict[str, Any]:
