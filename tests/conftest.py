@@ -36,3 +36,16 @@ def tiny_checkpoint():
         return save_checkpoint(path, config, UNet(model_cfg).state_dict())
 
     return make
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, one_torch_thread):
+    """A user cache holding an emoji evaluator made by `difflab train-evaluator` (one for each
+    test module: evaluating adds reference statistics to it)."""
+    from difflab.cli import main
+
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFLAB_CACHE", str(root))
+        assert main(["train-evaluator", "--data", "emoji", "--epochs", "6", "--no-progress"]) == 0
+        yield root

@@ -276,16 +276,6 @@ def test_images_to_float_reads_layouts_and_rejects_bad_ranges():
 # --- the command line ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, one_torch_thread):
-    """A user cache holding an emoji evaluator made by `difflab train-evaluator`."""
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DIFFLAB_CACHE", str(root))
-        assert main(["train-evaluator", "--data", "emoji", "--epochs", "6", "--no-progress"]) == 0
-        yield root
-
-
 def read_report(path):
     return json.loads(Path(path).read_text())
 

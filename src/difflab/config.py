@@ -7,6 +7,7 @@ checkpoint alone is enough to rebuild the model and the schedule it was trained 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -146,6 +147,23 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ConsistencyConfig:
+    """A consistency model distilled from a diffusion teacher (``difflab distill``, Song et al.
+    2023, Alg. 2). Its network keeps the teacher's shape, schedule and prediction target."""
+
+    teacher: str  # the teacher checkpoint's path, as given
+    teacher_sha256: str  # its content hash: --resume refuses another file
+    intervals: int = 32  # N: the teacher's ODE is discretised into N intervals of code time
+    guidance: float = 1.0  # classifier-free guidance scale of the teacher, baked into the student
+
+    def validate(self) -> None:
+        if self.intervals < 2:
+            raise ValueError(f"intervals must be >= 2, got {self.intervals}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a checkpoint needs to rebuild the model and its diffusion, plus how it was trained."""
 
@@ -154,6 +172,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     class_names: tuple[str, ...] = ()  # names of the labels, when the data has classes
     backend: str = "torch"  # torch or numpy
+    consistency: ConsistencyConfig | None = None  # set for a distilled (few-step) model
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -191,6 +210,9 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
             train=_build(TrainConfig, data.get("train", {})),
             class_names=tuple(data.get("class_names", ())),
             backend=data.get("backend", "torch"),
+            consistency=(
+                _build(ConsistencyConfig, data["consistency"]) if data.get("consistency") else None
+            ),
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"configuration is missing or malformed ({err})") from err

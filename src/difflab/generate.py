@@ -17,6 +17,7 @@ from PIL import Image
 
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, numpy_weights
 from difflab.config import RunConfig
+from difflab.consistency import consistency_function, consistency_timesteps, sample_consistency
 from difflab.data import load_dataset
 from difflab.models.unet import UNet
 from difflab.nn_numpy import NumpyUNet
@@ -171,6 +172,21 @@ def check_guidance(config: RunConfig, guidance: float | None) -> float:
     return guidance
 
 
+def check_consistency_sampling(config: RunConfig, steps: int | None, guidance: float | None) -> int:
+    """The steps a distilled (consistency) model samples in, 1 by default; its guidance is the
+    one it was distilled at."""
+    cc = config.consistency
+    assert cc is not None
+    steps = steps or 1
+    consistency_timesteps(config.diffusion.timesteps, steps)  # an unsupported --steps fails here
+    if guidance is not None and guidance != cc.guidance:
+        raise ValueError(
+            f"--guidance {guidance:g}: this consistency model was distilled at guidance "
+            f"{cc.guidance:g}, which is baked in (distil again with --guidance W for another)"
+        )
+    return steps
+
+
 @torch.no_grad()
 def generate(
     model: UNet | NumpyUNet,
@@ -199,7 +215,7 @@ def generate(
     the classes of a conditional model and ``guidance`` the classifier-free guidance scale;
     ``x_T`` replaces the initial noise (to compare samplers or guidance scales on the same noise).
     """
-    if sampler not in SAMPLERS:
+    if sampler not in SAMPLERS and config.consistency is None:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if num_images < 1:
         raise ValueError(f"number of images must be >= 1, got {num_images}")
@@ -229,16 +245,42 @@ def generate(
         if y is not None:
             y = y.numpy() if isinstance(model, NumpyUNet) else y.to(device)
 
-        denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0)
         x_start = noise(n) if x_T is None else _like_model(x_T[start : start + n], model)
-        x = sample(
-            sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,
-            callback=callback if start == 0 else None, **options,
-        )  # fmt: skip
+        if config.consistency is not None:  # a distilled model: its own 1-4 step sampler
+            x = sample_consistency_model(
+                model, config, schedule, x_start, y, steps=steps or 1, generator=generator,
+                callback=callback if start == 0 else None,
+            )  # fmt: skip
+        else:
+            denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0)
+            x = sample(
+                sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,
+                callback=callback if start == 0 else None, **options,
+            )  # fmt: skip
         out.append(torch.as_tensor(x).float().clamp(-1, 1).cpu())
     if not isinstance(model, NumpyUNet):
         model.train(was_training)
     return torch.cat(out)
+
+
+def sample_consistency_model(
+    model: UNet | NumpyUNet,
+    config: RunConfig,
+    schedule: Schedule,
+    x_T: Any,
+    y: Any,
+    *,
+    steps: int,
+    generator: Any,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """``steps``-step consistency sampling (``difflab.consistency``) of a distilled model; its
+    guidance scale was baked in by distillation."""
+    f = consistency_function(lambda x, t: model(x, t, y), schedule, config.diffusion.prediction)
+    timesteps = consistency_timesteps(schedule.num_timesteps, steps)
+    return sample_consistency(
+        f, x_T, schedule, timesteps=timesteps, generator=generator, callback=callback
+    )
 
 
 def load_input_images(

@@ -1,4 +1,4 @@
-"""``difflab visualize | train | sample | inpaint | img2img | interpolate | evaluate |
+"""``difflab visualize | train | distill | sample | inpaint | img2img | interpolate | evaluate |
 train-evaluator | demo``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
@@ -9,6 +9,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
 
   visualize.py   visualize
   train.py       train
+  distill.py     distill
   sample.py      sample
   edit.py        inpaint, img2img, interpolate
   evaluate.py    evaluate, train-evaluator
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, edit, evaluate, sample, train, visualize
+from difflab.cli import demo, distill, edit, evaluate, sample, train, visualize
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
@@ -40,10 +41,19 @@ EPILOG = """examples:
   difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
 """
 
-COMMAND_MODULES = (visualize, train, sample, edit, evaluate, demo)  # in the order of --help
+COMMAND_MODULES = (
+    visualize,
+    train,
+    distill,
+    sample,
+    edit,
+    evaluate,
+    demo,
+)  # in the order of --help
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "visualize": visualize.cmd_visualize, "train": train.cmd_train, "sample": sample.cmd_sample,
+    "visualize": visualize.cmd_visualize, "train": train.cmd_train,
+    "distill": distill.cmd_distill, "sample": sample.cmd_sample,
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,

@@ -26,8 +26,10 @@ from difflab.cli.flags import (
     positive_int,
     sampler_options,
 )
+from difflab.consistency import consistency_timesteps
 from difflab.generate import (
     TrajectoryRecorder,
+    check_consistency_sampling,
     check_guidance,
     class_labels,
     generate,
@@ -71,8 +73,17 @@ def cmd_sample(args: argparse.Namespace) -> None:
     config, schedule = loaded.config, loaded.schedule
     out = check_png(args.out)
     check_suffix(args.gif, ".gif", "--gif")
-    options = sampler_options(args, schedule.num_timesteps)
-    guidance = check_guidance(config, args.guidance)
+    if config.consistency is not None:  # a distilled model: its own sampler, 1-4 steps
+        if args.guidance_sweep:
+            raise ValueError("--guidance-sweep: a consistency model has its guidance baked in")
+        steps = check_consistency_sampling(config, args.steps, args.guidance)
+        options: dict[str, Any] = {"steps": steps}
+        seq, sampler = consistency_timesteps(schedule.num_timesteps, steps), "consistency"
+        guidance = config.consistency.guidance
+    else:
+        options = sampler_options(args, schedule.num_timesteps)
+        seq = timestep_sequence(schedule.num_timesteps, options["steps"], args.spacing)
+        sampler, guidance = args.sampler, check_guidance(config, args.guidance)
     labels = class_labels(config, args.class_label, args.num_images)
     names = list(config.class_names) or [str(k) for k in range(config.model.num_classes)]
     if args.guidance_sweep:
@@ -85,7 +96,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
         per_class = -(-args.num_images // config.model.num_classes)
         labels = torch.arange(config.model.num_classes).repeat_interleave(per_class)
     num_images = len(labels) if labels is not None else args.num_images
-    seq = timestep_sequence(schedule.num_timesteps, options["steps"], args.spacing)
     shown = set(seq[:: max(1, len(seq) // 10)]) | {seq[-1]}
     recorder = TrajectoryRecorder(lambda i, t: t in shown, num_images=min(8, num_images))
     gif_every = max(1, len(seq) // 40)
@@ -103,7 +113,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         guidance=guidance, clip_x0=not args.no_clip, callback=callback, **options,
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    what = f"{num_images} images, {args.sampler}, {options['steps']} steps"
+    what = f"{num_images} images, {sampler}, {options['steps']} steps"
     if labels is not None:
         what += f", guidance {guidance:g}"
     if per_class:

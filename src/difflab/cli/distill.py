@@ -1,0 +1,112 @@
+"""``difflab distill``: distil a trained diffusion checkpoint into a 1-4 step consistency model
+(``difflab.distill``), or resume such a run (``--resume``).
+
+The data, network, schedule and classes are the teacher's; the flags here set the distillation
+(intervals, guidance) and the run (time, batch, learning rate, previews), onto ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from difflab import distributed
+from difflab.cli.flags import add_command, positive_float, positive_int
+from difflab.config import ConsistencyConfig, TrainConfig
+from difflab.consistency import STEP_TIMES
+from difflab.data import load_dataset
+
+# What --resume may change: how long to go on, and where (difflab.train.RESUME_FLAGS' subset).
+RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "distill",
+        "Distil a trained diffusion checkpoint into a consistency model that draws images in "
+        "1, 2 or 4 network evaluations (consistency distillation, Song et al. 2023).",
+    )
+    p.add_argument("--teacher", help="the diffusion checkpoint to distil (model_final.safetensors)")
+    p.add_argument("--out", help="run directory (default: runs/distill)")
+    p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
+    p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
+    p.add_argument("--max-minutes", type=positive_float, help="stop after this much time")
+    p.add_argument("--max-steps", type=positive_int, help="stop after N steps in all")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step")
+    p.add_argument("--lr", type=positive_float, default=2e-4, help="peak AdamW learning rate")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the student, sampled")
+    p.add_argument(
+        "--intervals", type=positive_int, default=ConsistencyConfig.intervals,
+        help="N: the teacher's ODE is cut into N intervals; each step learns one (CM Alg. 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance", type=float,
+        help="classifier-free guidance scale baked into the student (class-conditional "
+        "teachers; default 1: plain conditional)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seeds data order and noise")
+    p.add_argument("--device", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--preview-steps", type=int, default=2, choices=sorted(STEP_TIMES),
+        help="consistency steps of the previews",
+    )  # fmt: skip
+    p.add_argument("--sample-every", type=int, default=1, help="preview every N epochs; 0: end")
+    p.add_argument("--num-preview", type=positive_int, default=64, help="images per preview")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a distillation run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from difflab.checkpoint import load_checkpoint
+    from difflab.distill import distill, file_sha256, load_teacher, student_config
+    from difflab.train import latest_checkpoint, resume_config
+
+    if args.resume:
+        if args.teacher is not None:
+            raise ValueError("--teacher cannot change when a run is resumed")
+        ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
+        if ckpt.config.consistency is None:
+            raise ValueError(f"{args.resume} is not a distillation run; use difflab train --resume")
+        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
+        cc = config.consistency
+        teacher = load_teacher(cc.teacher, cc.teacher_sha256)
+        out = Path(args.resume)
+    else:
+        if args.teacher is None:
+            raise ValueError("--teacher is required: the diffusion checkpoint to distil")
+        if not 0.0 <= args.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
+        teacher = load_teacher(args.teacher)
+        tc = teacher.config.train
+        train_cfg = TrainConfig(
+            data=tc.data, data_dir=args.data_dir or tc.data_dir, num_images=tc.num_images,
+            epochs=args.epochs or 20, max_minutes=args.max_minutes, max_steps=args.max_steps,
+            batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay, seed=args.seed,
+            device=args.device or "auto", sample_every=args.sample_every,
+            num_preview=args.num_preview, preview_steps=args.preview_steps,
+        )  # fmt: skip
+        train_cfg.validate()
+        consistency = ConsistencyConfig(
+            teacher=str(args.teacher), teacher_sha256=file_sha256(args.teacher),
+            intervals=args.intervals, guidance=1.0 if args.guidance is None else args.guidance,
+        )  # fmt: skip
+        config = student_config(teacher, train_cfg, consistency)
+        out = Path(args.out or "runs/distill")
+    tc = config.train
+    dataset = load_dataset(
+        tc.data, data_dir=tc.data_dir, image_size=config.model.image_size, seed=tc.seed,
+        num_images=tc.num_images,
+    )  # fmt: skip
+    # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
+    result = distill(
+        config, teacher, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if distributed.env_rank() == 0:
+        print(
+            f"distilled {result.steps} steps ({result.minutes:.1f} min); loss "
+            f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir}; "
+            f"sample with: difflab sample --checkpoint {out / 'model_final.safetensors'} --steps 2"
+        )
