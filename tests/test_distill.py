@@ -239,9 +239,11 @@ def test_bad_input_to_distill_and_to_a_distilled_model_is_one_line(
         (["distill"], "--teacher is required"),
         (["sample", "--checkpoint", final, "--steps", "8"], "samples in 1, 2, 4 steps"),
         (["sample", "--checkpoint", final, "--guidance", "5"], "distilled at guidance 2"),
+        (["img2img", "--checkpoint", final, "--from-data", "0"], "is a consistency model"),
+        (["inpaint", "--checkpoint", final, "--from-data", "0"], "is a consistency model"),
     ]  # fmt: skip
     for argv, match in cases:
-        full = [*argv, "--out", str(out / "a.png" if argv[0] == "sample" else out)]
+        full = [*argv, "--out", str(out if argv[0] == "distill" else out / "a.png")]
         assert main(full) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err

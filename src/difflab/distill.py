@@ -123,7 +123,7 @@ class ConsistencyDistillation(Objective):
         cfg, cc = config.train, config.consistency
         assert cc is not None
         self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
-        self.teacher = UNet(teacher.config.model)
+        self.teacher, self.teacher_config = UNet(teacher.config.model), teacher.config
         load_weights_into(self.teacher, teacher.sampling_weights, teacher.path or "")
         self.teacher.to(ctx.device, memory_format=ctx.memory_format).eval().requires_grad_(False)
         student = copy.deepcopy(self.teacher).train().requires_grad_(True)
@@ -155,7 +155,7 @@ class ConsistencyDistillation(Objective):
         t_hi = torch.from_numpy(self.grid[n + 1]).to(device)  # (b / world,)
         t_lo = torch.from_numpy(self.grid[n]).to(device)
         x_hi = q_sample(x0, t_hi, z, self.schedule)
-        teacher = model_denoiser(self.teacher, config, self.schedule, y, cc.guidance)
+        teacher = model_denoiser(self.teacher, self.teacher_config, self.schedule, y, cc.guidance)
         x_lo = heun_step(teacher, x_hi, t_hi, t_lo, self.schedule)
         prediction = config.diffusion.prediction
         with torch.no_grad():  # the target: the student itself, without gradient (iCT)

@@ -123,6 +123,12 @@ def model_denoiser(
     clip_x0: bool = True,
 ) -> Denoiser:
     """The sampler's ``denoiser(x_t, t) -> (eps, x0_pred)`` for a trained network, with guidance."""
+    if config.consistency is not None:  # its output is a consistency function's, not eps/x0/v
+        raise ValueError(
+            "this checkpoint is a consistency model (made by difflab distill): it samples with "
+            "difflab sample / evaluate --steps 1, 2 or 4, not with a diffusion sampler or the "
+            "editing commands"
+        )
     model_fn = guided_model_fn(model, y, guidance, config.model.num_classes)
     return make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
 

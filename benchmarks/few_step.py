@@ -1,0 +1,181 @@
+"""Few-step generation on real MNIST: the teacher's samplers against its distilled student.
+
+    .venv/bin/python benchmarks/few_step.py --data-dir ../shared/data/mnist --teacher RUN/model_final.safetensors \\
+        [--budgets 10,20] [--num-samples 5000] [--ddpm] [--runs /tmp/few_step]
+
+Rows, every one scored by ``difflab evaluate`` (the project's MNIST evaluator, the test split,
+the same N and seed):
+- the teacher (the default recipe's 10-minute model: ``difflab train --data mnist --max-minutes
+  10``; ``--teacher-minutes M`` trains one first when ``--teacher`` is not given) with
+  ``dpmpp-2m-sde`` 20 steps, ``--ddpm`` adds DDPM-1000, and the training-free high-order solvers
+  that ``difflab.samplers`` has (``ipndm``, ``dpmpp-3m``, ``unipc``) at 4, 6 and 10 steps;
+- the student, ``difflab distill --teacher ...`` continued with ``--resume --max-minutes B`` to
+  each budget B (its clock counts distillation steps only), at 1, 2 and 4 steps.
+
+Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
+in this process, alternating, median of 5. Writes ``docs/few_step.json``, the table in
+``docs/few_step.md`` between the ``few_step`` markers and 64-image grids in ``docs/few_step/``.
+Needs an otherwise idle machine: the budgets are wall time on its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from difflab.generate import generate, load_model
+from difflab.samplers import SAMPLERS
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "few_step.json"
+DOC = ROOT / "docs" / "few_step.md"
+GRIDS = ROOT / "docs" / "few_step"
+BEGIN, END = "<!-- few_step:begin -->", "<!-- few_step:end -->"
+DIFFLAB = [sys.executable, "-m", "difflab"]
+TRAINING_FREE = [name for name in ("ipndm", "dpmpp-3m", "unipc") if name in SAMPLERS]
+
+
+def run(argv: list[str]) -> None:
+    print("$ difflab " + shlex.join(argv), file=sys.stderr, flush=True)
+    subprocess.run([*DIFFLAB, *argv], check=True, stdout=sys.stderr)
+
+
+def score(args: argparse.Namespace, ckpt: Path, sampling: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "metrics.json"
+        run(["evaluate", "--checkpoint", str(ckpt), *sampling, "--num-samples",
+             str(args.num_samples), "--seed", "1", "--out", str(out)])  # fmt: skip
+        report = json.loads(out.read_text())
+    m = report["metrics"]
+    return {"fid": round(m["fid"], 3), "kid": round(m["kid"], 5),
+            "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
+            "generate_s": report["setup"].get("generate_seconds")}  # fmt: skip
+
+
+def grid(ckpt: Path, sampling: list[str], name: str) -> None:
+    GRIDS.mkdir(parents=True, exist_ok=True)
+    run(["sample", "--checkpoint", str(ckpt), *sampling, "--num-images", "64", "--seed", "0",
+         "--out", str(GRIDS / f"{name}.png")])  # fmt: skip
+
+
+def teacher_rows(args: argparse.Namespace, teacher: Path):
+    plans = [("dpmpp-2m-sde", 20)] + ([("ddpm", 1000)] if args.ddpm else [])
+    plans += [(name, steps) for name in TRAINING_FREE for steps in (4, 6, 10)]
+    for sampler, steps in plans:
+        sampling = ["--sampler", sampler, "--steps", str(steps)]
+        row = {"model": "teacher", "sampler": sampler, "steps": steps,
+               **score(args, teacher, sampling)}  # fmt: skip
+        if (sampler, steps) == ("dpmpp-2m-sde", 20):
+            grid(teacher, sampling, "teacher_dpmpp-2m-sde_20")
+        yield row
+
+
+def student_rows(args: argparse.Namespace, teacher: Path):
+    run_dir = Path(args.runs) / "student"
+    for i, budget in enumerate(args.budgets):
+        if i == 0:
+            run(["distill", "--teacher", str(teacher), "--data-dir", args.data_dir,
+                 "--epochs", "1000", "--max-minutes", f"{budget:g}", "--sample-every", "0",
+                 "--no-progress", "--overwrite", "--out", str(run_dir)])  # fmt: skip
+        else:
+            run(["distill", "--resume", str(run_dir), "--max-minutes", f"{budget:g}",
+                 "--no-progress"])  # fmt: skip
+        log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in log if r.get("loss") is not None][-1]
+        ckpt = run_dir / "model_final.safetensors"
+        for steps in (1, 2, 4):
+            sampling = ["--steps", str(steps)]
+            yield {"model": f"student {budget:g} min", "sampler": "consistency", "steps": steps,
+                   "distill_steps": last["step"], "distill_s": last["elapsed_s"],
+                   **score(args, ckpt, sampling)}  # fmt: skip
+            if budget == args.budgets[-1]:
+                grid(ckpt, sampling, f"student_{budget:g}min_{steps}step")
+
+
+def timing(teacher: Path, student: Path, repeats: int = 5) -> dict:
+    """Seconds for 64 images: the student at 1 step, the teacher at 20 of dpmpp-2m-sde."""
+    models = {"student_1": (load_model(student, "cpu"), {"steps": 1}),
+              "teacher_20": (load_model(teacher, "cpu"), {"sampler": "dpmpp-2m-sde", "steps": 20})}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, (loaded, options) in models.items():
+            start = time.perf_counter()
+            generate(loaded.model, loaded.config, loaded.schedule, num_images=64, seed=0, **options)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    return {"seconds_64": {k: round(v, 4) for k, v in medians.items()},
+            "speedup": round(medians["teacher_20"] / medians["student_1"], 1)}  # fmt: skip
+
+
+def verdict(rows: list[dict]) -> dict:
+    """The issue's targets against the rows."""
+    best_teacher = min(r["fid"] for r in rows if r["model"] == "teacher")
+    last = rows[-1]["model"]
+    student = {r["steps"]: r["fid"] for r in rows if r["model"] == last}
+    six = [r["fid"] for r in rows if r["model"] == "teacher" and r["steps"] == 6]
+    return {
+        "best_teacher_fid": best_teacher, "student": last,
+        "4_steps_within_25%": student[4] <= 1.25 * best_teacher,
+        "2_steps_within_50%": student[2] <= 1.5 * best_teacher,
+        "1_step_within_3x": student[1] <= 3 * best_teacher,
+        "4_steps_beat_every_6_step_solver": bool(six) and student[4] < min(six),
+    }  # fmt: skip
+
+
+def write_doc(results: dict) -> None:
+    lines = ["| model | sampler | steps | FID | KID | precision | recall | seconds for N |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results["rows"]:
+        lines.append(f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['fid']:.2f} | "
+                     f"{r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['generate_s']} |")  # fmt: skip
+    t = results["timing"]
+    lines += ["", f"64 images: student 1 step {t['seconds_64']['student_1']:.3f} s, teacher "
+              f"dpmpp-2m-sde 20 steps {t['seconds_64']['teacher_20']:.3f} s ({t['speedup']}x).",
+              "", "Targets: " + ", ".join(f"{k} {v}" for k, v in results["verdict"].items())]  # fmt: skip
+    text = DOC.read_text() if DOC.exists() else f"# Few-step generation\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN)
+    DOC.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + rest.split(END)[1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="the MNIST IDX files")
+    parser.add_argument("--teacher", help="the teacher checkpoint (default: train one)")
+    parser.add_argument("--teacher-minutes", type=float, default=10.0)
+    parser.add_argument("--budgets", default="10,20", help="distillation CPU-minutes")
+    parser.add_argument("--num-samples", type=int, default=5000)
+    parser.add_argument("--ddpm", action="store_true", help="also DDPM-1000 (slow: ~1 h at 5000)")
+    parser.add_argument("--runs", default="/tmp/few_step", help="where the runs go")
+    args = parser.parse_args(argv)
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    teacher = (
+        Path(args.teacher) if args.teacher else Path(args.runs) / "teacher/model_final.safetensors"
+    )
+    if not args.teacher:
+        run(["train", "--data", "mnist", "--data-dir", args.data_dir, "--max-minutes",
+             f"{args.teacher_minutes:g}", "--sample-every", "0", "--no-progress", "--overwrite",
+             "--out", str(teacher.parent)])  # fmt: skip
+    rows = [*teacher_rows(args, teacher), *student_rows(args, teacher)]
+    student = Path(args.runs) / "student/model_final.safetensors"
+    results = {"benchmark": "few_step", "num_samples": args.num_samples, "teacher": str(teacher),
+               "threads": torch.get_num_threads(), "rows": rows,
+               "timing": timing(teacher, student)}  # fmt: skip
+    results["verdict"] = verdict(rows)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_doc(results)
+    print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
