@@ -5,6 +5,8 @@ test drives both with one deterministic fake network and the same noise generato
 diffusers' options set to what ours do, and compares every intermediate x_t.
 """
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,10 @@ from difflab.samplers import (
     sample_ddpm,
     sample_dpmpp_2m,
     sample_dpmpp_2m_sde,
+    sample_dpmpp_3m,
+    sample_ipndm,
+    sample_unipc,
+    timestep_sequence,
 )
 from difflab.schedules import make_schedule
 
@@ -49,21 +55,28 @@ def ours(sampler, schedule_name, steps, clip, dtype=torch.float64, **options):
     return states, out
 
 
-def theirs(scheduler, steps, dtype=torch.float64, **step_options):
+def theirs(scheduler, steps, dtype=torch.float64, float64_sigmas=False, **step_options):
     """diffusers' loop: x_t before each step, and its output.
 
     diffusers keeps alpha_bar in float32; over 1000 steps that alone moves x_t by ~3e-4. To
     compare the algorithms, their scheduler gets our float64 alpha_bar (the schedules themselves
-    are compared in ``test_schedules_agree_to_float32_precision``).
+    are compared in ``test_schedules_agree_to_float32_precision``). The multistep schedulers also
+    cast their per-step sigmas to float32; ``float64_sigmas`` replaces them by the same values in
+    float64 (sqrt((1 - ab) / ab) at its timesteps, then 0 for the data).
     """
     name = "cosine" if scheduler.config.beta_schedule == "squaredcos_cap_v2" else "linear"
-    scheduler.alphas_cumprod = torch.from_numpy(make_schedule(name, T).alpha_bar)
+    alpha_bar = make_schedule(name, T).alpha_bar
+    scheduler.alphas_cumprod = torch.from_numpy(alpha_bar)
     scheduler.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(7)
+    if float64_sigmas:
+        ab = alpha_bar[scheduler.timesteps.numpy()]
+        scheduler.sigmas = torch.from_numpy(np.concatenate([np.sqrt((1 - ab) / ab), [0.0]]))
+    if "generator" in inspect.signature(scheduler.step).parameters:  # not UniPC's
+        step_options["generator"] = torch.Generator().manual_seed(7)
     x, states = x_T(dtype=dtype), []
     for t in scheduler.timesteps:
         states.append((int(t), x.clone()))
-        x = scheduler.step(fake_eps(x, t), t, x, generator=generator, **step_options).prev_sample
+        x = scheduler.step(fake_eps(x, t), t, x, **step_options).prev_sample
     return states, x
 
 
@@ -171,3 +184,99 @@ def test_the_fake_network_is_not_trivial():
     states, out = ours(sample_ddim, "linear", 10, clip=True)
     assert (states[0][1] - out).abs().mean() > 0.3
     assert not np.allclose(states[3][1].numpy(), states[4][1].numpy())
+
+
+def float32_scale(states):
+    """Agreement to float32 precision of the largest |x_t| (unclipped x0 lets it grow to ~300)."""
+    return max(x.abs().max().item() for _, x in states)
+
+
+def clipping(clip):
+    """Our clip_x0 in diffusers' multistep schedulers: dynamic thresholding whose threshold is
+    clamped to [1, sample_max_value] = [1, 1] clips x0 to [-1, 1]. Clipped, the fake network's
+    x_t stay O(1); unclipped they grow to ~3e4 on the cosine schedule, where float32 rounding
+    then hides the difference between the 2M and 3M updates."""
+    return {"thresholding": clip, "sample_max_value": 1.0}
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [4, 6, 10, 20, 50])
+@pytest.mark.parametrize("clip", [True, False])
+def test_dpmpp_3m_matches_dpm_solver_multistep_scheduler_of_order_3(schedule_name, steps, clip):
+    """DPM-Solver++(3M): ``solver_order=3``, otherwise the 2M test's options (first-order last
+    step to sigma = 0, no lower-order second-to-last step). diffusers casts x_t to float32 in
+    every step, so agreement is to float32 precision whatever its sigmas."""
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, algorithm_type="dpmsolver++", solver_order=3,
+        solver_type="midpoint", lower_order_final=False, final_sigmas_type="zero",
+        timestep_spacing="trailing", prediction_type="epsilon", **clipping(clip),
+        **BETAS[schedule_name],
+    )  # fmt: skip
+    a, out_a = ours(sample_dpmpp_3m, schedule_name, steps, clip=clip)
+    b, out_b = theirs(scheduler, steps)
+    scale = float32_scale(a)
+    assert_same_trajectory(a, b, rtol=1e-6, atol=1e-6 * scale)
+    torch.testing.assert_close(out_a, out_b.double(), rtol=1e-6, atol=1e-6 * scale)
+    if clip:  # the third-order update acts: from the fourth visited step on, 3M leaves 2M
+        second, _ = ours(sample_dpmpp_2m, schedule_name, steps, clip=clip)
+        torch.testing.assert_close(second[2][1], a[2][1], rtol=1e-12, atol=1e-12)  # 2M so far
+        assert max((x2 - x3).abs().max() for (_, x2), (_, x3) in zip(second, a, strict=True)) > 2e-3
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("steps", [4, 6, 10, 50])
+@pytest.mark.parametrize("clip", [True, False])
+def test_unipc_matches_unipc_multistep_scheduler(schedule_name, order, steps, clip):
+    """UniPC with B(h) = e^{-h} - 1 (``solver_type="bh2"``), data prediction, the corrector on
+    every step, the predictor's order lowered as the steps run out (``lower_order_final``, on in
+    both), sigma = 0 at the end. Given float64 sigmas, diffusers' float64 arithmetic and ours agree
+    to rounding; the x_t compared are the points the network is evaluated at (before UniC)."""
+    scheduler = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=T, solver_order=order, predict_x0=True, solver_type="bh2",
+        lower_order_final=True, disable_corrector=[], final_sigmas_type="zero",
+        timestep_spacing="trailing", prediction_type="epsilon", **clipping(clip),
+        **BETAS[schedule_name],
+    )  # fmt: skip
+    a, out_a = ours(sample_unipc, schedule_name, steps, clip=clip, order=order)
+    b, out_b = theirs(scheduler, steps, float64_sigmas=True)
+    scale = float32_scale(a)
+    assert_same_trajectory(a, b, rtol=1e-10, atol=1e-12 * scale)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-12 * scale)
+    if clip and order > 1 and steps > 4:  # the higher orders act: they leave UniPC-1's path
+        first, _ = ours(sample_unipc, schedule_name, steps, clip=clip, order=1)
+        assert max((x1 - x2).abs().max() for (_, x1), (_, x2) in zip(first, a, strict=True)) > 1e-3
+
+
+@pytest.mark.parametrize("schedule_name", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [4, 10, 50])
+@pytest.mark.parametrize("clip", [False, True])
+def test_ipndm_matches_ipndm_scheduler_given_our_alphas_and_sigmas(schedule_name, steps, clip):
+    """diffusers' ``IPNDMScheduler`` is the same method, but not on our schedule by configuration:
+    it builds its own continuous one (sigma = sin^2(pi s / 2), alpha = sqrt(1 - sigma^2), s from 1
+    to 0) and expects v-prediction, turning it into eps as ets = sigma x + alpha v; then eps' is
+    the Adams-Bashforth combination of the last four ets and x_s = alpha_s x0' + sigma_s eps' with
+    x0' = (x - sigma eps') / alpha, the DDIM step (our last step, to the data, included). Here its
+    per-step alpha and sigma are replaced by ours at the visited timesteps (then 1 and 0 for the
+    data) and it is fed v = (eps - sigma x) / alpha for our network's eps, so the comparison is of
+    the algorithm alone. ``test_samplers.py`` also checks iPNDM against a float64 re-derivation
+    from the paper's formula (``test_ipndm_is_adams_bashforth_in_sigma_space``)."""
+    schedule = make_schedule(schedule_name, T)
+    seq = timestep_sequence(T, steps)
+    ab = np.concatenate([schedule.alpha_bar[seq], [1.0]])
+    scheduler = diffusers.IPNDMScheduler(num_train_timesteps=T)
+    scheduler.set_timesteps(steps)
+    scheduler.alphas = torch.from_numpy(np.sqrt(ab))  # alpha
+    scheduler.betas = torch.from_numpy(np.sqrt(1.0 - ab))  # sigma: IPNDMScheduler's name for it
+    denoiser = make_denoiser(fake_eps, schedule, "eps", clip_x0=clip)
+    x, b = x_T(), []
+    for i, s in enumerate(scheduler.timesteps):
+        b.append((seq[i], x.clone()))
+        eps, _ = denoiser(x, torch.full((x.shape[0],), seq[i]))
+        v = (eps - scheduler.betas[i] * x) / scheduler.alphas[i]
+        x = scheduler.step(v, s, x).prev_sample
+
+    a, out_a = ours(sample_ipndm, schedule_name, steps, clip=clip)
+    scale = float32_scale(a)
+    assert_same_trajectory(a, b, rtol=1e-10, atol=1e-12 * scale)
+    torch.testing.assert_close(out_a, x, rtol=1e-10, atol=1e-12 * scale)

@@ -25,7 +25,7 @@ import torch
 from difflab.diffusion import eps_and_x0, eps_from_x0
 from difflab.schedules import Schedule
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-2m-sde")
+SAMPLERS = ("ddpm", "ddim", "ipndm", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m", "unipc")
 SPACINGS = ("trailing", "leading", "linspace")
 
 Denoiser = Callable[[Any, Any], tuple[Any, Any]]
@@ -289,7 +289,7 @@ def _dpmpp_2m(
         if ab_next >= 1.0:  # the final step to the data
             x = x0
             break
-        h = 0.5 * math.log(ab_next / (1.0 - ab_next)) - 0.5 * math.log(ab_t / (1.0 - ab_t))
+        h = half_log_snr(ab_next) - half_log_snr(ab_t)
         if x0_prev is None:
             d = x0
         else:
@@ -308,9 +308,229 @@ def _dpmpp_2m(
     return x
 
 
+def half_log_snr(alpha_bar: float) -> float:
+    """DPM-Solver's time: lambda = log(alpha / sigma) = log(alpha_bar / (1 - alpha_bar)) / 2."""
+    return 0.5 * math.log(alpha_bar / (1.0 - alpha_bar))
+
+
+# Adams-Bashforth weights of the last k eps, newest first (Zhang & Chen 2023, App. "iPNDM")
+IPNDM_COEFFICIENTS = (
+    (1.0,),
+    (3 / 2, -1 / 2),
+    (23 / 12, -16 / 12, 5 / 12),
+    (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+)
+
+
+def sample_ipndm(
+    denoiser: Denoiser,
+    x: Any,
+    schedule: Schedule,
+    *,
+    steps: int = 10,
+    spacing: str = "trailing",
+    timesteps: list[int] | None = None,
+    max_order: int = 4,
+    generator: Any = None,
+    callback: Callback | None = None,
+) -> Any:
+    """Zhang & Chen 2023 (DEIS), Sec. 4 and App.: iPNDM, Adams-Bashforth on eps in DDIM's variable.
+
+    In x~ = x / alpha, s~ = sigma / alpha the probability-flow ODE is dx~/ds~ = eps (Song et al.
+    2021, Eq. 14) and DDIM is its Euler step. iPNDM takes that step with the Adams-Bashforth
+    combination of the last k network outputs, newest first, k = min(i + 1, max_order):
+    x~_s = x~_t + (s~_s - s~_t) eps', eps' = sum_j c_kj eps_{i-j}, c = (1), (3/2, -1/2),
+    (23/12, -16/12, 5/12), (55/24, -59/24, 37/24, -9/24). The lower orders warm the method up
+    with no extra evaluations (PNDM spent Runge-Kutta steps there), and the equal-step weights
+    are kept on the uneven grid, as in the paper and k-diffusion. One network evaluation per
+    step; ``max_order=1`` is DDIM. The last step, to the data (s~ = 0), uses eps' too, so it
+    returns x~_t - s~_t eps' rather than x0_pred. ``generator`` is unused.
+    """
+    if max_order not in (1, 2, 3, 4):
+        raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order!r}")
+    seq = _resolve(schedule, steps, spacing, timesteps)
+    eps_history: list[Any] = []  # the last max_order eps, newest first
+    for i, (t, ab_t, ab_next) in enumerate(alpha_bar_pairs(schedule, seq)):
+        eps, x0 = denoiser(x, timesteps_like(x, t))
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "x0_pred": x0})
+        eps_history = [eps, *eps_history[: max_order - 1]]
+        weights = IPNDM_COEFFICIENTS[len(eps_history) - 1]
+        eps_ab = sum(c * e for c, e in zip(weights, eps_history, strict=True))
+        x0_ab = (x - math.sqrt(1.0 - ab_t) * eps_ab) / math.sqrt(ab_t)  # x~_t - s~_t eps'
+        # the DDIM step with eps': x_s = alpha_s (x~_t + (s~_s - s~_t) eps')
+        x = ddim_step(x0_ab, eps_ab, ab_t, ab_next, 0.0, None)
+    return x
+
+
+def sample_dpmpp_3m(
+    denoiser: Denoiser,
+    x: Any,
+    schedule: Schedule,
+    *,
+    steps: int = 10,
+    spacing: str = "trailing",
+    timesteps: list[int] | None = None,
+    generator: Any = None,
+    callback: Callback | None = None,
+) -> Any:
+    """Lu et al. 2022 (DPM-Solver++), the third-order multistep data-prediction solver (the
+    authors' ``multistep_dpm_solver_third_order_update``, which diffusers copies).
+
+    With alpha, sigma, lambda and h = lambda_s - lambda_t as in ``sample_dpmpp_2m``, the last
+    three x0 predictions m0, m1, m2, and r0 = h0 / h, r1 = h1 / h (h0, h1: the two previous h):
+    D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1) and
+    D2 = (D1_0 - D1_1) / (r0 + r1), divided differences of x0_pred in lambda. A step is
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) m0 + alpha_s ((e^{-h} - 1) / h + 1) D1
+    - alpha_s ((e^{-h} - 1 + h) / h^2 - 1/2) D2, the exponential integrator with x0_pred
+    expanded in lambda. D1 is h x0' to second order, but D2 is h^2 x0'' / 2 where its
+    coefficient is the weight of h^2 x0'': the update is exact for x0_pred linear in lambda, not
+    quadratic, so the method is second order (docs/samplers.md measures it). This is the
+    reference's formula (the authors' code, diffusers, k-diffusion's dpmpp_3m_sde), kept so that
+    ``dpmpp-3m`` matches them step for step. The first step is first order and the second 2M
+    (no extra evaluations); the last, to the data (sigma = 0), is first order: it returns
+    x0_pred. ``generator`` is unused (the solver is deterministic).
+    """
+    seq = _resolve(schedule, steps, spacing, timesteps)
+    m: list[Any] = []  # x0_pred of the last three steps, newest first
+    hs: list[float] = []  # h of the last two steps taken, newest first
+    for i, (t, ab_t, ab_next) in enumerate(alpha_bar_pairs(schedule, seq)):
+        _, x0 = denoiser(x, timesteps_like(x, t))
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "x0_pred": x0})
+        if ab_next >= 1.0:  # the final step to the data
+            x = x0
+            break
+        m = [x0, *m[:2]]
+        h = half_log_snr(ab_next) - half_log_snr(ab_t)
+        alpha_s, em1 = math.sqrt(ab_next), math.expm1(-h)  # em1 = e^{-h} - 1
+        x = math.sqrt((1.0 - ab_next) / (1.0 - ab_t)) * x - alpha_s * em1 * m[0]  # first order
+        if len(m) == 2:  # 2M, midpoint form (sample_dpmpp_2m)
+            x = x - (0.5 * alpha_s * em1 * h / hs[0]) * (m[0] - m[1])
+        elif len(m) == 3:
+            r0, r1 = hs[0] / h, hs[1] / h
+            d1_0, d1_1 = (m[0] - m[1]) / r0, (m[1] - m[2]) / r1
+            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            x = x + alpha_s * (em1 / h + 1.0) * d1 - alpha_s * ((em1 + h) / h**2 - 0.5) * d2
+        hs = [h, *hs[:1]]
+    return x
+
+
+def sample_unipc(
+    denoiser: Denoiser,
+    x: Any,
+    schedule: Schedule,
+    *,
+    steps: int = 10,
+    order: int = 2,
+    spacing: str = "trailing",
+    timesteps: list[int] | None = None,
+    generator: Any = None,
+    callback: Callback | None = None,
+) -> Any:
+    """Zhao et al. 2023 (UniPC), Alg. 1-3 with B(h) = e^{-h} - 1 (their B2) and data prediction.
+
+    Each step, the network's x0_pred at x_t first corrects x_t (UniC: the update that produced
+    x_t is redone with the new evaluation as one more point, raising its order by one), then the
+    predictor UniP-p steps from the corrected x_t to the next timestep; the evaluation is reused,
+    so a step costs one network call. Both updates are (``unipc_update``)
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) m0 - alpha_s B(h) sum_k rho_k D_k,
+    D_k = (m_k - m0) / r_k over earlier (predictor) or earlier and new (corrector, r = 1) x0
+    predictions m_k, with rho from ``unipc_weights``. The predictor's order p is
+    min(``order``, i + 1, steps left), as the authors' code and diffusers (``lower_order_final``)
+    do; the last step, to the data (sigma = 0), returns x0_pred. ``order=2`` (UniPC-2, third
+    order with the corrector) is diffusers' default and the paper's choice for guided sampling;
+    the paper prefers 3 for unconditional models. ``generator`` is unused.
+    """
+    if not isinstance(order, int) or order < 1:
+        raise ValueError(f"order must be a positive integer, got {order!r}")
+    seq = _resolve(schedule, steps, spacing, timesteps)
+    pairs = alpha_bar_pairs(schedule, seq)
+    m: list[Any] = []  # x0_pred at the visited steps, newest first
+    lams: list[float] = []  # lambda at the visited steps, newest first
+    x_prev, p_prev = None, 0  # the corrected x of the previous step and its predictor's order
+    for i, (t, ab_t, ab_next) in enumerate(pairs):
+        _, x0 = denoiser(x, timesteps_like(x, t))
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "x0_pred": x0})
+        if ab_next >= 1.0:  # the final step to the data
+            x = x0
+            break
+        lam_t = half_log_snr(ab_t)
+        if x_prev is not None:  # UniC: redo the last update with x0 as one more point
+            ab_prev = pairs[i - 1][1]
+            x = unipc_update(x_prev, ab_prev, ab_t, m[:p_prev], lams[:p_prev], x0_new=x0)
+        m, lams = [x0, *m[: order - 1]], [lam_t, *lams[: order - 1]]
+        p = min(order, i + 1, len(seq) - i)
+        x_prev, p_prev = x, p
+        x = unipc_update(x, ab_t, ab_next, m[:p], lams[:p])  # UniP-p
+    return x
+
+
+def unipc_update(
+    x: Any, ab_t: float, ab_s: float, m: list[Any], lams: list[float], x0_new: Any = None
+) -> Any:
+    """UniPC's update t -> s from x0 predictions ``m`` at ``lams`` (newest first, m[0] at t).
+
+    x_s = (sigma_s / sigma_t) x - alpha_s (e^{-h} - 1) m0 - alpha_s B(h) sum_k rho_k D_k with
+    D_k = (m_k - m0) / r_k, r_k = (lambda_k - lambda_t) / h: the predictor UniP with len(m)
+    points, or, given ``x0_new`` (the evaluation at s), the corrector UniC, which adds
+    D = x0_new - m0 with r = 1.
+    """
+    h = half_log_snr(ab_s) - lams[0]
+    rks = [(lam - lams[0]) / h for lam in lams[1:]]
+    ds = [(mk - m[0]) / r for mk, r in zip(m[1:], rks, strict=True)]
+    if x0_new is not None:
+        rks, ds = [*rks, 1.0], [*ds, x0_new - m[0]]
+    b_h = math.expm1(-h)  # B2(h) = e^{-h} - 1, which is also h phi_1 for the data term
+    x = math.sqrt((1.0 - ab_s) / (1.0 - ab_t)) * x - math.sqrt(ab_s) * b_h * m[0]
+    if ds:
+        weighted = sum(rho * d for rho, d in zip(unipc_weights(h, rks), ds, strict=True))
+        x = x - math.sqrt(ab_s) * b_h * weighted
+    return x
+
+
+def unipc_weights(h: float, rks: list[float]) -> list[float]:
+    """rho of UniPC's update (Zhao et al. 2023, Alg. 1-2): R rho = b, R_kj = r_j^(k-1) and
+    b_k = k! (-h) phi_{k+1}(-h) / B(h) for k = 1 .. K = len(rks), where phi_1(z) = (e^z - 1) / z,
+    phi_{k+1}(z) = (phi_k(z) - 1/k!) / z and B(h) = e^{-h} - 1. For K = 1 rho is 1/2, the
+    h -> 0 limit, as in the authors' code and diffusers (UniP-2 and UniC-1).
+    """
+    if len(rks) == 1:
+        return [0.5]
+    z, b_h = -h, math.expm1(-h)
+    z_phi = b_h / z - 1.0  # z phi_2(z)
+    b, factorial = [], 1.0
+    for k in range(1, len(rks) + 1):
+        b.append(z_phi * factorial / b_h)  # k! z phi_{k+1}(z) / B(h)
+        factorial *= k + 1
+        z_phi = z_phi / z - 1.0 / factorial  # z phi_{k+2}(z)
+    vander = np.array([[r ** (k - 1) for r in rks] for k in range(1, len(rks) + 1)])
+    return [float(rho) for rho in np.linalg.solve(vander, np.array(b))]
+
+
 def default_steps(sampler: str, num_timesteps: int) -> int:
-    """Steps a sampler takes when none are asked for: all T for DDPM, 50 for DDIM, 20 for DPM++."""
-    return {"ddpm": num_timesteps, "ddim": 50, "dpmpp-2m": 20, "dpmpp-2m-sde": 20}[sampler]
+    """Steps a sampler takes when none are asked for: all T for DDPM, 50 for DDIM, 20 for the
+    second-order DPM++ solvers, 10 for the higher-order ones (iPNDM, DPM++(3M), UniPC)."""
+    if sampler not in _SAMPLER_FUNCTIONS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    return num_timesteps if sampler == "ddpm" else _DEFAULT_STEPS[sampler]
+
+
+_SAMPLER_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "ipndm": sample_ipndm,
+    "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-2m-sde": sample_dpmpp_2m_sde,
+    "dpmpp-3m": sample_dpmpp_3m,
+    "unipc": sample_unipc,
+}
+_DEFAULT_STEPS = {
+    "ddim": 50, "ipndm": 10, "dpmpp-2m": 20, "dpmpp-2m-sde": 20, "dpmpp-3m": 10, "unipc": 10,
+}  # fmt: skip
+assert set(_SAMPLER_FUNCTIONS) == set(SAMPLERS) == {"ddpm", *_DEFAULT_STEPS}
 
 
 def sample(
@@ -325,25 +545,14 @@ def sample(
     callback: Callback | None = None,
     **options: Any,
 ) -> Any:
-    """Dispatch to ``sample_<sampler>`` by name (``ddpm``, ``ddim``, ``dpmpp-2m``, ``dpmpp-2m-sde``)."""
-    if sampler == "ddpm":
-        return sample_ddpm(
-            denoiser, x, schedule, steps=steps, generator=generator, callback=callback, **options
-        )
+    """Dispatch to ``sample_<sampler>`` by name (one of ``SAMPLERS``) with ``default_steps`` when
+    ``steps`` is None. ``eta`` goes to DDIM and is ignored by the others; ``options`` (spacing,
+    timesteps, variance, ...) go to the sampler as they are."""
+    if sampler not in _SAMPLER_FUNCTIONS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if sampler == "ddim":
-        return sample_ddim(
-            denoiser, x, schedule, steps=steps or default_steps(sampler, schedule.num_timesteps), eta=eta,
-            generator=generator,
-            callback=callback, **options,
-        )  # fmt: skip
-    if sampler == "dpmpp-2m":
-        return sample_dpmpp_2m(
-            denoiser, x, schedule, steps=steps or default_steps(sampler, schedule.num_timesteps), generator=generator,
-            callback=callback, **options,
-        )  # fmt: skip
-    if sampler == "dpmpp-2m-sde":
-        return sample_dpmpp_2m_sde(
-            denoiser, x, schedule, steps=steps or default_steps(sampler, schedule.num_timesteps),
-            generator=generator, callback=callback, **options,
-        )  # fmt: skip
-    raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+        options = {"eta": eta, **options}
+    return _SAMPLER_FUNCTIONS[sampler](
+        denoiser, x, schedule, steps=steps or default_steps(sampler, schedule.num_timesteps),
+        generator=generator, callback=callback, **options,
+    )  # fmt: skip

@@ -134,11 +134,15 @@ def add_diffusion_flags(p: argparse.ArgumentParser) -> None:
 def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
     """How to sample a trained model: shared by sample and the editing commands."""
     p.add_argument(
-        "--sampler", default=default, choices=SAMPLERS, help="sampling algorithm (docs/samplers.md)"
-    )
+        "--sampler", default=default, choices=SAMPLERS,
+        help="sampling algorithm: ddpm (ancestral), ddim, the second-order dpmpp-2m and "
+        "dpmpp-2m-sde, or the higher-order ODE solvers for 4-10 steps: ipndm, dpmpp-3m, unipc "
+        "(docs/samplers.md)",
+    )  # fmt: skip
     p.add_argument(
         "--steps", type=positive_int,
-        help="sampling steps (default: all T for ddpm, 50 for ddim, 20 for dpmpp-2m and dpmpp-2m-sde)",
+        help="sampling steps = network evaluations (default: all T for ddpm, 50 for ddim, 20 for "
+        "dpmpp-2m and dpmpp-2m-sde, 10 for ipndm, dpmpp-3m and unipc)",
     )  # fmt: skip
     p.add_argument(
         "--spacing", default="trailing", choices=SPACINGS,
