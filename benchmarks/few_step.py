@@ -89,6 +89,9 @@ def student_rows(args: argparse.Namespace, teacher: Path):
         else:
             run(["distill", "--resume", str(run_dir), "--max-minutes", f"{budget:g}",
                  "--no-progress"])  # fmt: skip
+        if i == 0 and args.tune_times:
+            args.time_rows = tune_times(run_dir / "model_final.safetensors")
+            print(json.dumps(args.time_rows), file=sys.stderr)
         log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         last = [r for r in log if r.get("loss") is not None][-1]
         ckpt = run_dir / "model_final.safetensors"
@@ -99,6 +102,38 @@ def student_rows(args: argparse.Namespace, teacher: Path):
                    **score(args, ckpt, sampling)}  # fmt: skip
             if budget == args.budgets[-1]:
                 grid(ckpt, sampling, f"student_{budget:g}min_{steps}step")
+
+
+# Candidate times (fractions of T - 1) for multistep consistency sampling, measured at N = 1000.
+TIME_CANDIDATES = {
+    2: [(1.0, 0.3), (1.0, 0.5), (1.0, 0.7)],
+    4: [(1.0, 0.7, 0.45, 0.2), (1.0, 0.75, 0.5, 0.25), (1.0, 0.6, 0.35, 0.15)],
+}
+
+
+def tune_times(ckpt: Path, num_samples: int = 1000) -> list[dict]:
+    """FID of each candidate time sequence, in this process (``STEP_TIMES`` patched), so that the
+    times ``consistency.STEP_TIMES`` holds are chosen by measurement."""
+    from difflab import consistency
+    from difflab.cli import main as difflab
+
+    rows = []
+    saved = dict(consistency.STEP_TIMES)
+    try:
+        for steps, candidates in TIME_CANDIDATES.items():
+            for times in candidates:
+                consistency.STEP_TIMES[steps] = times
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "m.json"
+                    assert difflab(["evaluate", "--checkpoint", str(ckpt), "--steps", str(steps),
+                                    "--num-samples", str(num_samples), "--seed", "1",
+                                    "--out", str(out)]) == 0  # fmt: skip
+                    fid = json.loads(out.read_text())["metrics"]["fid"]
+                rows.append({"steps": steps, "times": times, "fid": round(fid, 3),
+                             "num_samples": num_samples})  # fmt: skip
+    finally:
+        consistency.STEP_TIMES.update(saved)
+    return rows
 
 
 def timing(teacher: Path, student: Path, repeats: int = 5) -> dict:
@@ -156,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--ddpm", action="store_true", help="also DDPM-1000 (slow: ~1 h at 5000)")
     parser.add_argument("--runs", default="/tmp/few_step", help="where the runs go")
+    parser.add_argument(
+        "--tune-times", action="store_true", help="score candidate 2- and 4-step times first"
+    )
     args = parser.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",")]
     teacher = (
@@ -169,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     student = Path(args.runs) / "student/model_final.safetensors"
     results = {"benchmark": "few_step", "num_samples": args.num_samples, "teacher": str(teacher),
                "threads": torch.get_num_threads(), "rows": rows,
-               "timing": timing(teacher, student)}  # fmt: skip
+               "timing": timing(teacher, student),
+               "time_candidates": getattr(args, "time_rows", [])}  # fmt: skip
     results["verdict"] = verdict(rows)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     write_doc(results)

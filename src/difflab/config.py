@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from difflab.diffusion import PREDICTIONS
+from difflab.samplers import DEFAULT_SAMPLER
 from difflab.schedules import SCHEDULES
 
 T = TypeVar("T")
@@ -111,7 +112,7 @@ class TrainConfig:
     num_preview: int = 64  # images in each preview grid
     # Previews: stochastic samplers forgive young models; on MNIST 20 steps of DPM-Solver++(2M)
     # SDE score as well as 100 of DDPM at a fifth of the cost (docs/samplers.md).
-    preview_sampler: str = "dpmpp-2m-sde"  # sampler for previews
+    preview_sampler: str = DEFAULT_SAMPLER  # sampler for previews
     preview_steps: int = 20  # sampler steps for previews
     log_every: int = 10  # write a metrics.jsonl line every N steps
     num_images: int | None = None  # train on the first N images; None = all (kept for resume)

@@ -21,7 +21,7 @@ import torch
 from difflab.cli.flags import add_command, add_data_flags, positive_float, positive_int
 from difflab.data import DATASETS, ImageDataset
 from difflab.generate import check_consistency_sampling, check_guidance, generate, load_model
-from difflab.samplers import SAMPLERS, default_steps, timestep_sequence
+from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
 if TYPE_CHECKING:
     from difflab.evaluate import Evaluator, Reference
@@ -51,7 +51,10 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=positive_int, default=5000, help="images to generate")
     p.add_argument("--seed", type=int, default=0, help="generation noise and metric subsets")
     p.add_argument(
-        "--sampler", default="dpmpp-2m", choices=SAMPLERS, help="thousands of images: a fast one"
+        "--sampler",
+        default=DEFAULT_SAMPLER,
+        choices=SAMPLERS,
+        help="sampling algorithm: the one difflab sample uses by default",
     )
     p.add_argument(
         "--steps",

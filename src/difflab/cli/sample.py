@@ -35,7 +35,7 @@ from difflab.generate import (
     generate,
     load_model,
 )
-from difflab.samplers import timestep_sequence
+from difflab.samplers import DEFAULT_SAMPLER, timestep_sequence
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +48,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_model_flags(p)
     p.add_argument("--num-images", type=positive_int, default=64)
     # 20 SDE steps: FID within 3% of 1000-step DDPM at 1/60 of its time (docs/samplers.md)
-    add_sampler_flags(p, default="dpmpp-2m-sde")
+    add_sampler_flags(p, default=DEFAULT_SAMPLER)
     p.add_argument("--show-intermediate", action="store_true", help="also a grid of x_t per step")
     p.add_argument(
         "--gif",
