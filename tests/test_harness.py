@@ -170,3 +170,19 @@ def test_the_default_memory_layout_follows_the_cpu_rule():
     assert default_channels_last(torch.device("cpu")) == capability.startswith("AVX512")
     assert default_channels_last(torch.device("cuda")) is False
     assert default_channels_last(torch.device("mps")) is False
+
+
+def test_overwrite_replaces_every_output_of_the_earlier_run(tmp_path):
+    run = tmp_path / "run"
+    train_toy(run, toy_config(epochs=4, keep_checkpoints=10))
+    assert (run / "checkpoints/epoch_004.safetensors").is_file()
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        train_toy(run, toy_config(epochs=2))
+
+    train_toy(run, toy_config(epochs=2), overwrite=True)
+    # The old run's later checkpoint is gone: --resume continues the new run, not the old one.
+    assert [p.name for p in run_checkpoints(run)] == [
+        "epoch_001.safetensors",
+        "epoch_002.safetensors",
+    ]
+    assert max(r["step"] for r in records(run)) == 6

@@ -88,12 +88,19 @@ def toy_config(**train: Any) -> RunConfig:
 
 
 def train_toy(
-    out: Path, config: RunConfig, *, resume: bool = False, nan_at_step: int | None = None
+    out: Path,
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    nan_at_step: int | None = None,
 ):
     def make(ctx: Context) -> ToyObjective:
         return ToyObjective(config, ctx, nan_at_step)
 
-    return fit(make, config, out, resume=resume, progress=False, prog="toy train")
+    return fit(
+        make, config, out, resume=resume, overwrite=overwrite, progress=False, prog="toy train"
+    )
 
 
 def main() -> int:

@@ -227,11 +227,19 @@ def check_run_dir(out_dir: Path, overwrite: bool) -> None:
         raise ValueError(f"cannot write to output directory {out_dir} ({err.strerror})") from err
 
 
+# What a run writes, so that --overwrite replaces all of an earlier run's: a checkpoint or
+# preview left behind would be --resume's newest checkpoint, or a picture in the new report.
+RUN_OUTPUTS = ("metrics.jsonl", "model_final.safetensors", "report.html", "training_loss.png",
+               "checkpoints/epoch_*.safetensors", "samples/epoch_*.png")  # fmt: skip
+
+
 def start_run_dir(out: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> Path:
     """Check and lay out the run directory, write config.json; returns the metrics.jsonl path."""
     if not resume:
         check_run_dir(out, overwrite)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        for pattern in RUN_OUTPUTS:
+            for path in out.glob(pattern):
+                path.unlink()
     (out / "samples").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(exist_ok=True)
     write_text_atomic(out / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
