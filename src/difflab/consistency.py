@@ -68,15 +68,23 @@ def boundary_scalings(schedule: Schedule, prediction: str) -> tuple[np.ndarray, 
     return c_skip, alpha[0] - alpha * c_skip  # exactly 0 at t = 0
 
 
+def consistency_output(
+    x_t: Any, t: Any, output: Any, scalings: tuple[np.ndarray, np.ndarray]
+) -> Any:
+    """c_skip(t) x_t + c_out(t) output, with ``scalings`` = ``boundary_scalings(...)``."""
+    c_skip, c_out = scalings
+    return coef(c_skip, t, x_t) * x_t + coef(c_out, t, x_t) * output
+
+
 def consistency_function(
     model_fn: Callable[[Any, Any], Any], schedule: Schedule, prediction: str
 ) -> Callable[[Any, Any], Any]:
     """``f(x_t, t) = c_skip(t) x_t + c_out(t) model_fn(x_t, t)``: the sample at t = 0 the
     trajectory through (x_t, t) leads to."""
-    c_skip, c_out = boundary_scalings(schedule, prediction)
+    scalings = boundary_scalings(schedule, prediction)
 
     def f(x_t: Any, t: Any) -> Any:
-        return coef(c_skip, t, x_t) * x_t + coef(c_out, t, x_t) * model_fn(x_t, t)
+        return consistency_output(x_t, t, model_fn(x_t, t), scalings)
 
     return f
 

@@ -33,7 +33,7 @@ import torch
 from difflab import viz
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into
 from difflab.config import ConsistencyConfig, RunConfig, TrainConfig
-from difflab.consistency import check_prediction, consistency_function
+from difflab.consistency import boundary_scalings, check_prediction, consistency_output
 from difflab.data import ImageDataset
 from difflab.diffusion import coef, q_sample
 from difflab.generate import generate, model_denoiser
@@ -136,7 +136,9 @@ class ConsistencyDistillation(Objective):
         self.generators = {"noise": self.noise_gen}
         self.phases = (Phase("distill", network="model", optimizer="optim", lr=cfg.lr),)
         self.schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
-        self.grid = interval_grid(self.schedule.num_timesteps, cc.intervals)
+        grid = interval_grid(self.schedule.num_timesteps, cc.intervals)  # (N + 1,) code times
+        self.grid = torch.from_numpy(grid).to(ctx.device)
+        self.scalings = boundary_scalings(self.schedule, config.diffusion.prediction)
         self.images = torch.from_numpy(dataset.images).to(ctx.device)  # (N, C, H, W) in [-1, 1]
         self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
         self.num_items = len(self.images)
@@ -150,21 +152,17 @@ class ConsistencyDistillation(Objective):
         z = torch.randn((b, *self.images.shape[1:]), generator=gen, device=device)
         mine = batch.mine
         x0 = self.images[batch.idx[mine]].contiguous(memory_format=self.memory_format)
-        z, n = z[mine].contiguous(memory_format=self.memory_format), n[mine].cpu().numpy()
+        z, n = z[mine].contiguous(memory_format=self.memory_format), n[mine]
         y = self.labels[batch.idx[mine]] if mc.num_classes > 0 else None
-        t_hi = torch.from_numpy(self.grid[n + 1]).to(device)  # (b / world,)
-        t_lo = torch.from_numpy(self.grid[n]).to(device)
+        t_hi, t_lo = self.grid[n + 1], self.grid[n]  # (b / world,)
         x_hi = q_sample(x0, t_hi, z, self.schedule)
         teacher = model_denoiser(self.teacher, self.teacher_config, self.schedule, y, cc.guidance)
         x_lo = heun_step(teacher, x_hi, t_hi, t_lo, self.schedule)
-        prediction = config.diffusion.prediction
         with torch.no_grad():  # the target: the student itself, without gradient (iCT)
-            target = consistency_function(
-                lambda x, t: self.networks["model"](x, t, y), self.schedule, prediction
-            )(x_lo, t_lo)
-        student = nets["model"]
-        f = consistency_function(lambda x, t: student(x, t, y), self.schedule, prediction)
-        return pseudo_huber(f(x_hi, t_hi) - target)  # (b / world,)
+            out_lo = self.networks["model"](x_lo, t_lo, y)
+            target = consistency_output(x_lo, t_lo, out_lo, self.scalings)
+        pred = consistency_output(x_hi, t_hi, nets["model"](x_hi, t_hi, y), self.scalings)
+        return pseudo_huber(pred - target)  # (b / world,)
 
     def describe(self) -> str:
         d, cc = self.dataset, self.config.consistency

@@ -776,9 +776,8 @@ class Harness:
         )  # fmt: skip
         if signalled:
             return "signal"
-        if cfg.max_steps is not None and self.step >= cfg.max_steps:
-            return f"--max-steps {cfg.max_steps}"
-        return "--max-minutes" if out_of_time else None
+        # The time limit as all processes decided it (any one out of time stops them all).
+        return out_of_budget(cfg, self.step, math.inf if out_of_time else 0.0)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.ddp.is_main:
