@@ -228,3 +228,25 @@ def test_write_report(tmp_path):
     assert "mnist" in text and "0.03123" in text
     assert "&quot;channels&quot;: 32" in text and "a &lt; b" in text
     assert [p.name for p in run_dir.iterdir() if p.is_file()] == ["report.html"]
+
+
+def test_smooth_curve_follows_a_falling_loss_instead_of_lagging_it():
+    # A loss that falls exponentially is a straight line on the log axis: a local linear fit of
+    # its logs gives it back exactly, ends included.
+    steps = np.arange(1000)
+    clean = 2.0 * np.exp(-steps / 150)
+    np.testing.assert_allclose(viz.smooth_curve(clean, 100), clean, rtol=1e-9)
+    # A trailing mean over the same window sits far above it after the first drop: the lag the
+    # report used to draw. The local fit stays within the noise.
+    noisy = clean * _rng().lognormal(0.0, 0.3, steps.size)
+    trailing = np.array([noisy[max(0, i - 99) : i + 1].mean() for i in steps])
+    smooth = viz.smooth_curve(noisy, 100)
+    assert np.median(np.abs(np.log(trailing[100:] / clean[100:]))) > 0.25
+    assert np.median(np.abs(np.log(smooth[100:] / clean[100:]))) < 0.06
+    # The window averages: the wiggle of the smoothed curve is a fraction of the raw noise.
+    assert np.std(np.log(smooth / clean)) < 0.3 * np.std(np.log(noisy / clean))
+    # Non-finite points are skipped; a curve with values <= 0 is averaged as it is.
+    with_nan = clean.copy()
+    with_nan[500] = np.nan
+    assert np.isfinite(viz.smooth_curve(with_nan, 10)).all()
+    np.testing.assert_allclose(viz.smooth_curve([-1.0, 0.0, 1.0, 2.0, 3.0], 2), [-1, 0, 1, 2, 3])

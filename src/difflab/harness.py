@@ -283,7 +283,7 @@ def write_run_report(
     if final_preview is not None:
         images.append((report.final_caption, final_preview.relative_to(out).as_posix()))
     loss_curve = (
-        "Training loss (faint: per log interval; bold: moving average)",
+        "Training loss (faint: per log interval; bold: the trend, a local fit that does not lag)",
         "training_loss.png",
     )
     images += [(caption, name) for caption, name in [loss_curve, *report.pictures]
