@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from difflab import viz
 from difflab.checkpoint import load_checkpoint
 from difflab.harness import (
     TrainingError,
     default_channels_last,
+    fit,
     lr_at,
     run_checkpoints,
 )
 from test_train_robust import assert_bitwise_equal, records, tensors
-from toy_objective import NUM_POINTS, toy_config, train_toy
+from toy_objective import NUM_POINTS, ToyObjective, toy_config, train_toy
 
 TOY = Path(__file__).with_name("toy_objective.py")
 
@@ -186,3 +188,35 @@ def test_overwrite_replaces_every_output_of_the_earlier_run(tmp_path):
         "epoch_002.safetensors",
     ]
     assert max(r["step"] for r in records(run)) == 6
+
+
+class ToyWithPreviews(ToyObjective):
+    """The toy objective with a preview grid: blank (one grey) or drawn (many greys)."""
+
+    blank = True
+
+    def preview(self, path: Path) -> Path:
+        images = torch.full((4, 1, 8, 8), 0.2)
+        if not self.blank:
+            images = torch.linspace(-0.9, 1.0, 4 * 64).reshape(4, 1, 8, 8)
+        return viz.save_grid(images, path)
+
+
+@pytest.mark.parametrize("blank", [True, False])
+def test_a_blank_preview_is_warned_about(tmp_path, capsys, blank):
+    config = toy_config(sample_every=1)
+
+    def make(ctx):
+        objective = ToyWithPreviews(config, ctx)
+        objective.blank = blank
+        return objective
+
+    fit(make, config, tmp_path / "run", progress=False, prog="toy train")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "is blank" in line]
+    if not blank:
+        assert warnings == []
+        return
+    # Previews after epochs 1 and 2, and the final one: each is named, with its spread.
+    assert len(warnings) == 3
+    assert warnings[0].startswith("toy train: warning: the preview samples/epoch_001.png is blank")
+    assert "its pixels span 0 of 255 grey levels" in warnings[0]

@@ -250,3 +250,17 @@ def test_smooth_curve_follows_a_falling_loss_instead_of_lagging_it():
     with_nan[500] = np.nan
     assert np.isfinite(viz.smooth_curve(with_nan, 10)).all()
     np.testing.assert_allclose(viz.smooth_curve([-1.0, 0.0, 1.0, 2.0, 3.0], 2), [-1, 0, 1, 2, 3])
+
+
+def test_flat_spread_tells_blank_grids_from_drawn_ones(tmp_path):
+    rng = _rng()
+    flat = torch.full((16, 1, 28, 28), 0.1)  # one grey: 140 of 255 everywhere
+    assert viz.flat_spread(viz.save_grid(flat, tmp_path / "grey.png")) <= 1
+    assert viz.flat_spread(viz.save_grid(-torch.ones(16, 1, 28, 28), tmp_path / "black.png")) == 0
+    # Digit-like: black background, strokes of many greys. Black pixels (padding, background)
+    # are left out, so the strokes decide.
+    digits = -torch.ones(16, 1, 28, 28)
+    digits[:, :, 10:18, 12:15] = torch.from_numpy(rng.uniform(-0.8, 1.0, (16, 1, 8, 3))).float()
+    assert viz.flat_spread(viz.save_grid(digits, tmp_path / "digits.png")) > 150
+    # Near-white everywhere is blank too.
+    assert viz.flat_spread(viz.save_grid(flat * 0 + 0.9, tmp_path / "white.png")) <= 1

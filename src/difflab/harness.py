@@ -495,6 +495,9 @@ def rank_key(name: str, rank: int) -> str:
 # More non-finite steps in a row than this, and skipping cannot help: the weights have diverged.
 MAX_SKIPS_IN_A_ROW = 10
 
+# A preview whose pixels span this many grey levels or fewer is one flat colour (all-grey samples).
+FLAT_PREVIEW_LEVELS = 8
+
 
 # -------------------------------------------------------------------------------------------------
 # The loop
@@ -784,7 +787,16 @@ class Harness:
             log_metrics(self.metrics, record)
 
     def preview(self, name: str) -> Path | None:
-        return self.objective.preview(self.out / "samples" / f"{name}.png")
+        """The objective's preview, and a warning when its images are all one flat colour."""
+        path = self.objective.preview(self.out / "samples" / f"{name}.png")
+        if path is not None and (spread := viz.flat_spread(path)) <= FLAT_PREVIEW_LEVELS:
+            tqdm.write(
+                f"{self.prog}: warning: the preview {path.relative_to(self.out)} is blank: its "
+                f"pixels span {spread} of 255 grey levels. Early in a run this passes; if it "
+                "stays, train longer, lower --lr, or check that the data is not blank",
+                file=sys.stderr,
+            )
+        return path
 
     def run(self, *, progress: bool) -> TrainResult:
         """The loop: epochs of batches, each step logged; previews and checkpoints at epoch ends."""

@@ -124,6 +124,26 @@ def save_grid(
     return _save_png(_upscale(grid, _scale_for(grid.shape[1], min_width)), path)
 
 
+def flat_spread(path: PathLike) -> int:
+    """How many grey levels (of 255) a saved grid's images span: near 0 means every image is
+    one flat colour, the "all-grey samples" of a model that has collapsed to the mean.
+
+    Black pixels are left out: they are the grid's padding and the background of MNIST-like
+    data, so a healthy digit grid is judged by its strokes. The spread is the 1st-99th
+    percentile range of the other pixels' channel values (255 when there are too few of them to
+    judge: fewer than 0.1%); an all-black grid spans 0.
+    """
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB")).reshape(-1)
+    lit = pixels[pixels > 0]
+    if lit.size == 0:
+        return 0
+    if lit.size < 1e-3 * pixels.size:
+        return 255
+    low, high = np.percentile(lit, [1, 99])
+    return round(float(high - low))
+
+
 # ---------------------------------------------------------------------------------------------
 # Labelled grids: forward process and denoising trajectories
 # ---------------------------------------------------------------------------------------------
