@@ -451,6 +451,114 @@ def plot_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+# The network's insides (difflab.insides computes, these draw)
+# ---------------------------------------------------------------------------------------------
+
+
+def _show_image(ax: Any, image: np.ndarray) -> None:
+    """An (H, W, 3) uint8 image on an axis without ticks."""
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_feature_maps(
+    x_t: Any, timesteps: Sequence[int], levels: Sequence[Any], path: PathLike
+) -> Path:
+    """PNG grid: a row per timestep, the noised input then each U-Net level's feature energy.
+
+    A level's panel is the per-pixel L2 norm of its feature vector (over channels), scaled to
+    its own maximum: where the level's features are strong. ``levels`` are ``insides.Level``s.
+    """
+    images = to_uint8(x_t)  # (B, H, W, C)
+    rows, cols = len(timesteps), 1 + len(levels)
+    fig = Figure(figsize=(1.6 * cols, 1.6 * rows + 0.4))
+    for i, t in enumerate(timesteps):
+        ax = fig.add_subplot(rows, cols, i * cols + 1)
+        _show_image(ax, images[i])
+        ax.set_ylabel(f"t = {t}")
+        if i == 0:
+            ax.set_title("x_t", fontsize=8)
+        for j, level in enumerate(levels):
+            energy = level.features[i].double().norm(dim=0).numpy()  # (h, w)
+            ax = fig.add_subplot(rows, cols, i * cols + j + 2)
+            ax.imshow(energy / max(energy.max(), 1e-12), cmap="magma", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"{level.name}\n{level.features.shape[1]} ch", fontsize=8)
+    fig.suptitle("Feature energy |h| per U-Net level (each panel scaled to its maximum)")
+    return _save_figure(fig, path)
+
+
+def plot_attention(
+    x_t: Any,
+    timesteps: Sequence[int],
+    weights: Any,
+    queries: Sequence[tuple[int, int]],
+    query_rows: Sequence[int],
+    path: PathLike,
+) -> Path:
+    """PNG grid: a row per timestep, a column per query pixel, the attention over the input.
+
+    ``weights`` (B, hw, hw) are the bottleneck attention weights; ``query_rows`` the flattened
+    bottleneck position of each query. The map is upsampled (nearest) onto the input, the query
+    marked with a cross.
+    """
+    images = to_uint8(x_t)  # (B, H, W, C)
+    size = images.shape[1]
+    grid = math.isqrt(weights.shape[-1])
+    rows, cols = len(timesteps), len(queries)
+    fig = Figure(figsize=(max(2.2 * cols, 4.4), 2.0 * rows + 0.6))
+    for i, t in enumerate(timesteps):
+        for j, ((r, c), q) in enumerate(zip(queries, query_rows, strict=True)):
+            attention = np.asarray(weights[i, q]).reshape(grid, grid)
+            ax = fig.add_subplot(rows, cols, i * cols + j + 1)
+            _show_image(ax, images[i])
+            ax.imshow(attention, cmap="viridis", alpha=0.6, extent=(-0.5, size - 0.5, size - 0.5, -0.5),
+                      interpolation="nearest")  # fmt: skip
+            ax.plot([c], [r], marker="x", color="red", markersize=8, markeredgewidth=2)
+            if i == 0:
+                ax.set_title(f"query ({r}, {c})", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"t = {t}")
+    fig.suptitle(f"Bottleneck attention ({grid}x{grid}):\nwhere each query pixel looks")
+    return _save_figure(fig, path)
+
+
+def plot_similarity(
+    t: np.ndarray, matrices: Sequence[tuple[str, np.ndarray]], path: PathLike
+) -> Path:
+    """PNG of cosine-similarity matrices side by side, both axes the timestep."""
+    fig = Figure(figsize=(4.6 * len(matrices), 4.2))
+    extent = (t[0], t[-1], t[-1], t[0])
+    for j, (title, matrix) in enumerate(matrices):
+        ax = fig.add_subplot(1, len(matrices), j + 1)
+        image = ax.imshow(matrix, cmap="coolwarm", vmin=-1, vmax=1, extent=extent)
+        ax.set_title(title)
+        ax.set_xlabel("t")
+        ax.set_ylabel("t")
+        fig.colorbar(image, ax=ax, fraction=0.046, label="cosine similarity")
+    return _save_figure(fig, path)
+
+
+def plot_embedding_2d(
+    points: np.ndarray, names: Sequence[str], share: np.ndarray, path: PathLike
+) -> Path:
+    """PNG scatter of labelled 2-D points (a projection), the axes' variance shares in labels."""
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    ax.scatter(points[:, 0], points[:, 1], c=[f"C{i % 10}" for i in range(len(points))], s=60)
+    for (px, py), name in zip(points, names, strict=True):
+        ax.annotate(name, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xlabel(f"principal axis 1 ({100 * share[0]:.0f}% of the variance)")
+    ax.set_ylabel(f"principal axis 2 ({100 * share[1]:.0f}% of the variance)")
+    ax.set_title("Class embeddings, projected onto their two principal axes")
+    ax.grid(alpha=0.3)
+    return _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
 # Run report
 # ---------------------------------------------------------------------------------------------
 

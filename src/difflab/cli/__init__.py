@@ -1,5 +1,5 @@
-"""``difflab visualize | train | distill | sample | inpaint | img2img | interpolate | evaluate |
-train-evaluator | demo``: the command line.
+"""``difflab visualize | train | distill | sample | inpaint | img2img | interpolate | inspect |
+evaluate | train-evaluator | demo``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
@@ -12,6 +12,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
   distill.py     distill
   sample.py      sample
   edit.py        inpaint, img2img, interpolate
+  insides.py     inspect
   evaluate.py    evaluate, train-evaluator
   demo.py        demo
   flags.py       what they share: the parser classes, flag types, flag groups, checks
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, distill, edit, evaluate, sample, train, visualize
+from difflab.cli import demo, distill, edit, evaluate, insides, sample, train, visualize
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
@@ -47,6 +48,7 @@ COMMAND_MODULES = (
     distill,
     sample,
     edit,
+    insides,
     evaluate,
     demo,
 )  # in the order of --help
@@ -57,6 +59,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,
+    "inspect": insides.cmd_inspect,
 }  # fmt: skip
 
 
