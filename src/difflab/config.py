@@ -165,6 +165,27 @@ class ConsistencyConfig:
 
 
 @dataclass(frozen=True)
+class ProgressiveConfig:
+    """A student of progressive distillation (``difflab distill --method progressive``, Salimans
+    & Ho 2022, Alg. 2): the teacher's network, sampled with deterministic DDIM in ``steps``."""
+
+    teacher: str  # the original teacher checkpoint's path, as given
+    teacher_sha256: str  # its content hash: --resume refuses another file
+    steps: int = 4  # the student's DDIM steps (the last round's; each round halves them)
+    start_steps: int = 64  # the first teacher's DDIM steps; rounds go start/2, start/4, ... steps
+    round_steps: int = 500  # training steps per round
+    guidance: float = 1.0  # classifier-free guidance of the first teacher, baked into students
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.round_steps < 1:
+            raise ValueError(
+                f"steps and round_steps must be >= 1, got {self.steps} and {self.round_steps}"
+            )
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a checkpoint needs to rebuild the model and its diffusion, plus how it was trained."""
 
@@ -174,6 +195,7 @@ class RunConfig:
     class_names: tuple[str, ...] = ()  # names of the labels, when the data has classes
     backend: str = "torch"  # torch or numpy
     consistency: ConsistencyConfig | None = None  # set for a distilled (few-step) model
+    progressive: ProgressiveConfig | None = None  # set for a progressively distilled student
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -213,6 +235,9 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
             backend=data.get("backend", "torch"),
             consistency=(
                 _build(ConsistencyConfig, data["consistency"]) if data.get("consistency") else None
+            ),
+            progressive=(
+                _build(ProgressiveConfig, data["progressive"]) if data.get("progressive") else None
             ),
         )
     except (KeyError, TypeError) as err:

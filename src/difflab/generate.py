@@ -21,7 +21,7 @@ from difflab.consistency import consistency_function, consistency_timesteps, sam
 from difflab.data import load_dataset
 from difflab.models.unet import UNet
 from difflab.nn_numpy import NumpyUNet
-from difflab.samplers import SAMPLERS, Denoiser, make_denoiser, sample
+from difflab.samplers import SAMPLERS, Denoiser, make_denoiser, sample, timestep_sequence
 from difflab.schedules import Schedule, make_schedule
 
 
@@ -178,19 +178,27 @@ def check_guidance(config: RunConfig, guidance: float | None) -> float:
     return guidance
 
 
-def check_consistency_sampling(config: RunConfig, steps: int | None, guidance: float | None) -> int:
-    """The steps a distilled (consistency) model samples in, 1 by default; its guidance is the
+def check_distilled_sampling(
+    config: RunConfig, steps: int | None, guidance: float | None
+) -> tuple[str, int]:
+    """A distilled model's own sampler and steps: consistency sampling in 1, 2 or 4 steps (1 by
+    default), or DDIM for a progressive student (its own steps by default). Its guidance is the
     one it was distilled at."""
-    cc = config.consistency
-    assert cc is not None
-    steps = steps or 1
-    consistency_timesteps(config.diffusion.timesteps, steps)  # an unsupported --steps fails here
-    if guidance is not None and guidance != cc.guidance:
+    distilled = config.consistency or config.progressive
+    assert distilled is not None
+    if config.consistency is not None:
+        sampler, steps = "consistency", steps or 1
+        consistency_timesteps(config.diffusion.timesteps, steps)  # an unsupported --steps fails
+    else:
+        assert config.progressive is not None
+        sampler, steps = "ddim", steps or config.progressive.steps
+        timestep_sequence(config.diffusion.timesteps, steps)  # an unsupported --steps fails here
+    if guidance is not None and guidance != distilled.guidance:
         raise ValueError(
-            f"--guidance {guidance:g}: this consistency model was distilled at guidance "
-            f"{cc.guidance:g}, which is baked in (distil again with --guidance W for another)"
+            f"--guidance {guidance:g}: this model was distilled at guidance {distilled.guidance:g}, "
+            "which is baked in (distil again with --guidance W for another)"
         )
-    return steps
+    return sampler, steps
 
 
 @torch.no_grad()
@@ -258,6 +266,10 @@ def generate(
                 callback=callback if start == 0 else None,
             )  # fmt: skip
         else:
+            if config.progressive is not None:  # a distilled student: DDIM in its own steps,
+                # unclipped as it was trained, its guidance baked in
+                sampler, steps, eta, clip_x0 = "ddim", steps or config.progressive.steps, 0.0, False
+                guidance = 1.0
             denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0)
             x = sample(
                 sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,

@@ -229,7 +229,7 @@ def check_run_dir(out_dir: Path, overwrite: bool) -> None:
 
 # What a run writes, so that --overwrite replaces all of an earlier run's: a checkpoint or
 # preview left behind would be --resume's newest checkpoint, or a picture in the new report.
-RUN_OUTPUTS = ("metrics.jsonl", "model_final.safetensors", "report.html", "training_loss.png",
+RUN_OUTPUTS = ("metrics.jsonl", "model_*.safetensors", "report.html", "training_loss.png",
                "checkpoints/epoch_*.safetensors", "samples/epoch_*.png")  # fmt: skip
 
 

@@ -1,20 +1,23 @@
 """``difflab distill``: distil a trained diffusion checkpoint into a 1-4 step consistency model
-(``difflab.distill``), or resume such a run (``--resume``).
+(``difflab.distill``) or, with ``--method progressive``, into DDIM students of halving step
+counts (``difflab.progressive``); or resume such a run (``--resume``).
 
 The data, network, schedule and classes are the teacher's; the flags here set the distillation
-(intervals, guidance) and the run (time, batch, learning rate, previews), onto ``TrainConfig``.
+(intervals or rounds, guidance) and the run (time, batch, learning rate, previews), onto
+``TrainConfig``.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from difflab import distributed
 from difflab.cli.flags import add_command, positive_float, positive_int
-from difflab.config import ConsistencyConfig, TrainConfig
+from difflab.config import ConsistencyConfig, ProgressiveConfig, TrainConfig
 from difflab.consistency import STEP_TIMES
-from difflab.data import load_dataset
+from difflab.data import ImageDataset, load_dataset
 
 # What --resume may change: how long to go on, and where (difflab.train.RESUME_FLAGS' subset).
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
@@ -24,10 +27,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers,
         "distill",
-        "Distil a trained diffusion checkpoint into a consistency model that draws images in "
-        "1, 2 or 4 network evaluations (consistency distillation, Song et al. 2023).",
+        "Distil a trained diffusion checkpoint into a model that draws images in 1-4 network "
+        "evaluations: a consistency model (Song et al. 2023), or with --method progressive "
+        "DDIM students of halving step counts (Salimans & Ho 2022).",
     )
     p.add_argument("--teacher", help="the diffusion checkpoint to distil (model_final.safetensors)")
+    p.add_argument(
+        "--method", choices=("consistency", "progressive"), default="consistency",
+        help="consistency distillation, or progressive distillation (writes model_steps_N."
+        "safetensors for each round's student N)",
+    )  # fmt: skip
     p.add_argument("--out", help="run directory (default: runs/distill)")
     p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
     p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
@@ -42,6 +51,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--intervals", type=positive_int, default=ConsistencyConfig.intervals,
         help="N: the teacher's ODE is cut into N intervals; each step learns one (CM Alg. 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=positive_int, default=ProgressiveConfig.steps,
+        help="progressive: the last student's DDIM steps",
+    )  # fmt: skip
+    p.add_argument(
+        "--start-steps", type=positive_int, default=ProgressiveConfig.start_steps,
+        help="progressive: the teacher's DDIM steps in the first round (steps times a power of 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--round-steps", type=positive_int, default=ProgressiveConfig.round_steps,
+        help="progressive: training steps per round (the run's length is rounds x this)",
     )  # fmt: skip
     p.add_argument(
         "--guidance", type=float,
@@ -64,17 +85,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.checkpoint import load_checkpoint
     from difflab.distill import distill, file_sha256, load_teacher, student_config
+    from difflab.progressive import progressive
+    from difflab.progressive import student_config as progressive_config
     from difflab.train import latest_checkpoint, resume_config
 
     if args.resume:
         if args.teacher is not None:
             raise ValueError("--teacher cannot change when a run is resumed")
         ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
-        if ckpt.config.consistency is None:
+        method = ckpt.config.consistency or ckpt.config.progressive
+        if method is None:
             raise ValueError(f"{args.resume} is not a distillation run; use difflab train --resume")
         config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
-        cc = config.consistency
-        teacher = load_teacher(cc.teacher, cc.teacher_sha256)
+        teacher = load_teacher(method.teacher, method.teacher_sha256)
+        dataset = _dataset(config.train, config.model.image_size)
         out = Path(args.resume)
     else:
         if args.teacher is None:
@@ -91,25 +115,39 @@ def cmd_distill(args: argparse.Namespace) -> None:
             num_preview=args.num_preview, preview_steps=args.preview_steps,
         )  # fmt: skip
         train_cfg.validate()
-        consistency = ConsistencyConfig(
-            teacher=str(args.teacher), teacher_sha256=file_sha256(args.teacher),
-            intervals=args.intervals, guidance=1.0 if args.guidance is None else args.guidance,
-        )  # fmt: skip
-        config = student_config(teacher, train_cfg, consistency)
+        dataset = _dataset(train_cfg, teacher.config.model.image_size)
+        guidance, sha = 1.0 if args.guidance is None else args.guidance, file_sha256(args.teacher)
+        if args.method == "progressive":
+            plan = ProgressiveConfig(
+                teacher=str(args.teacher), teacher_sha256=sha, steps=args.steps,
+                start_steps=args.start_steps, round_steps=args.round_steps, guidance=guidance,
+            )  # fmt: skip
+            train_cfg = replace(train_cfg, lr_decay="constant")
+            config = progressive_config(teacher, train_cfg, plan, dataset.num_images)
+        else:
+            consistency = ConsistencyConfig(
+                teacher=str(args.teacher), teacher_sha256=sha, intervals=args.intervals,
+                guidance=guidance,
+            )  # fmt: skip
+            config = student_config(teacher, train_cfg, consistency)
         out = Path(args.out or "runs/distill")
-    tc = config.train
-    dataset = load_dataset(
-        tc.data, data_dir=tc.data_dir, image_size=config.model.image_size, seed=tc.seed,
-        num_images=tc.num_images,
-    )  # fmt: skip
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
-    result = distill(
+    run = progressive if config.progressive is not None else distill
+    result = run(
         config, teacher, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
         progress=not args.no_progress,
     )  # fmt: skip
     if distributed.env_rank() == 0:
+        how = "" if config.progressive is not None else " --steps 2"
         print(
             f"distilled {result.steps} steps ({result.minutes:.1f} min); loss "
             f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir}; "
-            f"sample with: difflab sample --checkpoint {out / 'model_final.safetensors'} --steps 2"
+            f"sample with: difflab sample --checkpoint {out / 'model_final.safetensors'}{how}"
         )
+
+
+def _dataset(train: TrainConfig, image_size: int) -> ImageDataset:
+    return load_dataset(
+        train.data, data_dir=train.data_dir, image_size=image_size, seed=train.seed,
+        num_images=train.num_images,
+    )  # fmt: skip

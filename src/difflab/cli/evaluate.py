@@ -20,7 +20,7 @@ import torch
 
 from difflab.cli.flags import add_command, add_data_flags, positive_float, positive_int
 from difflab.data import DATASETS, ImageDataset
-from difflab.generate import check_consistency_sampling, check_guidance, generate, load_model
+from difflab.generate import check_distilled_sampling, check_guidance, generate, load_model
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
 if TYPE_CHECKING:
@@ -185,9 +185,9 @@ def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, int]:
     loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
     if args.num_samples < 2:
         raise ValueError("--num-samples must be at least 2 for FID and KID, got 1")
-    if loaded.config.consistency is not None:  # a distilled model samples in 1-4 steps
-        args.sampler = "consistency"
-        return loaded, check_consistency_sampling(loaded.config, args.steps, args.guidance)
+    if loaded.config.consistency or loaded.config.progressive:  # a distilled model, a few steps
+        args.sampler, steps = check_distilled_sampling(loaded.config, args.steps, args.guidance)
+        return loaded, steps
     if args.guidance is not None:
         check_guidance(loaded.config, args.guidance)
     steps = args.steps or default_steps(args.sampler, loaded.schedule.num_timesteps)

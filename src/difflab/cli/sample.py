@@ -29,7 +29,7 @@ from difflab.cli.flags import (
 from difflab.consistency import consistency_timesteps
 from difflab.generate import (
     TrajectoryRecorder,
-    check_consistency_sampling,
+    check_distilled_sampling,
     check_guidance,
     class_labels,
     generate,
@@ -73,13 +73,18 @@ def cmd_sample(args: argparse.Namespace) -> None:
     config, schedule = loaded.config, loaded.schedule
     out = check_png(args.out)
     check_suffix(args.gif, ".gif", "--gif")
-    if config.consistency is not None:  # a distilled model: its own sampler, 1-4 steps
+    distilled = config.consistency or config.progressive
+    if distilled is not None:  # a distilled model: its own sampler, a few steps
         if args.guidance_sweep:
-            raise ValueError("--guidance-sweep: a consistency model has its guidance baked in")
-        steps = check_consistency_sampling(config, args.steps, args.guidance)
+            raise ValueError("--guidance-sweep: a distilled model has its guidance baked in")
+        sampler, steps = check_distilled_sampling(config, args.steps, args.guidance)
         options: dict[str, Any] = {"steps": steps}
-        seq, sampler = consistency_timesteps(schedule.num_timesteps, steps), "consistency"
-        guidance = config.consistency.guidance
+        seq = (
+            consistency_timesteps(schedule.num_timesteps, steps)
+            if config.consistency is not None
+            else timestep_sequence(schedule.num_timesteps, steps)
+        )
+        guidance = distilled.guidance
     else:
         options = sampler_options(args, schedule.num_timesteps)
         seq = timestep_sequence(schedule.num_timesteps, options["steps"], args.spacing)

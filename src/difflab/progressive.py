@@ -1,0 +1,265 @@
+"""Progressive distillation (Salimans & Ho 2022, Algorithm 2): an objective on the shared harness.
+
+A teacher that samples well with deterministic DDIM in 2N steps is distilled into a student that
+does in N steps what the teacher does in two; then the student becomes the teacher and N halves
+again, round after round, from ``start_steps`` down to ``steps``. One training example, with the
+trailing grids of ``samplers.timestep_sequence`` (the 2N-step grid holds the N-step one at its
+even places, so two teacher steps span exactly one student step):
+
+    x0 from the data, k ~ U{0 .. N-1}, t = grid_N[k], t'' = grid_N[k+1] (the data after the last)
+    z_t     = q_sample(x0, t, eps)
+    z_t''   = two DDIM steps of the teacher, t -> grid_2N[2k+1] -> t''   (no x0 clipping: the ODE)
+    x_tilde = (z_t'' - (sigma_t'' / sigma_t) z_t) / (alpha_t'' - (sigma_t'' / sigma_t) alpha_t)
+    loss    = max(SNR_t, 1) ||x_tilde - x0_pred(z_t)||^2 / dim   (the "truncated SNR" weighting)
+
+x_tilde is the x0 that makes one DDIM step of the student land where the teacher's two did (the
+paper's Alg. 2 line 9, in its alpha/sigma notation; alpha = sqrt(alpha_bar), sigma = sqrt(1 -
+alpha_bar)); at the last step t'' is the data (sigma = 0, alpha = 1) and x_tilde = z_t''.
+
+Rounds are a fixed number of training steps each (``round_steps``), so a run's rounds follow from
+its step count and resume is exact. At the start of each round the EMA of the last round's student
+becomes the new teacher and the new student's starting point; the last round's student is written
+as ``model_steps_N.safetensors`` (N its steps), sampled with ``difflab sample`` like any model
+(DDIM in N steps, no x0 clipping: ``generate`` reads the checkpoint's ``progressive`` field).
+A class-conditional teacher is distilled at one guidance scale W in the first round; later rounds'
+teachers are students with W baked in.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab import distributed, viz
+from difflab.checkpoint import Checkpoint, load_weights_into, write_checkpoint
+from difflab.config import ProgressiveConfig, RunConfig, TrainConfig
+from difflab.data import ImageDataset
+from difflab.diffusion import eps_and_x0, q_sample
+from difflab.generate import generate, model_denoiser
+from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
+from difflab.models.unet import UNet
+from difflab.samplers import timestep_sequence
+from difflab.schedules import Schedule, make_schedule
+
+
+def round_plan(start_steps: int, steps: int, num_timesteps: int) -> list[int]:
+    """The student's steps in each round: start_steps / 2, start_steps / 4, ..., steps."""
+    if steps < 1 or start_steps > num_timesteps or start_steps <= steps:
+        raise ValueError(
+            f"--start-steps {start_steps} must lie above --steps {steps} and within the "
+            f"teacher's {num_timesteps} timesteps"
+        )
+    ratio = start_steps // steps
+    if start_steps % steps or ratio & (ratio - 1):
+        raise ValueError(
+            f"--start-steps {start_steps} must be --steps {steps} times a power of 2 (each round "
+            "halves the steps)"
+        )
+    plan = []
+    n = start_steps
+    while n > steps:
+        n //= 2
+        plan.append(n)
+    return plan
+
+
+def student_config(
+    teacher: Checkpoint, train: TrainConfig, progressive: ProgressiveConfig, num_items: int
+) -> RunConfig:
+    """The student's configuration: the teacher's network, schedule and classes, a new training
+    as long as its rounds (``max_steps``, unless a smaller one stops it early to be resumed; and
+    the epochs of ``num_items`` images that take)."""
+    progressive.validate()
+    if progressive.guidance != 1.0 and teacher.config.model.num_classes == 0:
+        raise ValueError(
+            f"--guidance {progressive.guidance:g} needs a class-conditional teacher; "
+            f"{teacher.path} is unconditional"
+        )
+    plan = round_plan(
+        progressive.start_steps, progressive.steps, teacher.config.diffusion.timesteps
+    )
+    total = len(plan) * progressive.round_steps  # a smaller --max-steps stops early (to resume)
+    epochs = math.ceil(total / math.ceil(num_items / train.batch_size))
+    train = replace(train, max_steps=min(train.max_steps or total, total), epochs=epochs)
+    return replace(teacher.config, train=train, consistency=None, progressive=progressive,
+                   backend="torch")  # fmt: skip
+
+
+def _grid(schedule: Schedule, steps: int, device: torch.device) -> torch.Tensor:
+    """The trailing N-step grid with the data marker T after its last timestep: (N + 1,)."""
+    seq = [*timestep_sequence(schedule.num_timesteps, steps), schedule.num_timesteps]
+    return torch.tensor(seq, dtype=torch.long, device=device)
+
+
+class ProgressiveDistillation(Objective):
+    """Networks ``model`` (the student), ``ema`` (for sampling) and ``teacher`` (frozen within a
+    round, replaced at each round's start, so it is checkpointed); generator ``noise``."""
+
+    def __init__(
+        self, config: RunConfig, teacher: Checkpoint, dataset: ImageDataset, ctx: Context,
+        out_dir: Path,
+    ) -> None:  # fmt: skip
+        cfg, pc = config.train, config.progressive
+        assert pc is not None
+        self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
+        self.out_dir = out_dir  # where each round's student is written
+        net = UNet(teacher.config.model)
+        load_weights_into(net, teacher.sampling_weights, teacher.path or "")
+        net.to(ctx.device, memory_format=ctx.memory_format)
+        self.networks = {
+            "model": copy.deepcopy(net).train().requires_grad_(True),
+            "ema": copy.deepcopy(net).eval().requires_grad_(False),
+            "teacher": net.eval().requires_grad_(False),
+        }
+        self.ema = {"ema": "model"}
+        adam = torch.optim.AdamW(
+            self.networks["model"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.optimizers = {"optim": adam}
+        self.noise_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed + 1)
+        self.generators = {"noise": self.noise_gen}
+        self.phases = (Phase("distill", network="model", optimizer="optim", lr=cfg.lr),)
+        self.schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+        self.plan = round_plan(pc.start_steps, pc.steps, self.schedule.num_timesteps)
+        self.grids = {n: _grid(self.schedule, n, ctx.device) for n in [pc.start_steps, *self.plan]}
+        for n in self.plan:  # two teacher steps span one student step
+            assert torch.equal(self.grids[2 * n][::2], self.grids[n]), n
+        # alpha and sigma at each code t, and at the data marker T (alpha 1, sigma 0).
+        s = self.schedule
+        self.alpha = torch.tensor([*s.sqrt_alpha_bar, 1.0], dtype=torch.float32, device=ctx.device)
+        self.sigma = torch.tensor([*s.sqrt_one_minus_alpha_bar, 0.0], dtype=torch.float32,
+                                  device=ctx.device)  # fmt: skip
+        self.images = torch.from_numpy(dataset.images).to(ctx.device)  # (N, C, H, W) in [-1, 1]
+        self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
+        self.num_items = len(self.images)
+        self.round = 0  # the round the networks are in (the teacher is replaced at each start)
+
+    def round_at(self, step: int) -> int:
+        return min(step // self.config.progressive.round_steps, len(self.plan) - 1)  # type: ignore[union-attr]
+
+    def student_steps(self) -> int:
+        return self.plan[self.round]
+
+    @torch.no_grad()
+    def next_round(self) -> None:
+        """The EMA of this round's student becomes the teacher and the next student's start."""
+        if distributed.env_rank() == 0:
+            self.save_student(self.round)
+        ema = self.networks["ema"].state_dict()
+        self.networks["teacher"].load_state_dict(ema)
+        self.networks["model"].load_state_dict(ema)
+        self.round += 1
+
+    def save_student(self, round_index: int) -> Path:
+        n = self.plan[round_index]
+        config = replace(self.config, progressive=replace(self.config.progressive, steps=n))
+        weights = {name: self.networks[name].state_dict() for name in ("model", "ema")}
+        return write_checkpoint(self.out_dir / f"model_steps_{n}.safetensors", config, weights)
+
+    def _x0(self, net: Any, x: torch.Tensor, t: torch.Tensor, y: Any, guidance: float) -> Any:
+        denoiser = model_denoiser(net, self.config, self.schedule, y, guidance, clip_x0=False)
+        return denoiser(x, t)  # (eps, x0)
+
+    def _ddim(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, y: Any,
+              guidance: float) -> torch.Tensor:  # fmt: skip
+        """One deterministic DDIM step of the teacher per sample, t -> t_next (T: the data)."""
+        eps, x0 = self._x0(self.networks["teacher"], x, t, y, guidance)
+        a, s = self.alpha[t_next].view(-1, 1, 1, 1), self.sigma[t_next].view(-1, 1, 1, 1)
+        return a * x0 + s * eps
+
+    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+        while self.round < self.round_at(batch.step):  # a round starts (or resume skipped some)
+            self.next_round()
+        pc, mc = self.config.progressive, self.config.model
+        assert pc is not None
+        n = self.student_steps()
+        student_grid, teacher_grid = self.grids[n], self.grids[2 * n]
+        gen, device = self.noise_gen, self.images.device
+        b = len(batch.idx)  # draws for the global batch, then this process's share (ddp)
+        k = torch.randint(0, n, (b,), generator=gen, device=device)
+        eps = torch.randn((b, *self.images.shape[1:]), generator=gen, device=device)
+        mine = batch.mine
+        x0 = self.images[batch.idx[mine]].contiguous(memory_format=self.memory_format)
+        eps, k = eps[mine].contiguous(memory_format=self.memory_format), k[mine]
+        y = self.labels[batch.idx[mine]] if mc.num_classes > 0 else None
+        t, t_mid, t_end = student_grid[k], teacher_grid[2 * k + 1], student_grid[k + 1]
+        guidance = pc.guidance if self.round == 0 else 1.0  # later teachers have it baked in
+        z_t = q_sample(x0, t, eps, self.schedule)
+        with torch.no_grad():
+            z_end = self._ddim(self._ddim(z_t, t, t_mid, y, guidance), t_mid, t_end, y, guidance)
+            a_t, s_t = self.alpha[t].view(-1, 1, 1, 1), self.sigma[t].view(-1, 1, 1, 1)
+            a_e, s_e = self.alpha[t_end].view(-1, 1, 1, 1), self.sigma[t_end].view(-1, 1, 1, 1)
+            ratio = s_e / s_t
+            x_tilde = (z_end - ratio * z_t) / (a_e - ratio * a_t)  # Alg. 2, line 9
+        _, x0_pred = eps_and_x0(nets["model"](z_t, t, y), z_t, t, self.schedule,
+                                self.config.diffusion.prediction)  # fmt: skip
+        weight = torch.clamp(a_t.flatten() ** 2 / s_t.flatten() ** 2, min=1.0)  # max(SNR, 1)
+        return weight * (x0_pred.float() - x_tilde.float()).pow(2).flatten(1).mean(dim=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.round}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = state["round"]
+
+    def describe(self) -> str:
+        pc = self.config.progressive
+        assert pc is not None
+        params = sum(p.numel() for p in self.networks["model"].parameters())
+        return (
+            f"progressive distillation of {pc.teacher} (a U-Net with {params:,} parameters) on "
+            f"{self.dataset.name} ({self.num_items} images): DDIM {pc.start_steps} -> "
+            f"{' -> '.join(map(str, self.plan))} steps, {pc.round_steps} steps per round"
+            + (f", guidance {pc.guidance:g}" if self.config.model.num_classes else "")
+        )
+
+    def preview(self, path: Path) -> Path:
+        cfg, k = self.config.train, self.config.model.num_classes
+        labels = torch.arange(cfg.num_preview) % k if k else None
+        config = replace(self.config, progressive=replace(self.config.progressive,
+                                                          steps=self.student_steps()))  # fmt: skip
+        x = generate(self.networks["ema"], config, self.schedule, num_images=cfg.num_preview,
+                     seed=cfg.seed, labels=labels)  # fmt: skip
+        return viz.save_grid(x, path)
+
+    def finish(self, result: TrainResult, final_preview: Path | None) -> None:
+        self.save_student(self.round)
+
+    def report(self) -> Report:
+        pc = self.config.progressive
+        assert pc is not None
+        return Report(
+            facts={
+                "teacher": pc.teacher,
+                "rounds (student steps)": ", ".join(map(str, self.plan)),
+                "steps per round": pc.round_steps,
+                "guidance": pc.guidance,
+            },
+            final_caption=f"Samples of the last round's student (EMA, DDIM {self.student_steps()} steps)",
+        )
+
+
+def progressive(
+    config: RunConfig,
+    teacher: Checkpoint,
+    dataset: ImageDataset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Distil ``teacher`` progressively as ``config.progressive`` says, into ``out_dir``."""
+
+    def make_objective(ctx: Context) -> ProgressiveDistillation:
+        return ProgressiveDistillation(config, teacher, dataset, ctx, Path(out_dir))
+
+    return fit(
+        make_objective, config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
+        prog="difflab distill",
+    )  # fmt: skip

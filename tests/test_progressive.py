@@ -1,0 +1,160 @@
+"""Progressive distillation: the round plan, nested step grids, the target that makes one student
+step land where two teacher steps do, and `difflab distill --method progressive` -> its students
+-> `sample` / `evaluate`, with bitwise resume across a round's change of teacher."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from difflab.checkpoint import load_checkpoint
+from difflab.cli import main
+from difflab.generate import load_model
+from difflab.harness import latest_checkpoint
+from difflab.progressive import _grid, round_plan
+from difflab.samplers import ddim_step
+from difflab.schedules import make_schedule
+from test_train_robust import TINY, assert_bitwise_equal, tensors
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_torch_thread):
+    yield
+
+
+def test_rounds_halve_the_steps():
+    assert round_plan(64, 4, 1000) == [32, 16, 8, 4]
+    assert round_plan(8, 1, 50) == [4, 2, 1]
+    for start, steps, match in [(48, 4, "times a power of 2"), (12, 8, "times a power of 2"),
+                                (4, 4, "must lie above"), (2048, 1, "within the teacher's")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            round_plan(start, steps, 1000)
+
+
+@pytest.mark.parametrize("num_timesteps", [50, 1000, 1024])
+def test_two_teacher_steps_span_one_student_step(num_timesteps):
+    schedule = make_schedule("cosine", num_timesteps)
+    for n in (1, 2, 4, 8, 16):
+        student, teacher = _grid(schedule, n, "cpu"), _grid(schedule, 2 * n, "cpu")
+        assert torch.equal(teacher[::2], student)
+        assert student[0] == num_timesteps - 1 and student[-1] == num_timesteps  # T: the data
+
+
+def test_the_target_makes_one_ddim_step_land_on_the_teachers_two():
+    """x_tilde is the x0 whose DDIM step from z_t reaches z'' exactly (Salimans & Ho, Alg. 2):
+    a'' x~ + s'' (z_t - a_t x~) / s_t = z''; at the last step (the data) x~ = z''."""
+    schedule = make_schedule("cosine", 1000)
+    gen = torch.Generator().manual_seed(0)
+    z_t = torch.randn(5, 1, 4, 4, generator=gen, dtype=torch.float64)
+    z_end = torch.randn(5, 1, 4, 4, generator=gen, dtype=torch.float64)
+    for t, t_end in [(999, 749), (500, 250), (124, None)]:
+        ab_t = schedule.alpha_bar[t]
+        ab_end = 1.0 if t_end is None else schedule.alpha_bar[t_end]
+        a_t, s_t = math.sqrt(ab_t), math.sqrt(1 - ab_t)
+        a_e, s_e = math.sqrt(ab_end), math.sqrt(1 - ab_end)
+        x_tilde = (z_end - (s_e / s_t) * z_t) / (a_e - (s_e / s_t) * a_t)
+        eps = (z_t - a_t * x_tilde) / s_t
+        torch.testing.assert_close(ddim_step(x_tilde, eps, ab_t, ab_end, 0.0, None), z_end)
+        if t_end is None:
+            torch.testing.assert_close(x_tilde, z_end)
+
+
+# --- difflab distill --method progressive --------------------------------------------------------
+
+PD = ["--method", "progressive", "--start-steps", "8", "--steps", "1", "--round-steps", "4",
+      "--batch-size", "16", "--no-progress", "--device", "cpu", "--num-preview", "8", "--seed", "2",
+      "--sample-every", "0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    assert main(["train", *TINY, "--conditional", "--out", str(run)]) == 0
+    return run / "model_final.safetensors"
+
+
+@pytest.fixture(scope="module")
+def student(teacher, tmp_path_factory):
+    run = tmp_path_factory.mktemp("student") / "run"
+    argv = ["distill", "--teacher", str(teacher), *PD, "--guidance", "2", "--out", str(run)]
+    assert main(argv) == 0
+    return run
+
+
+def test_each_round_writes_a_student_that_knows_its_steps(student, teacher):
+    for n in (4, 2, 1):
+        pc = load_checkpoint(student / f"model_steps_{n}.safetensors").config.progressive
+        assert (
+            pc is not None and pc.steps == n and pc.guidance == 2.0 and pc.teacher == str(teacher)
+        )
+    final = load_checkpoint(latest_checkpoint(student))
+    assert final.config.progressive.steps == 1 and final.state["step"] == 12  # 3 rounds of 4
+    # Round 3's teacher is round 2's student: the EMA weights written at the round's start.
+    round2 = load_checkpoint(student / "model_steps_2.safetensors").networks["ema"]
+    assert_bitwise_equal(final.networks["teacher"], round2)
+    # ... and the students moved away from the first teacher.
+    first = load_checkpoint(teacher).sampling_weights
+    assert not all(torch.equal(first[k], round2[k]) for k in first)
+
+
+def test_a_student_samples_with_ddim_in_its_steps(student, tmp_path, capsys):
+    for n in (4, 1):
+        out = tmp_path / f"s{n}.png"
+        ckpt = str(student / f"model_steps_{n}.safetensors")
+        assert main(["sample", "--checkpoint", ckpt, "--num-images", "8", "--out", str(out)]) == 0
+        assert f"ddim, {n} steps, guidance 2" in capsys.readouterr().out
+        assert out.is_file()
+    # Its one evaluation per step, unclipped: what generate does for it, by hand.
+    loaded = load_model(student / "model_steps_1.safetensors", "cpu")
+    from difflab.generate import generate
+
+    calls = []
+    x = generate(loaded.model, loaded.config, loaded.schedule, num_images=4, seed=0,
+                 labels=torch.tensor([0, 1, 2, 3]), callback=calls.append)  # fmt: skip
+    assert [c["t"] for c in calls] == [49] and x.shape == (4, 3, 8, 8)
+
+
+def test_a_student_is_scored_by_evaluate(student, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFLAB_CACHE", str(cache))
+    out = tmp_path / "m.json"
+    argv = ["evaluate", "--checkpoint", str(student / "model_steps_2.safetensors"),
+            "--num-samples", "40", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["setup"]["sampler"] == "ddim" and report["setup"]["steps"] == 2
+    assert math.isfinite(report["metrics"]["fid"])
+
+
+def test_progressive_distillation_resumes_bitwise_across_a_change_of_teacher(
+    teacher, student, tmp_path
+):
+    # Stopped at step 6, inside round 2 (steps 5-8); the resume must swap the teacher at step 9
+    # and write each round's student exactly as the uninterrupted run did.
+    run = tmp_path / "stopped"
+    argv = ["distill", "--teacher", str(teacher), *PD, "--guidance", "2", "--out", str(run)]
+    assert main([*argv, "--max-steps", "6"]) == 0
+    assert load_checkpoint(latest_checkpoint(run)).state["step"] == 6
+    assert main(["distill", "--resume", str(run), "--no-progress", "--max-steps", "12"]) == 0
+    for name in ["model_final.safetensors", "model_steps_1.safetensors",
+                 "model_steps_2.safetensors", "model_steps_4.safetensors"]:  # fmt: skip
+        assert_bitwise_equal(tensors(student / name), tensors(run / name))
+
+
+def test_bad_progressive_input_is_one_line(teacher, student, tmp_path, capsys):
+    final = str(student / "model_final.safetensors")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    cases = [
+        (["distill", "--teacher", str(teacher), *PD, "--start-steps", "6"], "times a power of 2"),
+        (["distill", "--teacher", str(teacher), *PD, "--start-steps", "64"], "within the teacher's 50"),
+        (["sample", "--checkpoint", final, "--guidance", "5"], "distilled at guidance 2"),
+        (["sample", "--checkpoint", final, "--steps", "51"], "exceeds the model's 50 timesteps"),
+    ]  # fmt: skip
+    for argv, match in cases:
+        full = [*argv, "--out", str(out if argv[0] == "distill" else out / "a.png")]
+        assert main(full) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert match in err, (argv, err)
+        assert not out.exists(), argv
