@@ -10,7 +10,11 @@ the same N and seed):
   ``dpmpp-2m-sde`` 20 steps, ``--ddpm`` adds DDPM-1000, and the training-free high-order solvers
   that ``difflab.samplers`` has (``ipndm``, ``dpmpp-3m``, ``unipc``) at 4, 6 and 10 steps;
 - the student, ``difflab distill --teacher ...`` continued with ``--resume --max-minutes B`` to
-  each budget B (its clock counts distillation steps only), at 1, 2 and 4 steps.
+  each budget B (its clock counts distillation steps only), at 1, 2 and 4 steps;
+- with ``--progressive``, progressive distillation's students (``difflab distill --method
+  progressive``, DDIM 64 -> 32 -> ... -> 1, ``--pd-start-steps``) at each budget B, a run of its own: a 1-minute
+  calibration run measures its steps per second, and the rounds are sized to fill B
+  (``--round-steps``); its 4-, 2- and 1-step students are scored.
 
 Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
 in this process, alternating, median of 5. Writes ``docs/few_step.json``, the table in
@@ -104,6 +108,32 @@ def student_rows(args: argparse.Namespace, teacher: Path):
                 grid(ckpt, sampling, f"student_{budget:g}min_{steps}step")
 
 
+def progressive_rows(args: argparse.Namespace, teacher: Path):
+    """Progressive distillation's 4-, 2- and 1-step students, a run per budget sized to fill it."""
+    rounds = args.pd_start_steps.bit_length() - 1  # start, start/2, ..., 1
+    base = ["distill", "--method", "progressive", "--teacher", str(teacher), "--data-dir",
+            args.data_dir, "--start-steps", str(args.pd_start_steps), "--steps", "1",
+            "--sample-every", "0", "--no-progress", "--overwrite"]  # fmt: skip
+    probe = Path(args.runs) / "progressive_probe"
+    run([*base, "--round-steps", "100000", "--max-minutes", "1", "--out", str(probe)])
+    last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
+    rate = last["step"] / last["elapsed_s"]  # distillation steps per second, on this machine
+    for budget in args.budgets:
+        round_steps = max(1, int(0.97 * rate * budget * 60 / rounds))
+        run_dir = Path(args.runs) / f"progressive_{budget:g}"
+        run([*base, "--round-steps", str(round_steps), "--max-minutes", f"{1.5 * budget:g}",
+             "--out", str(run_dir)])  # fmt: skip
+        log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in log if r.get("loss") is not None][-1]
+        for steps in (1, 2, 4):
+            ckpt = run_dir / f"model_steps_{steps}.safetensors"
+            yield {"model": f"progressive {budget:g} min", "sampler": "ddim", "steps": steps,
+                   "distill_steps": last["step"], "distill_s": last["elapsed_s"],
+                   "round_steps": round_steps, **score(args, ckpt, [])}  # fmt: skip
+            if budget == args.budgets[-1]:
+                grid(ckpt, [], f"progressive_{budget:g}min_{steps}step")
+
+
 # Candidate times (fractions of T - 1) for multistep consistency sampling, measured at N = 1000.
 TIME_CANDIDATES = {
     2: [(1.0, 0.3), (1.0, 0.5), (1.0, 0.7)],
@@ -152,18 +182,23 @@ def timing(teacher: Path, student: Path, repeats: int = 5) -> dict:
 
 
 def verdict(rows: list[dict]) -> dict:
-    """The issue's targets against the rows."""
+    """The issue's targets against each method's longest-distilled student."""
     best_teacher = min(r["fid"] for r in rows if r["model"] == "teacher")
-    last = rows[-1]["model"]
-    student = {r["steps"]: r["fid"] for r in rows if r["model"] == last}
     six = [r["fid"] for r in rows if r["model"] == "teacher" and r["steps"] == 6]
-    return {
-        "best_teacher_fid": best_teacher, "student": last,
-        "4_steps_within_25%": student[4] <= 1.25 * best_teacher,
-        "2_steps_within_50%": student[2] <= 1.5 * best_teacher,
-        "1_step_within_3x": student[1] <= 3 * best_teacher,
-        "4_steps_beat_every_6_step_solver": bool(six) and student[4] < min(six),
-    }  # fmt: skip
+    out: dict = {"best_teacher_fid": best_teacher}
+    for method in ("student", "progressive"):
+        models = [r["model"] for r in rows if r["model"].startswith(method)]
+        if not models:
+            continue
+        last = models[-1]
+        student = {r["steps"]: r["fid"] for r in rows if r["model"] == last}
+        out[last] = {
+            "4_steps_within_25%": student[4] <= 1.25 * best_teacher,
+            "2_steps_within_50%": student[2] <= 1.5 * best_teacher,
+            "1_step_within_3x": student[1] <= 3 * best_teacher,
+            "4_steps_beat_every_6_step_solver": bool(six) and student[4] < min(six),
+        }
+    return out
 
 
 def write_doc(results: dict) -> None:
@@ -194,6 +229,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--tune-times", action="store_true", help="score candidate 2- and 4-step times first"
     )
+    parser.add_argument(
+        "--progressive", action="store_true", help="also progressive distillation's students"
+    )
+    parser.add_argument(
+        "--pd-start-steps", type=int, default=64, help="progressive: the first teacher's steps"
+    )
+    parser.add_argument(
+        "--no-consistency", action="store_true", help="skip consistency distillation's students"
+    )
     args = parser.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",")]
     teacher = (
@@ -203,8 +247,16 @@ def main(argv: list[str] | None = None) -> dict:
         run(["train", "--data", "mnist", "--data-dir", args.data_dir, "--max-minutes",
              f"{args.teacher_minutes:g}", "--sample-every", "0", "--no-progress", "--overwrite",
              "--out", str(teacher.parent)])  # fmt: skip
-    rows = [*teacher_rows(args, teacher), *student_rows(args, teacher)]
-    student = Path(args.runs) / "student/model_final.safetensors"
+    rows = [*teacher_rows(args, teacher)]
+    if not args.no_consistency:
+        rows += student_rows(args, teacher)
+    if args.progressive:
+        rows += progressive_rows(args, teacher)
+    student = Path(args.runs) / (
+        "progressive_probe/model_final.safetensors"  # any 1-evaluation student times the same
+        if args.no_consistency
+        else "student/model_final.safetensors"
+    )
     results = {"benchmark": "few_step", "num_samples": args.num_samples, "teacher": str(teacher),
                "threads": torch.get_num_threads(), "rows": rows,
                "timing": timing(teacher, student),
