@@ -28,11 +28,13 @@ from difflab.cli.flags import (
 )
 from difflab.consistency import consistency_timesteps
 from difflab.generate import (
+    LoadedGAN,
     TrajectoryRecorder,
     check_consistency_sampling,
     check_guidance,
     class_labels,
     generate,
+    load_any,
     load_model,
 )
 from difflab.samplers import DEFAULT_SAMPLER, timestep_sequence
@@ -67,11 +69,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    loaded = load_model(
-        args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend
-    )
-    config, schedule = loaded.config, loaded.schedule
+    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
     out = check_png(args.out)
+    if isinstance(loaded, LoadedGAN):  # one generator evaluation per image
+        from difflab.cli.gan import sample_gan
+
+        return sample_gan(args, loaded, out)
+    if args.backend != "torch":
+        loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights,
+                            backend=args.backend)  # fmt: skip
+    config, schedule = loaded.config, loaded.schedule
     check_suffix(args.gif, ".gif", "--gif")
     if config.consistency is not None:  # a distilled model: its own sampler, 1-4 steps
         if args.guidance_sweep:
