@@ -162,6 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics["class_accuracy"] = (
         None if labels is None else ev.class_accuracy(evaluator, images, labels)
     )
+    if not evaluator.is_inception:  # mode coverage in the evaluator's classes
+        metrics.update(ev.class_coverage(evaluator, images))
     setup.update(
         data=data, data_dir=None if data_dir is None else str(data_dir), num_images=len(images),
         evaluator=str(evaluator.path), evaluator_test_accuracy=evaluator.info.get("test_accuracy"),
