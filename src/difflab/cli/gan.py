@@ -50,8 +50,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--z-dim", type=positive_int, default=g.z_dim, help="length of z")
     p.add_argument(
         "--width", type=positive_int,
-        help="channels of both networks at their widest resolution's half (default: by data, so "
-        "that G + D has about the default U-Net's parameters; docs/ddpm_vs_gan.md)",
+        help="channels of both networks at half the image size, doubled at each further halving "
+        "(default: by data, so that G + D has about the default U-Net's parameters)",
     )  # fmt: skip
     p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
     p.add_argument("--max-minutes", type=positive_float, help="stop after this much training time")
