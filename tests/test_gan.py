@@ -275,6 +275,7 @@ def test_a_gan_checkpoint_given_to_a_diffusion_only_command_is_one_line(
         (["sample", "--checkpoint", final, "--sampler", "ddim"], f"--sampler {one_evaluation}"),
         (["sample", "--checkpoint", final, "--show-intermediate"], "--show-intermediate"),
         (["sample", "--checkpoint", final, "--guidance", "2"], f"--guidance {one_evaluation}"),
+        (["sample", "--checkpoint", final, "--backend", "numpy"], "runs in torch, not the numpy"),
         (["evaluate", "--checkpoint", final, "--steps", "3"], f"--steps {one_evaluation}"),
         (["evaluate", "--checkpoint", final, "--sampler", "ddpm"], f"--sampler {one_evaluation}"),
         (["interpolate", "--checkpoint", final, "--from-data", "0", "--from-data", "1"],

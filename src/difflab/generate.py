@@ -133,7 +133,8 @@ def load_any(
         return load_model(ckpt, device, ema=ema, backend=backend)
     if backend != "torch":
         raise ValueError(
-            f"checkpoint {ckpt.path} is a GAN: it runs in torch, not the {backend} backend"
+            f"checkpoint {ckpt.path} is a GAN generator: it runs in torch, not the {backend} "
+            "backend (the NumPy backend has the diffusion U-Net only)"
         )
     dev = pick_device(device)
     gan, mc = ckpt.config.gan, ckpt.config.model

@@ -148,8 +148,8 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
 
 # Flags of sample / interpolate that only a diffusion model can use.
 SAMPLE_DIFFUSION_FLAGS = ["sampler", "steps", "spacing", "eta", "variance", "show_intermediate",
-                          "gif", "guidance_sweep", "guidance", "class_label", "no_clip",
-                          "backend"]  # fmt: skip
+                          "gif", "guidance_sweep", "guidance", "class_label",
+                          "no_clip"]  # fmt: skip
 INTERPOLATE_DIFFUSION_FLAGS = ["steps", "guidance", "class_label", "no_clip"]
 
 

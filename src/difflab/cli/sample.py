@@ -35,7 +35,6 @@ from difflab.generate import (
     class_labels,
     generate,
     load_any,
-    load_model,
 )
 from difflab.samplers import DEFAULT_SAMPLER, timestep_sequence
 
@@ -69,15 +68,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend)
     out = check_png(args.out)
     if isinstance(loaded, LoadedGAN):  # one generator evaluation per image
         from difflab.cli.gan import sample_gan
 
         return sample_gan(args, loaded, out)
-    if args.backend != "torch":
-        loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights,
-                            backend=args.backend)  # fmt: skip
     config, schedule = loaded.config, loaded.schedule
     check_suffix(args.gif, ".gif", "--gif")
     if config.consistency is not None:  # a distilled model: its own sampler, 1-4 steps
