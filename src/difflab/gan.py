@@ -12,7 +12,7 @@ with, per image,
            Radford et al. 2016's networks):
         L_D = -log sigma(D(x)) - log(1 - sigma(D(G(z)))) = softplus(-D(x)) + softplus(D(G(z)))
         L_G = -log sigma(D(G(z)))                        = softplus(-D(G(z)))
-    hinge (Lim & Ye 2017; Miyato et al. 2018, Eq. 16 and 17, with spectral normalisation in D):
+    hinge (Lim & Ye 2017, as Miyato et al. 2018 train their spectrally normalised D with it):
         L_D = max(0, 1 - D(x)) + max(0, 1 + D(G(z)))
         L_G = -D(G(z))
 
@@ -24,8 +24,9 @@ An EMA of the generator's weights (``generator_ema``, decay --ema-decay, 0.999 b
 previews and ``difflab sample`` draw from: weight averaging improves GAN samples at the cost of
 one lerp per step (Yazici et al. 2019, "The unusual effectiveness of averaging in GAN training").
 The harness averages parameters only; BatchNorm's running statistics are buffers, so the objective
-copies the generator's into the EMA copy at each step (the statistics of the raw weights'
-activations, Yazici et al.'s practice).
+copies the generator's into the EMA copy at each step: the averaged weights sample with the raw
+weights' activation statistics, not re-estimated for themselves (a small mismatch, for a copy
+that costs nothing).
 
 The harness gives ``difflab train-gan`` its run directory, --max-minutes, --resume (bit for bit:
 both networks, both optimisers, the spectral norm's power-iteration vectors, which are buffers of
@@ -63,12 +64,12 @@ def g_loss_bce(fake: torch.Tensor) -> torch.Tensor:
 
 
 def d_loss_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """max(0, 1 - real) + max(0, 1 + fake) per image (Miyato et al. 2018, Eq. 16)."""
+    """max(0, 1 - real) + max(0, 1 + fake) per image (Lim & Ye 2017; Miyato et al. 2018)."""
     return F.relu(1.0 - real) + F.relu(1.0 + fake)
 
 
 def g_loss_hinge(fake: torch.Tensor) -> torch.Tensor:
-    """-fake per image (Miyato et al. 2018, Eq. 17)."""
+    """-fake per image (Lim & Ye 2017; Miyato et al. 2018)."""
     return -fake
 
 

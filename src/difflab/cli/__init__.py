@@ -1,5 +1,5 @@
-"""``difflab visualize | train | train-gan | distill | sample | inpaint | img2img | interpolate | evaluate |
-train-evaluator | demo``: the command line.
+"""``difflab visualize | train | train-gan | distill | sample | inpaint | img2img | interpolate |
+evaluate | train-evaluator | demo``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
