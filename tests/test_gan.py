@@ -5,6 +5,7 @@ checkpoint meets a diffusion-only command."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from difflab import evaluate as ev
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
 from difflab.gan import d_loss_bce, d_loss_hinge, default_gan_config, g_loss_bce, g_loss_hinge
-from difflab.generate import LoadedGAN, draw, gan_latents, load_any
+from difflab.generate import LoadedGAN, draw, gan_latents, generate_gan, load_any
 from difflab.models.gan import INIT_STD, Discriminator, Generator, levels_of
 from test_train_robust import assert_bitwise_equal, records, tensors
 
@@ -218,7 +219,6 @@ def test_sampling_is_one_evaluation_and_fixed_by_the_seed(runs, tmp_path, capsys
     assert main(["interpolate", "--checkpoint", final, "--seeds", "5,6", "--frames", "4",
                  "--out", str(tmp_path / "i.png")]) == 0  # fmt: skip
     from difflab.editing import slerp
-    from difflab.generate import generate_gan
 
     z = torch.cat([slerp(gan_latents(1, 16, 5), gan_latents(1, 16, 6), a) for a in (0.0, 1.0)])
     ends = generate_gan(loaded.model, num_images=2, z=z)
@@ -294,3 +294,38 @@ def test_a_gan_checkpoint_given_to_a_diffusion_only_command_is_one_line(
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert match in err, (argv, err)
         assert not out.exists(), argv  # nothing written
+
+
+# --- real MNIST (slow) ----------------------------------------------------------------------------
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST.is_dir(), reason="real MNIST not present")
+@pytest.mark.parametrize("loss", ["dcgan", "hinge"])
+def test_a_short_mnist_gan_learns_the_digits_pixel_statistics(tmp_path, loss):
+    """400 steps: the generator goes from mid-grey noise (every pixel near 0) to MNIST's look: a
+    dark background (84% of MNIST's pixels lie below -0.5; DCGAN's reach about -0.65 by then,
+    the hinge GAN's -1) and the data's mean image."""
+    from difflab.data import load_dataset
+
+    out = tmp_path / loss
+    argv = ["train-gan", "--data", "mnist", "--data-dir", str(MNIST), "--loss", loss,
+            "--max-steps", "400", "--sample-every", "0", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    real = load_dataset("mnist", data_dir=MNIST, num_images=5000).images  # (N, 1, 28, 28)
+    torch.manual_seed(0)
+    untrained = Generator(28, 1, 100, default_gan_config("mnist", 28, 1).g_width)
+    before = generate_gan(untrained, num_images=1000, seed=0).numpy()
+    after = draw(load_any(out / "model_final.safetensors", "cpu"), num_images=1000, seed=0).numpy()
+
+    def mean_image_error(x):
+        return float(((x.mean(0) - real.mean(0)) ** 2).mean())
+
+    def background(x):
+        return float((x < -0.5).mean())
+
+    assert background(real) > 0.8 and background(before) < 0.05
+    assert background(after) > 0.6, background(after)
+    assert mean_image_error(after) < 0.2 * mean_image_error(before)
