@@ -48,7 +48,7 @@ from difflab.config import GANConfig, ModelConfig, RunConfig, TrainConfig, defau
 from difflab.data import ImageDataset
 from difflab.generate import gan_latents, generate_gan
 from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
-from difflab.models.gan import build_networks, count_parameters, width_like
+from difflab.models.gan import build_networks, count_parameters, levels_of, width_like
 from difflab.models.unet import UNet
 from difflab.models.unet import count_parameters as unet_parameters
 
@@ -95,7 +95,7 @@ def gan_run_config(train: TrainConfig, gan: GANConfig, dataset: ImageDataset) ->
     """A GAN run's configuration: the images' size and channels in ``model``, the GAN in ``gan``."""
     train.validate()
     gan.validate()
-    build_networks(dataset.image_size, dataset.channels, gan)  # a bad image size fails here
+    levels_of(dataset.image_size)  # an image size a DCGAN cannot halve fails here
     model = ModelConfig(image_size=dataset.image_size, in_channels=dataset.channels,
                         channel_mults=(1,))  # fmt: skip
     return RunConfig(model=model, train=train, class_names=dataset.class_names, gan=gan)
