@@ -164,6 +164,36 @@ class ConsistencyConfig:
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
 
 
+GAN_LOSSES = ("dcgan", "hinge")
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """A GAN baseline (``difflab train-gan``, ``difflab.gan``): its losses and networks. The image
+    size and channels are ``RunConfig.model``'s; the U-Net fields there are unused."""
+
+    loss: str = (
+        "dcgan"  # dcgan: non-saturating BCE, BatchNorm D (Radford 2016); hinge: SN D (Miyato 2018)
+    )
+    z_dim: int = 100  # length of the generator's input z ~ N(0, I)
+    g_width: int = 24  # generator channels next to the output; doubled at each halving
+    d_width: int = 24  # discriminator channels after its first convolution; doubled likewise
+    beta1: float = 0.5  # Adam's beta1 for both networks (Radford et al.: 0.9 oscillates)
+    beta2: float = 0.999  # Adam's beta2 for both networks
+
+    def validate(self) -> None:
+        if self.loss not in GAN_LOSSES:
+            raise ValueError(
+                f"unknown GAN loss {self.loss!r}; expected one of {', '.join(GAN_LOSSES)}"
+            )
+        for name in ("z_dim", "g_width", "d_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+
+
 @dataclass(frozen=True)
 class ProgressiveConfig:
     """A student of progressive distillation (``difflab distill --method progressive``, Salimans
@@ -196,6 +226,7 @@ class RunConfig:
     backend: str = "torch"  # torch or numpy
     consistency: ConsistencyConfig | None = None  # set for a distilled (few-step) model
     progressive: ProgressiveConfig | None = None  # set for a progressively distilled student
+    gan: GANConfig | None = None  # set for a GAN (difflab train-gan): no diffusion at all
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -239,6 +270,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
             progressive=(
                 _build(ProgressiveConfig, data["progressive"]) if data.get("progressive") else None
             ),
+            gan=_build(GANConfig, data["gan"]) if data.get("gan") else None,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"configuration is missing or malformed ({err})") from err

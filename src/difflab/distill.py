@@ -36,7 +36,7 @@ from difflab.config import ConsistencyConfig, RunConfig, TrainConfig
 from difflab.consistency import boundary_scalings, check_prediction, consistency_output
 from difflab.data import ImageDataset
 from difflab.diffusion import coef, q_sample
-from difflab.generate import generate, model_denoiser
+from difflab.generate import generate, model_denoiser, not_diffusion
 from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
 from difflab.models.unet import UNet
 from difflab.schedules import Schedule, make_schedule
@@ -53,6 +53,8 @@ def file_sha256(path: str | Path) -> str:
 def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkpoint:
     """The teacher checkpoint, checked: a difflab diffusion model that distillation can take."""
     teacher = load_checkpoint(path)
+    if teacher.config.gan is not None:
+        raise ValueError(not_diffusion(teacher))
     if teacher.config.consistency is not None:
         raise ValueError(
             f"{path} is already a consistency model (distilled from "

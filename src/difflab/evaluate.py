@@ -803,6 +803,21 @@ def class_accuracy(evaluator: Evaluator, images: np.ndarray, labels: np.ndarray)
     return float((evaluator.predict(images) == np.asarray(labels)).mean())
 
 
+def class_coverage(evaluator: Evaluator, images: np.ndarray) -> dict[str, float]:
+    """Mode coverage in the evaluator's classes: the entropy (nats) of the histogram of the
+    classes it predicts for the images, the most it can be (log K: every class equally often) and
+    the smallest class's share (0: a class is never drawn, as under mode collapse)."""
+    k = evaluator.config.num_classes
+    counts = np.bincount(evaluator.predict(images).astype(np.int64), minlength=k)  # (K,)
+    share = counts / counts.sum()
+    nonzero = share[share > 0]
+    return {
+        "class_entropy": float(-(nonzero * np.log(nonzero)).sum()),
+        "class_entropy_max": float(np.log(k)),
+        "smallest_class_share": float(share.min()),
+    }
+
+
 def check_classes(evaluator: Evaluator, class_names: tuple[str, ...] | list[str]) -> None:
     """A model's (or folder's) classes must be the evaluator's for class accuracy to mean anything."""
     ours = tuple(evaluator.info.get("class_names") or ())
@@ -929,6 +944,15 @@ def format_table(metrics: dict[str, Any], data: str) -> str:
             "share of samples nearer to a training image than 99% of test images (~1% expected)",
         ),
     ]
+    if m.get("class_entropy") is not None:
+        rows.append(
+            (
+                "class entropy",
+                f"{m['class_entropy']:.3f}",
+                f"of the evaluator's predicted classes; {m['class_entropy_max']:.3f} = all equally "
+                f"often (smallest class share {m['smallest_class_share']:.3f})",
+            )
+        )
     if m.get("class_accuracy") is not None:
         rows.append(
             (

@@ -19,6 +19,7 @@ from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, n
 from difflab.config import RunConfig
 from difflab.consistency import consistency_function, consistency_timesteps, sample_consistency
 from difflab.data import load_dataset
+from difflab.models.gan import Generator, build_networks
 from difflab.models.unet import UNet
 from difflab.nn_numpy import NumpyUNet
 from difflab.samplers import SAMPLERS, Denoiser, make_denoiser, sample, timestep_sequence
@@ -66,6 +67,8 @@ def load_model(
     A checkpoint written by one backend loads into the other: both use the same names and shapes.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if ckpt.config.gan is not None:
+        raise ValueError(not_diffusion(ckpt))
     weights = ckpt.sampling_weights if ema else ckpt.model
     source = ckpt.path or "<memory>"
     model: UNet | NumpyUNet
@@ -85,6 +88,118 @@ def load_model(
         raise ValueError(f"unknown backend {backend!r}; expected torch or numpy")
     schedule = make_schedule(ckpt.config.diffusion.schedule, ckpt.config.diffusion.timesteps)
     return LoadedModel(model=model, config=ckpt.config, schedule=schedule, device=dev)
+
+
+# -------------------------------------------------------------------------------------------------
+# Every kind of checkpoint: the one place that tells them apart (a diffusion U-Net, a distilled
+# consistency model, which generate() samples, or a GAN's generator).
+
+
+@dataclass
+class LoadedGAN:
+    """A GAN's generator (``difflab train-gan``) ready to draw: one evaluation per image."""
+
+    model: Generator
+    config: RunConfig
+    device: torch.device
+
+
+def checkpoint_kind(config: RunConfig) -> str:
+    """What a checkpoint holds: ``gan``, ``consistency`` (difflab distill), ``progressive``
+    (distill --method progressive: a diffusion U-Net sampled by DDIM in its steps) or
+    ``diffusion``."""
+    if config.gan is not None:
+        return "gan"
+    if config.consistency is not None:
+        return "consistency"
+    return "progressive" if config.progressive is not None else "diffusion"
+
+
+def not_diffusion(ckpt: Checkpoint) -> str:
+    """The one-line error for a GAN checkpoint given to a command that needs diffusion."""
+    return (
+        f"checkpoint {ckpt.path} is a GAN generator (made by difflab train-gan), not a diffusion "
+        "model: this command needs a diffusion checkpoint (a GAN draws with difflab sample, "
+        "evaluate and interpolate --seeds)"
+    )
+
+
+def load_any(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    device: str = "auto",
+    *,
+    ema: bool = True,
+    backend: str = "torch",
+) -> LoadedModel | LoadedGAN:
+    """The network of any difflab checkpoint, ready to draw images with ``draw``."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if checkpoint_kind(ckpt.config) != "gan":
+        return load_model(ckpt, device, ema=ema, backend=backend)
+    if backend != "torch":
+        raise ValueError(
+            f"checkpoint {ckpt.path} is a GAN generator: it runs in torch, not the {backend} "
+            "backend (the NumPy backend has the diffusion U-Net only)"
+        )
+    dev = pick_device(device)
+    gan, mc = ckpt.config.gan, ckpt.config.model
+    assert gan is not None
+    generator, _ = build_networks(mc.image_size, mc.in_channels, gan)
+    name = "generator_ema" if ema and "generator_ema" in ckpt.networks else "generator"
+    if name not in ckpt.networks:
+        raise ValueError(f"checkpoint {ckpt.path} holds no generator weights")
+    load_weights_into(generator, ckpt.networks[name], ckpt.path or "<memory>")
+    return LoadedGAN(model=generator.to(dev).eval(), config=ckpt.config, device=dev)
+
+
+def draw(
+    loaded: LoadedModel | LoadedGAN,
+    *,
+    num_images: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    **sampling: Any,
+) -> torch.Tensor:
+    """``num_images`` images (float32 NCHW in [-1, 1], CPU) from any loaded checkpoint: a GAN's
+    generator on ``gan_latents(seed)``, else ``generate`` with the ``sampling`` keywords."""
+    if isinstance(loaded, LoadedGAN):
+        if sampling:
+            raise ValueError(
+                f"a GAN draws an image in one generator evaluation; {', '.join(sampling)} "
+                "apply to diffusion checkpoints only"
+            )
+        return generate_gan(loaded.model, num_images=num_images, seed=seed, batch_size=batch_size)
+    return generate(
+        loaded.model, loaded.config, loaded.schedule, num_images=num_images, seed=seed,
+        batch_size=batch_size, **sampling,
+    )  # fmt: skip
+
+
+def gan_latents(num_images: int, z_dim: int, seed: int) -> torch.Tensor:
+    """z ~ N(0, I), (num_images, z_dim), from a CPU generator seeded with ``seed``: the same z on
+    every device and for any batch size, so ``--seed`` alone fixes a GAN's images."""
+    return torch.randn(num_images, z_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def generate_gan(
+    generator: Generator,
+    *,
+    num_images: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    z: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """G(z) for ``num_images`` latents (``gan_latents(seed)`` unless ``z`` is given), in eval mode
+    (BatchNorm's running statistics: an image does not depend on the others in its batch)."""
+    if num_images < 1:
+        raise ValueError(f"number of images must be >= 1, got {num_images}")
+    z = gan_latents(num_images, generator.z_dim, seed) if z is None else z
+    device = next(generator.parameters()).device
+    was_training = generator.training
+    generator.eval()
+    out = [generator(chunk.to(device)).float().clamp(-1, 1).cpu() for chunk in z.split(batch_size)]
+    generator.train(was_training)
+    return torch.cat(out)  # (N, C, H, W)
 
 
 def guided_model_fn(

@@ -1,5 +1,5 @@
-"""``difflab visualize | train | distill | sample | inpaint | img2img | interpolate | inspect |
-evaluate | train-evaluator | demo``: the command line.
+"""``difflab visualize | train | train-gan | distill | sample | inpaint | img2img | interpolate |
+inspect | evaluate | train-evaluator | demo``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
@@ -9,6 +9,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
 
   visualize.py   visualize
   train.py       train
+  gan.py         train-gan, and what sample / interpolate do with a GAN checkpoint
   distill.py     distill
   sample.py      sample
   edit.py        inpaint, img2img, interpolate
@@ -28,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, distill, edit, evaluate, insides, sample, train, visualize
+from difflab.cli import demo, distill, edit, evaluate, gan, insides, sample, train, visualize
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
@@ -45,6 +46,7 @@ EPILOG = """examples:
 COMMAND_MODULES = (
     visualize,
     train,
+    gan,
     distill,
     sample,
     edit,
@@ -55,6 +57,7 @@ COMMAND_MODULES = (
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "visualize": visualize.cmd_visualize, "train": train.cmd_train,
+    "train-gan": gan.cmd_train_gan,
     "distill": distill.cmd_distill, "sample": sample.cmd_sample,
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,

@@ -30,8 +30,10 @@ from difflab.cli.flags import (
 )
 from difflab.editing import MASK_REGIONS
 from difflab.generate import (
+    LoadedGAN,
     check_guidance,
     class_labels,
+    load_any,
     load_input_images,
     load_mask,
     load_model,
@@ -220,7 +222,11 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     check_suffix(args.gif, ".gif", "--gif")
     if args.frames < 2:
         raise ValueError(f"--frames {args.frames} too few; expected at least 2")
-    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
+    if isinstance(loaded, LoadedGAN):  # slerp in z, one generator evaluation per frame
+        from difflab.cli.gan import interpolate_gan
+
+        return interpolate_gan(args, loaded, out)
     config, schedule = loaded.config, loaded.schedule
     timestep_sequence(schedule.num_timesteps, args.steps)  # a bad --steps fails before any work
     y, guidance = _edit_label(loaded, args)

@@ -20,7 +20,7 @@ import torch
 
 from difflab.cli.flags import add_command, add_data_flags, positive_float, positive_int
 from difflab.data import DATASETS, ImageDataset
-from difflab.generate import check_distilled_sampling, check_guidance, generate, load_model
+from difflab.generate import LoadedGAN, check_distilled_sampling, check_guidance, draw, load_any
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
 if TYPE_CHECKING:
@@ -162,6 +162,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     metrics["class_accuracy"] = (
         None if labels is None else ev.class_accuracy(evaluator, images, labels)
     )
+    if not evaluator.is_inception:  # mode coverage in the evaluator's classes
+        metrics.update(ev.class_coverage(evaluator, images))
     setup.update(
         data=data, data_dir=None if data_dir is None else str(data_dir), num_images=len(images),
         evaluator=str(evaluator.path), evaluator_test_accuracy=evaluator.info.get("test_accuracy"),
@@ -182,9 +184,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, int]:
     """The model of --checkpoint and its sampling steps, with the flags checked before any work."""
-    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
     if args.num_samples < 2:
         raise ValueError("--num-samples must be at least 2 for FID and KID, got 1")
+    if isinstance(loaded, LoadedGAN):  # one generator evaluation per image
+        given = [f for f in ("steps", "guidance") if getattr(args, f) is not None]
+        given += ["sampler"] if args.sampler != DEFAULT_SAMPLER else []
+        if given:
+            raise ValueError(
+                f"--{given[0]} applies to diffusion checkpoints; GAN {args.checkpoint} draws "
+                "each image in one generator evaluation"
+            )
+        args.sampler = "gan generator"
+        return loaded, 1
     if loaded.config.consistency or loaded.config.progressive:  # a distilled model, a few steps
         args.sampler, steps = check_distilled_sampling(loaded.config, args.steps, args.guidance)
         return loaded, steps
@@ -281,14 +293,15 @@ def _generate(
     if label_tensor is not None and not evaluator.is_inception:
         ev.check_classes(evaluator, config.class_names)
         labels = label_tensor.numpy()
-    extra: dict[str, Any] = {} if args.guidance is None else {"guidance": args.guidance}
+    sampling: dict[str, Any] = {}
+    if not isinstance(loaded, LoadedGAN):
+        sampling = {"sampler": args.sampler, "steps": steps, "labels": label_tensor}
+        sampling.update({} if args.guidance is None else {"guidance": args.guidance})
     print(f"generating {n} images ({args.sampler}, {steps} steps) ...", flush=True)
     gen_start = time.perf_counter()
-    images = generate(
-        loaded.model, config, loaded.schedule, num_images=n, seed=args.seed,
-        sampler=args.sampler, steps=steps, labels=label_tensor, batch_size=args.batch_size,
-        **extra,
-    ).numpy()  # fmt: skip
+    images = draw(
+        loaded, num_images=n, seed=args.seed, batch_size=args.batch_size, **sampling
+    ).numpy()
     setup["generate_seconds"] = round(time.perf_counter() - gen_start, 2)
     return images, labels
 

@@ -28,12 +28,13 @@ from difflab.cli.flags import (
 )
 from difflab.consistency import consistency_timesteps
 from difflab.generate import (
+    LoadedGAN,
     TrajectoryRecorder,
     check_distilled_sampling,
     check_guidance,
     class_labels,
     generate,
-    load_model,
+    load_any,
 )
 from difflab.samplers import DEFAULT_SAMPLER, timestep_sequence
 
@@ -67,11 +68,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    loaded = load_model(
-        args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend
-    )
-    config, schedule = loaded.config, loaded.schedule
+    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend)
     out = check_png(args.out)
+    if isinstance(loaded, LoadedGAN):  # one generator evaluation per image
+        from difflab.cli.gan import sample_gan
+
+        return sample_gan(args, loaded, out)
+    config, schedule = loaded.config, loaded.schedule
     check_suffix(args.gif, ".gif", "--gif")
     distilled = config.consistency or config.progressive
     if distilled is not None:  # a distilled model: its own sampler, a few steps

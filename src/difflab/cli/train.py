@@ -254,6 +254,10 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         out = Path(args.resume)
         ckpt = load_checkpoint(latest_checkpoint(out))
+        if ckpt.config.gan is not None:
+            raise ValueError(
+                f"{out} is a GAN run; continue it with difflab train-gan --resume {out}"
+            )
         config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
         tc = config.train
         dataset = load_dataset(

@@ -1,0 +1,202 @@
+"""``difflab train-gan``: train the GAN baseline (``difflab.gan``: DCGAN, or the hinge loss with a
+spectrally normalised discriminator) into a run directory, or resume one (``--resume``); and what
+``sample`` and ``interpolate`` do with a GAN checkpoint (one generator evaluation per image).
+
+A command of its own beside ``train`` rather than ``train --model gan``: half of train's flags
+(schedule, prediction, U-Net shape, preview sampler, min-SNR) mean nothing to a GAN, and its own
+(--loss, --z-dim, the widths, Adam's betas) nothing to diffusion; ``train-gan --loss hinge`` reads
+like its siblings ``train-evaluator`` and ``train-autoencoder``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from difflab import distributed, viz
+from difflab.cli.flags import (
+    add_command,
+    add_data_flags,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from difflab.config import GAN_LOSSES, GANConfig, TrainConfig
+from difflab.data import load_dataset
+from difflab.generate import LoadedGAN, draw, gan_latents, generate_gan
+
+# What --resume may change: how long to go on, and where.
+RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = add_command(
+        subparsers,
+        "train-gan",
+        "Train a GAN baseline on the same data and harness as diffusion: DCGAN (Radford et al. "
+        "2016) or the hinge loss with a spectrally normalised discriminator (Miyato et al. "
+        "2018). Sample it with difflab sample, score it with difflab evaluate.",
+    )
+    add_data_flags(p)
+    g = GANConfig()
+    p.add_argument(
+        "--loss", choices=GAN_LOSSES, default=g.loss,
+        help="dcgan: non-saturating BCE, BatchNorm discriminator; hinge: hinge loss, spectral "
+        "norm in the discriminator",
+    )  # fmt: skip
+    p.add_argument("--z-dim", type=positive_int, default=g.z_dim, help="length of z")
+    p.add_argument(
+        "--width", type=positive_int,
+        help="channels of both networks at half the image size, doubled at each further halving "
+        "(default: by data, so that G + D has about the default U-Net's parameters)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
+    p.add_argument("--max-minutes", type=positive_float, help="stop after this much training time")
+    p.add_argument("--max-steps", type=positive_int, help="stop after N steps in all")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="real images per step")
+    p.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate, G and D")
+    p.add_argument("--beta1", type=float, default=g.beta1, help="Adam beta1 (Radford et al.)")
+    p.add_argument(
+        "--ema-decay", type=float, default=0.999,
+        help="EMA of the generator's weights, which sample draws from; 0 = the raw weights",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="initial weights, data order and z")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--sample-every", type=non_negative_int, default=1, help="epochs; 0 = the end")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=1, help="epochs")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=3)
+    p.add_argument("--num-preview", type=positive_int, default=64, help="images per preview")
+    p.add_argument("--num-images", type=positive_int, help="train on the first N images only")
+    p.add_argument("--out", help="run directory (default: runs/gan-<data>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the GAN run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _flags_given(args: argparse.Namespace, argv: list[str], names: list[str]) -> list[str]:
+    """Which of ``names`` (dests) have other values than a parse of ``argv`` gives by default."""
+    from difflab.cli import build_parser  # the package imports this module first
+
+    defaults = vars(build_parser().parse_args(argv))
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) != defaults.get(n)]
+
+
+def cmd_train_gan(args: argparse.Namespace) -> None:
+    from difflab.checkpoint import load_checkpoint
+    from difflab.gan import GAN_TRAIN_DEFAULTS, default_gan_config, gan_run_config, train_gan
+    from difflab.train import latest_checkpoint, resume_config
+
+    if args.resume:
+        others = [n for n in vars(args) if n not in (*RESUME_FLAGS, "resume", "no_progress",
+                                                        "command")]  # fmt: skip
+        fixed = _flags_given(args, ["train-gan"], others)
+        if fixed:
+            raise ValueError(
+                f"{fixed[0]} cannot change when a run is resumed (flags --resume takes: "
+                f"{', '.join('--' + n.replace('_', '-') for n in RESUME_FLAGS)})"
+            )
+        out = Path(args.resume)
+        ckpt = load_checkpoint(latest_checkpoint(out))
+        if ckpt.config.gan is None:
+            raise ValueError(
+                f"{out} is not a GAN run (its checkpoints hold a diffusion model); continue it "
+                f"with difflab train --resume {out}"
+            )
+        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
+        tc = config.train
+        dataset = load_dataset(tc.data, data_dir=tc.data_dir, image_size=config.model.image_size,
+                               seed=tc.seed, num_images=tc.num_images)  # fmt: skip
+    else:
+        if not 0.0 <= args.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
+        if not 0.0 <= args.beta1 < 1.0:
+            raise ValueError(f"--beta1 must lie in [0, 1), got {args.beta1}")
+        train_cfg = TrainConfig(
+            **{**GAN_TRAIN_DEFAULTS, "lr": args.lr}, data=args.data, data_dir=args.data_dir,
+            epochs=args.epochs or 20, max_minutes=args.max_minutes, max_steps=args.max_steps,
+            batch_size=args.batch_size, ema_decay=args.ema_decay, seed=args.seed,
+            device=args.device or "auto", sample_every=args.sample_every,
+            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+            num_preview=args.num_preview, num_images=args.num_images,
+        )  # fmt: skip
+        train_cfg.validate()
+        dataset = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size,
+                               seed=args.seed, num_images=args.num_images)  # fmt: skip
+        gan = default_gan_config(args.data, dataset.image_size, dataset.channels, args.loss,
+                                 args.z_dim)  # fmt: skip
+        if args.width is not None:
+            gan = GANConfig(loss=gan.loss, z_dim=gan.z_dim, g_width=args.width, d_width=args.width)
+        gan = GANConfig(**{**gan.__dict__, "beta1": args.beta1})
+        config = gan_run_config(train_cfg, gan, dataset)
+        out = Path(args.out or f"runs/gan-{args.data}")
+    # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
+    result = train_gan(config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
+                       progress=not args.no_progress)  # fmt: skip
+    if distributed.env_rank() == 0:
+        print(
+            f"trained {result.steps} steps ({result.minutes:.1f} min); loss (D + G) "
+            f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir} "
+            f"(open report.html); sample with: difflab sample --checkpoint "
+            f"{out / 'model_final.safetensors'}"
+        )
+
+
+# What sample and interpolate do with a GAN checkpoint ---------------------------------------------
+
+# Flags of sample / interpolate that only a diffusion model can use.
+SAMPLE_DIFFUSION_FLAGS = ["sampler", "steps", "spacing", "eta", "variance", "show_intermediate",
+                          "gif", "guidance_sweep", "guidance", "class_label",
+                          "no_clip"]  # fmt: skip
+INTERPOLATE_DIFFUSION_FLAGS = ["steps", "guidance", "class_label", "no_clip"]
+
+
+def refuse_diffusion_flags(
+    args: argparse.Namespace, loaded: LoadedGAN, command: str, names: list[str]
+) -> None:
+    """A one-line error for a flag that only diffusion sampling uses, given with a GAN."""
+    given = _flags_given(args, [command, "--checkpoint", "x"], names)
+    if given:
+        raise ValueError(
+            f"{given[0]} applies to diffusion checkpoints; {loaded.config.train.data} GAN "
+            f"{args.checkpoint} draws each image in one generator evaluation (flags it takes: "
+            "--num-images, --seed, --raw-weights, --device, --out)"
+        )
+
+
+def sample_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> None:
+    """``difflab sample`` of a GAN: a grid of G(z), z from --seed."""
+    refuse_diffusion_flags(args, loaded, "sample", SAMPLE_DIFFUSION_FLAGS)
+    start = time.perf_counter()
+    images = draw(loaded, num_images=args.num_images, seed=args.seed)
+    seconds = time.perf_counter() - start
+    viz.save_grid(images, out)
+    print(f"wrote {out} ({args.num_images} images, GAN generator, 1 evaluation, {seconds:.1f} s)")
+
+
+def interpolate_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> None:
+    """``difflab interpolate --seeds A,B`` of a GAN: G along the great circle from z_A to z_B
+    (slerp, as for diffusion's noises: z ~ N(0, I) lies near a sphere), z_A being the first z
+    that ``sample --seed A`` draws."""
+    from difflab.editing import slerp
+
+    refuse_diffusion_flags(args, loaded, "interpolate", INTERPOLATE_DIFFUSION_FLAGS)
+    if not args.seeds or len(args.seeds) != 2 or args.image or args.from_data:
+        raise ValueError(
+            "a GAN interpolates between the z of two seeds: give --seeds A,B and no input "
+            "images (it has no encoder to invert an image)"
+        )
+    z_dim = loaded.model.z_dim
+    z_a, z_b = (gan_latents(1, z_dim, seed) for seed in args.seeds)
+    z = torch.cat([slerp(z_a, z_b, k / (args.frames - 1)) for k in range(args.frames)])
+    start = time.perf_counter()
+    path = generate_gan(loaded.model, num_images=len(z), z=z)  # (frames, C, H, W)
+    headers = [f"{k / (args.frames - 1):.2f}" for k in range(args.frames)]
+    viz.save_labelled_grid(path[None], out, headers)
+    seconds = time.perf_counter() - start
+    print(f"wrote {out} ({args.frames} frames, GAN generator, {seconds:.1f} s)")
+    if args.gif:
+        frames = [path[k : k + 1] for k in [*range(args.frames), *range(args.frames - 2, 0, -1)]]
+        print(f"wrote {viz.save_gif(frames, args.gif, duration=0.15, final_hold=1)}")
