@@ -607,7 +607,9 @@ class Harness:
             self.restore(ckpt)
 
         self.nets: dict[str, Any] = dict(obj.networks)  # what the steps call
-        for name in {phase.network for phase in obj.phases}:
+        # In phase order, the same on every process (a set's order follows PYTHONHASHSEED, which
+        # differs between torchrun's processes, and DDP wraps must match across ranks).
+        for name in dict.fromkeys(phase.network for phase in obj.phases):
             if cfg.compile:
                 self.nets[name] = torch.compile(self.nets[name])
             if ddp.enabled:  # averages the gradients over the processes during backward
