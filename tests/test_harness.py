@@ -220,3 +220,44 @@ def test_a_blank_preview_is_warned_about(tmp_path, capsys, blank):
     assert len(warnings) == 3
     assert warnings[0].startswith("toy train: warning: the preview samples/epoch_001.png is blank")
     assert "its pixels span 0 of 255 grey levels" in warnings[0]
+
+
+class RunsOutOfMemory(ToyObjective):
+    """The toy objective whose second step fails the way an allocator does."""
+
+    error: type = torch.OutOfMemoryError
+
+    def loss(self, phase, batch, nets):
+        if batch.step == 1:
+            raise self.error(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"
+            )
+        return super().loss(phase, batch, nets)
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, RuntimeError])
+def test_out_of_memory_is_one_line_that_says_what_to_change(tmp_path, error):
+    config = toy_config()
+
+    def make(ctx):
+        objective = RunsOutOfMemory(config, ctx)
+        objective.error = error
+        return objective
+
+    with pytest.raises(TrainingError) as stop:
+        fit(make, config, tmp_path / "run", progress=False, prog="toy train")
+    message = str(stop.value)
+    assert message.startswith("out of memory at step 2 on cpu with --batch-size 16: lower")
+    assert "\n" not in message
+
+
+def test_other_runtime_errors_pass_through(tmp_path):
+    config = toy_config()
+
+    class Broken(ToyObjective):
+        def loss(self, phase, batch, nets):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as err:
+        fit(lambda ctx: Broken(config, ctx), config, tmp_path / "run", progress=False)
+    assert not isinstance(err.value, TrainingError)

@@ -397,6 +397,11 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {
 }
 
 
+def is_out_of_memory(err: RuntimeError) -> bool:
+    """A step that ran out of memory: CUDA's OutOfMemoryError, or the CPU allocator's failure."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision that this device cannot train in, before anything is written."""
     if precision not in AMP_DTYPES:
@@ -821,7 +826,17 @@ class Harness:
             pending: list[dict[str, float]] = []  # what was logged since the last metrics line
             for idx in batches[self.batch_in_epoch :]:
                 t0 = time.perf_counter()
-                stats, problem = self.train_step(idx)
+                try:
+                    stats, problem = self.train_step(idx)
+                except RuntimeError as err:  # torch.OutOfMemoryError is one too
+                    if not is_out_of_memory(err):
+                        raise
+                    raise TrainingError(
+                        f"out of memory at step {self.step + 1} on {self.device} with "
+                        f"--batch-size {cfg.batch_size}: lower --batch-size (halving it halves "
+                        "the activations), or try --precision bf16; --resume continues from the "
+                        "last checkpoint"
+                    ) from err
                 self.guard(problem)
                 self.step += 1
                 self.batch_in_epoch += 1
