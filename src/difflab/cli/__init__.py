@@ -1,5 +1,5 @@
 """``difflab visualize | train | distill | sample | inpaint | img2img | interpolate | evaluate |
-train-evaluator | demo``: the command line.
+train-evaluator | demo | serve``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
@@ -14,6 +14,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
   edit.py        inpaint, img2img, interpolate
   evaluate.py    evaluate, train-evaluator
   demo.py        demo
+  serve.py       serve (the web demo)
   flags.py       what they share: the parser classes, flag types, flag groups, checks
 
 A new command is a new module like these: add it to ``COMMAND_MODULES`` (its place there is its
@@ -27,11 +28,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, distill, edit, evaluate, sample, train, visualize
+from difflab.cli import demo, distill, edit, evaluate, sample, serve, train, visualize
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
   difflab demo                                      # train on built-in faces, write every picture
+  difflab serve                                     # then watch it draw, live, in a web page
   difflab visualize --data mnist --data-dir DIR     # watch MNIST digits dissolve into noise
   difflab train --data mnist --data-dir DIR --max-minutes 10 --out runs/mnist
   difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
@@ -49,6 +51,7 @@ COMMAND_MODULES = (
     edit,
     evaluate,
     demo,
+    serve,
 )  # in the order of --help
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -57,6 +60,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,
+    "serve": serve.cmd_serve,
 }  # fmt: skip
 
 
