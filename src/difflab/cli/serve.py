@@ -100,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
     work_dir = Path(tempfile.mkdtemp(prefix="difflab-serve-"))
-    os.environ["GRADIO_TEMP_DIR"] = str(work_dir / "gradio")  # Gradio's files: ours, removed at exit
+    os.environ["GRADIO_TEMP_DIR"] = str(work_dir / "gradio")  # Gradio's files, removed at exit
     try:
         try:
             from difflab.web.app import ServeOptions, is_loopback, serve

@@ -51,6 +51,7 @@ from difflab.web.core import (  # noqa: E402
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+IMAGE_BUTTONS = ["download", "fullscreen"]  # not "share" (a post to Hugging Face)
 CSS = "#final img, #x_t img, #x0_pred img { image-rendering: pixelated; }"
 
 
@@ -158,7 +159,8 @@ class Handlers:
         """A new sampler: its default steps; eta only where it applies (DDIM)."""
         if sampler not in SAMPLERS:
             raise _error(ValueError(f"unknown sampler {sampler!r}"))
-        return gr.update(value=self.demo.default_steps(sampler)), gr.update(visible=sampler == "ddim")
+        steps = gr.update(value=self.demo.default_steps(sampler))
+        return steps, gr.update(visible=sampler == "ddim")
 
 
 def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
@@ -224,15 +226,15 @@ def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
                         with gr.Row():
                             x_t = gr.Image(
                                 label="x_t (noisy sample)", type="numpy", format="png",
-                                interactive=False, elem_id="x_t",
+                                interactive=False, buttons=IMAGE_BUTTONS, elem_id="x_t",
                             )  # fmt: skip
                             x0_pred = gr.Image(
                                 label="predicted x0", type="numpy", format="png",
-                                interactive=False, elem_id="x0_pred",
+                                interactive=False, buttons=IMAGE_BUTTONS, elem_id="x0_pred",
                             )  # fmt: skip
                         final = gr.Image(
                             label="final images", type="numpy", format="png", interactive=False,
-                            elem_id="final",
+                            buttons=IMAGE_BUTTONS, elem_id="final",
                         )  # fmt: skip
                         with gr.Row():
                             png = gr.File(label="PNG", interactive=False, elem_id="png")
@@ -275,7 +277,7 @@ def _forward_tab(demo: DemoModel, handlers: Handlers) -> None:
             )  # fmt: skip
             upload = gr.Image(
                 label=f"Upload ({mc.image_size}x{mc.image_size}, {mc.in_channels} channel(s))",
-                type="filepath", image_mode=None, sources=["upload"], elem_id="upload",
+                type="filepath", image_mode=None, sources=["upload"], buttons=[], elem_id="upload",
             )  # fmt: skip
             t = gr.Slider(
                 0, demo.num_timesteps - 1, value=demo.num_timesteps // 2, step=1,
@@ -286,10 +288,27 @@ def _forward_tab(demo: DemoModel, handlers: Handlers) -> None:
             info = gr.Textbox(label="alpha_bar and SNR at t", interactive=False, elem_id="info")
         with gr.Column(scale=2):
             with gr.Row():
-                x0 = gr.Image(label="x0", format="png", interactive=False)
-                xt = gr.Image(label="x_t", format="png", interactive=False, elem_id="fwd_x_t")
-                eps = gr.Image(label="noise eps (+-3 sigma)", format="png", interactive=False)
-            curves = gr.Image(label="schedule", format="png", interactive=False, elem_id="curves")
+                x0 = gr.Image(label="x0", format="png", interactive=False, buttons=IMAGE_BUTTONS)
+                xt = gr.Image(
+                    label="x_t",
+                    format="png",
+                    interactive=False,
+                    buttons=IMAGE_BUTTONS,
+                    elem_id="fwd_x_t",
+                )
+                eps = gr.Image(
+                    label="noise eps (+-3 sigma)",
+                    format="png",
+                    interactive=False,
+                    buttons=IMAGE_BUTTONS,
+                )
+            curves = gr.Image(
+                label="schedule",
+                format="png",
+                interactive=False,
+                buttons=IMAGE_BUTTONS,
+                elem_id="curves",
+            )
     inputs = [source, index, upload, t, noise_seed]
     outputs = [x0, xt, eps, curves, info]
     show.click(handlers.forward, inputs, outputs, api_name="forward")

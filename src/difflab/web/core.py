@@ -10,6 +10,7 @@ one is a ``ValueError`` whose one line names the value and the range expected.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from difflab import viz
 from difflab.data import ImageDataset, load_dataset
@@ -210,7 +212,9 @@ class DemoModel:
     def describe(self) -> str:
         """One line about the model, for the top of the page."""
         mc = self.config.model
-        kind = "distilled consistency model (1, 2 or 4 steps)" if self.distilled else "diffusion model"
+        kind = (
+            "distilled consistency model (1, 2 or 4 steps)" if self.distilled else "diffusion model"
+        )
         classes = f", {mc.num_classes} classes" if mc.num_classes else ", unconditional"
         return (
             f"{self.path.name}: {kind} of {self.config.train.data}, {mc.image_size}x{mc.image_size}"
@@ -246,7 +250,9 @@ class DemoModel:
             sampler_name, w, eta_value = "consistency", self.config.consistency.guidance, 0.0
         else:
             if sampler not in SAMPLERS:
-                raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+                raise ValueError(
+                    f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}"
+                )
             sampler_name = str(sampler)
             if steps in (None, ""):
                 steps = default_steps(sampler_name, self.num_timesteps)
@@ -353,16 +359,22 @@ class DemoModel:
                     )  # fmt: skip
                 put(("done", images))
             except BaseException as err:  # handed to the caller, raised there
-                try:
+                with contextlib.suppress(Stopped):
                     put(("error", err))
-                except Stopped:
-                    pass
 
         worker = threading.Thread(target=work, name="difflab-generate", daemon=True)
         worker.start()
         try:
             while True:
-                kind, item = handoff.get()
+                try:
+                    kind, item = handoff.get(timeout=0.05)
+                except queue.Empty:
+                    if worker.is_alive():
+                        continue
+                    try:  # it may have handed something over just before it ended
+                        kind, item = handoff.get_nowait()
+                    except queue.Empty:
+                        return  # stopped: the worker ended with nothing more to hand over
                 if kind == "frame":
                     yield item
                     continue
@@ -393,9 +405,9 @@ class DemoModel:
             viz.save_labelled_grid(cells, png, [""] * nrow, row_headers=self.class_names)
         else:
             viz.save_grid(images, png)
-        path = viz.save_denoising_gif(gif.with_x0(images), out / f"denoising_seed{request.seed}.gif")
-        from PIL import Image
-
+        path = viz.save_denoising_gif(
+            gif.with_x0(images), out / f"denoising_seed{request.seed}.gif"
+        )
         with Image.open(png) as picture:
             grid = np.asarray(picture.convert("RGB"))
         return Result(images=images, grid=grid, png=png, gif=path, seed=request.seed)
