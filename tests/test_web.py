@@ -15,7 +15,7 @@ from difflab.config import ConsistencyConfig, DiffusionConfig, ModelConfig, RunC
 from difflab.data import EMOJI_CLASSES
 from difflab.generate import TrajectoryRecorder, generate
 from difflab.models.unet import UNet
-from difflab.web.core import EVERY_CLASS, MAX_SEED, DemoModel, Frame, Result, parse_seed, to_display
+from difflab.web.core import MAX_SEED, DemoModel, Frame, Result, parse_seed, to_display
 
 
 def tiny(path, num_classes=0, distilled=False):
@@ -227,17 +227,17 @@ def test_forward_view_is_q_sample_with_its_schedule_values(models, tmp_path):
     assert view.curves.ndim == 3 and view.curves.dtype == np.uint8
     late = m.forward_view(x0, t=29, seed=4)
     assert late.snr < view.snr < m.forward_view(x0, t=0, seed=4).snr  # noisier as t grows
-    for bad, match in [({"t": 30}, "t must be an integer in 0..29"), ({"t": -1}, "0..29")]:
+    for bad, match in [({"t": 30}, r"t must be an integer in 0\.\.29"), ({"t": -1}, r"0\.\.29")]:
         with pytest.raises(ValueError, match=match):
             m.forward_view(x0, **bad)
-    with pytest.raises(ValueError, match="image index must be an integer in 0.."):
+    with pytest.raises(ValueError, match=r"image index must be an integer in 0\.\."):
         m.forward_image(index=10**6)
     # an upload of the model's size and channels works; another size is refused in one line
     Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "ok.png")
     Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "big.png")
     up = m.forward_image(upload=str(tmp_path / "ok.png"))
     assert up.shape == (1, 3, 8, 8) and torch.allclose(up, torch.full_like(up, 200 / 127.5 - 1))
-    with pytest.raises(ValueError, match="is 9x9 with 3 channel.*expects 8x8 with 3"):
+    with pytest.raises(ValueError, match=r"is 9x9 with 3 channel.*expects 8x8 with 3"):
         m.forward_image(upload=str(tmp_path / "big.png"))
 
 
