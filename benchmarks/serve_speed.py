@@ -47,8 +47,9 @@ def time_browser(page, args, seed):
     page.fill("#num_images input", str(args.num_images))
     start = time.perf_counter()
     page.click("#generate")
+    done = f"done: {args.num_images} images, {args.steps} steps, seed {seed}"  # this run's
     page.wait_for_function(
-        "document.querySelector('#status textarea').value.startsWith('done')", timeout=600_000
+        f"document.querySelector('#status textarea').value === {done!r}", timeout=600_000
     )
     return time.perf_counter() - start
 
