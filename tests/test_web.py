@@ -2,6 +2,7 @@
 value, the live frames, Stop, the same images as `difflab sample`, the forward-process view,
 and `difflab serve`'s one-line errors. The browser and load tests are in test_web_browser.py."""
 
+import sys
 import threading
 
 import numpy as np
@@ -260,3 +261,47 @@ def test_serve_help_explains_the_page(capsys):
     out = capsys.readouterr().out
     for words in ("Forward process", "--queue-size", "127.0.0.1", "no internet", "difflab demo"):
         assert words in out
+
+
+def test_serve_without_the_demo_extra_says_how_to_install_it(ckpts, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+    monkeypatch.delitem(sys.modules, "difflab.web.app", raising=False)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "unused")  # serve sets it; restored afterwards
+    assert main(["serve", "--checkpoint", ckpts["uncond"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install -e ".[demo]"' in err and "gradio" in err
+
+
+@pytest.mark.slow  # importing Gradio alone takes seconds
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_serve_says_so_in_one_line_when_not_on_loopback(ckpts, monkeypatch, capsys, host, warned):
+    pytest.importorskip("gradio")
+    import difflab.cli.serve as serve_cli
+    import difflab.web.app as app
+
+    launched = {}
+
+    class App:
+        def close(self):
+            launched["closed"] = True
+
+    def fake_serve(demo, options, work_dir, block=True):
+        launched.update(options=options, work_dir=work_dir)
+        return App()
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "serve", fake_serve)
+    monkeypatch.setattr(serve_cli.time, "sleep", interrupt)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", "unused")
+    monkeypatch.setattr(serve_cli.signal, "signal", lambda *a: None)
+    assert main(["serve", "--checkpoint", ckpts["uncond"], "--host", host, "--port", "8123"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == (1 if warned else 0), lines
+    if warned:
+        assert "warning: listening on 0.0.0.0" in lines[0] and "8123" in lines[0]
+    assert launched["options"].host == host and launched["closed"]
+    assert "open http://127.0.0.1:8123" in captured.out
+    assert not launched["work_dir"].parent.exists()  # its temporary folder is removed at exit
