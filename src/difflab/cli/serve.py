@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from difflab.cli.flags import add_command, positive_int
+from difflab.cli.flags import HelpFormatter, add_command, positive_int
 
 # What `difflab demo` writes with its default --out
 DEFAULT_CHECKPOINT = Path("runs/demo/model_final.safetensors")
@@ -69,14 +69,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the epilog's lines and appends defaults to the flags' help."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
-            return text
-        return super()._get_help_string(action) or text
+class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The commands' help (defaults appended), keeping the epilog's line breaks."""
 
 
 def checkpoint_path(given: str | None) -> Path:

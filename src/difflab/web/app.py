@@ -149,6 +149,8 @@ class Handlers:
     def forward(self, source: str, index: Any, upload: str | None, t: Any, seed: Any) -> tuple:
         """The forward-process tab: the image, x_t, the noise and the schedule's curves at t."""
         try:
+            if source == "upload" and not upload:
+                raise ValueError("no image uploaded: drop one on the upload box, or pick 'dataset'")
             x0 = self.demo.forward_image(index, upload if source == "upload" else None)
             view = self.demo.forward_view(x0, t, seed)
         except ValueError as err:
