@@ -35,11 +35,12 @@ def chromium_path():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An 8 px U-Net with its initial weights (T = 50): the page and the load need nothing more."""
+    """An 8 px U-Net with its initial weights (T = 200, so Stop has steps to stop): the page and
+    the load need nothing more."""
     root = tmp_path_factory.mktemp("serve")
     mc = ModelConfig(image_size=8, in_channels=3, base_channels=8, channel_mults=(1, 2),
                      num_res_blocks=1)  # fmt: skip
-    config = RunConfig(model=mc, diffusion=DiffusionConfig(timesteps=50), train=TrainConfig())
+    config = RunConfig(model=mc, diffusion=DiffusionConfig(timesteps=200), train=TrainConfig())
     torch.manual_seed(0)
     return save_checkpoint(root / "ckpt" / "model.safetensors", config, UNet(mc).state_dict())
 
@@ -53,7 +54,7 @@ def server(checkpoint, tmp_path_factory):
         checkpoint, "--device", "cpu", "--queue-size", "2", "--concurrency", "1",
         cwd=checkpoint.parent, log=log,
     ) as (url, process):  # fmt: skip
-        yield url, process
+        yield url, process, log
 
 
 @pytest.fixture
@@ -132,13 +133,38 @@ def test_page_streams_frames_then_the_final_image_offline(page, server, checkpoi
     assert all(h.split(":")[0] in LOOPBACK_HOSTS for h in page.hosts)
 
 
-def test_an_out_of_range_value_shows_its_message_in_the_page(page, tmp_path):
+def test_an_out_of_range_value_shows_its_message_in_the_page(page, server, tmp_path):
     page.fill("#steps input", "5000")
     page.click("#generate")
-    message = page.get_by_text("steps must be an integer in 1..50, got 5000")
+    message = page.get_by_text("steps must be an integer in 1..200, got 5000")
     message.first.wait_for(timeout=30_000)
     assert "Traceback" not in page.content()
     save_screenshot(page, tmp_path, "demo_error.png")
+    assert "Traceback" not in server[2].read_text()  # a user's mistake is not a server error
+
+
+def test_stop_ends_the_generation_and_the_next_one_runs(page):
+    page.click("#sampler input")
+    page.get_by_role("option", name="ddpm").click()
+    page.fill("#steps input", "200")
+    page.fill("#num_images input", "64")
+    page.fill("#every input", "1")
+    page.click("#generate")
+    page.wait_for_function(
+        "document.querySelector('#status textarea').value.startsWith('step')", timeout=60_000
+    )
+    page.click("#stop")
+    page.wait_for_function(
+        "document.querySelector('#status textarea').value.startsWith('stop')", timeout=30_000
+    )
+    page.wait_for_timeout(1500)
+    assert page.locator("#final img").count() == 0  # it never reached the end
+    page.fill("#steps input", "5")
+    page.click("#generate")
+    page.wait_for_function(
+        "document.querySelector('#status textarea').value.startsWith('done')", timeout=60_000
+    )
+    assert page.locator("#final img").count() == 1
 
 
 def test_eight_clients_at_once_finish_or_are_told_busy(server, checkpoint, tmp_path):
