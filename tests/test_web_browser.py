@@ -202,8 +202,10 @@ def test_eight_clients_at_once_finish_or_are_told_busy(server, checkpoint, tmp_p
     assert one(99)[0] == "ok"
 
 
-def test_the_queue_cannot_be_bypassed_and_the_checkpoint_is_not_served(server, checkpoint):
-    import httpx
+def test_the_queue_cannot_be_bypassed_uploads_are_limited_and_the_checkpoint_is_not_served(
+    server, checkpoint
+):
+    httpx = pytest.importorskip("httpx")
 
     url = server[0]
     body = {"data": ["ddim", 5, "1", 1, None, 1.0, 0.0, 0]}
@@ -213,3 +215,9 @@ def test_the_queue_cannot_be_bypassed_and_the_checkpoint_is_not_served(server, c
         path.parent.joinpath("serve_cwd_file.txt").write_text("secret")
         got = httpx.get(f"{url}gradio_api/file={path}", timeout=10)
         assert got.status_code in (403, 404), (path, got.status_code)
+    # uploads: over --max-upload (default 1 MB) refused, a small one taken
+    big = {"files": ("big.png", b"\0" * (1024 * 1024 + 1), "image/png")}
+    refused = httpx.post(url + "gradio_api/upload", files=big, timeout=30)
+    assert refused.status_code == 413, (refused.status_code, refused.text)
+    small = {"files": ("small.png", b"\0" * 1000, "image/png")}
+    assert httpx.post(url + "gradio_api/upload", files=small, timeout=30).status_code == 200
