@@ -123,7 +123,8 @@ class Handlers:
                         yield item.x_t, item.x0_pred, item.status, None, None, None, seed_text
                         continue
                     finished = True
-                    done = f"done: {req.num_images} images, {req.steps} steps, seed {req.seed}"
+                    steps = f"{req.steps} step" + ("s" if req.steps > 1 else "")
+                    done = f"done: {req.num_images} images, {steps}, seed {req.seed}"
                     yield (gr.skip(), gr.skip(), done, item.grid, str(item.png), str(item.gif),
                            seed_text)  # fmt: skip
             if not finished:
