@@ -10,4 +10,6 @@ Two layers, so the logic is tested without a browser or even Gradio installed:
   app.py    the Gradio face: ``build_app`` lays out the tabs and wires thin handlers onto
             ``DemoModel``; ``serve`` launches it offline, bounded and local
             (docs/web_demo.md). Needs the ``demo`` extra: ``pip install -e ".[demo]"``.
+  process.py  ``difflab serve`` as a child process (free port, wait until it answers), for the
+            browser tests and the serve benchmarks.
 """
