@@ -177,8 +177,8 @@ def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         if distilled:
-                            sampler = gr.Dropdown(
-                                ["consistency"], value="consistency", label="Sampler",
+                            sampler = gr.Dropdown(  # hidden; any value is ignored
+                                ["consistency", *SAMPLERS], value="consistency", label="Sampler",
                                 info="distilled model: its own 1-4 step sampler", visible=False,
                                 elem_id="sampler",
                             )  # fmt: skip
