@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow lint format clean
+.PHONY: setup setup-demo demo serve test test-slow lint format clean
 
 $(BIN)/difflab: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,18 @@ $(BIN)/difflab: pyproject.toml requirements-ci.txt
 
 setup: $(BIN)/difflab
 
+# The web demo's extra (Gradio, and gradio_client + Playwright for its tests): the slow target only
+$(VENV)/.demo-installed: $(BIN)/difflab
+	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	touch $@
+
+setup-demo: $(VENV)/.demo-installed
+
 demo: setup
 	$(BIN)/difflab demo --out runs/demo
+
+serve: setup-demo
+	$(BIN)/difflab serve
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -24,7 +34,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
-test-slow: setup
+test-slow: setup-demo
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]  # 5 = no slow tests collected
 
 format: setup

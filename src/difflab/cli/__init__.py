@@ -1,5 +1,5 @@
 """``difflab visualize | train | train-gan | distill | sample | inpaint | img2img | interpolate |
-inspect | evaluate | train-evaluator | demo``: the command line.
+inspect | evaluate | train-evaluator | demo | serve``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
@@ -16,6 +16,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
   insides.py     inspect
   evaluate.py    evaluate, train-evaluator
   demo.py        demo
+  serve.py       serve (the web demo)
   flags.py       what they share: the parser classes, flag types, flag groups, checks
 
 A new command is a new module like these: add it to ``COMMAND_MODULES`` (its place there is its
@@ -29,11 +30,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, distill, edit, evaluate, gan, insides, sample, train, visualize
+from difflab.cli import demo, distill, edit, evaluate, gan, insides, sample, serve, train, visualize
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
   difflab demo                                      # train on built-in faces, write every picture
+  difflab serve                                     # then watch it draw, live, in a web page
   difflab visualize --data mnist --data-dir DIR     # watch MNIST digits dissolve into noise
   difflab train --data mnist --data-dir DIR --max-minutes 10 --out runs/mnist
   difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
@@ -53,6 +55,7 @@ COMMAND_MODULES = (
     insides,
     evaluate,
     demo,
+    serve,
 )  # in the order of --help
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -62,7 +65,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,
-    "inspect": insides.cmd_inspect,
+    "inspect": insides.cmd_inspect, "serve": serve.cmd_serve,
 }  # fmt: skip
 
 

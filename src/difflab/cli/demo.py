@@ -69,3 +69,5 @@ def cmd_demo(args: argparse.Namespace) -> None:
     final = sorted((out / "samples").glob("*.png"))[-1]
     report = write_run_report(out, config, result, final)
     print(f"demo finished: open {report}")
+    # the web demo on this fresh model (difflab serve, which needs the demo extra)
+    print(f"watch it draw live: difflab serve --checkpoint {out / 'model_final.safetensors'}")

@@ -1,0 +1,496 @@
+"""What the web demo does, without the web: load a checkpoint, validate a request, stream the
+denoising, show the forward process.
+
+A face is thin (STYLE 17): the Gradio handlers in ``difflab.web.app`` only turn page values into
+calls of this module, and this module calls ``difflab.generate.generate`` with the same arguments
+``difflab sample`` passes (``cli/sample.py``), so the page and the command give the same images
+for the same seed. Every value that arrives from a page is checked here, on the server: a bad
+one is a ``ValueError`` whose one line names the value and the range expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from difflab import viz
+from difflab.data import ImageDataset, load_dataset
+from difflab.diffusion import q_sample
+from difflab.generate import (
+    TrajectoryRecorder,
+    check_distilled_sampling,
+    class_labels,
+    generate,
+    load_input_images,
+    load_model,
+)
+from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
+
+RANDOM_SEED = "random"  # what the seed box says to draw a fresh seed
+EVERY_CLASS = "every class (one row each)"  # the class choice that mirrors `difflab sample`
+MAX_GUIDANCE = 20.0  # guidance scales above this only saturate the images
+MAX_SEED = 2**32 - 1
+PREVIEWS = 20  # about this many live frames when the page leaves "every k steps" at 0 (auto)
+DISPLAY_PX = 384  # streamed grids are upscaled (nearest, integer factor) to at least this width
+FORWARD_IMAGES = 1000  # the forward-process tab offers the first this many test images
+
+
+class Stopped(Exception):
+    """Raised inside the sampler's callback when the page pressed Stop: sampling ends there."""
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One validated "Generate" press: everything ``generate`` needs, nothing left to parse."""
+
+    sampler: str  # one of SAMPLERS, or "consistency" for a distilled model
+    steps: int  # network evaluations
+    seed: int  # the seed actually used (drawn when the page asked for a random one)
+    num_images: int  # images drawn (every-class grids round up to whole rows)
+    class_label: int | None  # the class of every image; None: every class in turn, or no classes
+    guidance: float  # classifier-free guidance scale (1 = plain conditional)
+    eta: float  # DDIM noise, 0 for the other samplers
+    every: int  # a live frame every this many steps (and always the last step)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A live preview: the noisy x_t and the network's predicted x0 after step ``step`` of
+    ``total``, as uint8 RGB grids (H, W, 3) ready to be shown losslessly."""
+
+    step: int  # 1-based step just evaluated
+    total: int  # steps in this generation
+    t: int  # its code timestep (difflab.schedules: paper step t + 1)
+    x_t: np.ndarray  # (H, W, 3) uint8 grid of x_t
+    x0_pred: np.ndarray  # (H, W, 3) uint8 grid of the predicted x0
+
+    @property
+    def status(self) -> str:
+        return f"step {self.step}/{self.total} (t = {self.t})"
+
+
+@dataclass(frozen=True)
+class Result:
+    """A finished generation: the final images and the files the page offers for download."""
+
+    images: torch.Tensor  # (N, C, H, W) in [-1, 1], as generate returned them
+    grid: np.ndarray  # (H, W, 3) uint8: the PNG's pixels
+    png: Path  # the grid, written as `difflab sample --out` writes it
+    gif: Path  # the denoising GIF, x_t beside the predicted x0, as `difflab sample --gif`
+    seed: int  # the seed used
+
+
+@dataclass(frozen=True)
+class ForwardView:
+    """The forward-process tab for one image and one t (Ho et al. 2020, Eq. 4)."""
+
+    x0: np.ndarray  # (H, W, 3) uint8, the image
+    x_t: np.ndarray  # (H, W, 3) uint8, sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
+    eps: np.ndarray  # (H, W, 3) uint8, the noise eps / 3 (so +-3 sigma spans black to white)
+    curves: np.ndarray  # (H, W, 3) uint8 plot of alpha_bar_t and the SNR with t marked
+    alpha_bar: float  # alpha_bar_t
+    snr: float  # alpha_bar_t / (1 - alpha_bar_t)
+
+    @property
+    def status(self) -> str:
+        return f"alpha_bar_t = {self.alpha_bar:.4g}, SNR = {self.snr:.4g} (log10 {math.log10(self.snr):+.2f})"
+
+
+def _number(name: str, value: Any) -> float:
+    """A page value as a finite float, or a one-line error naming the field."""
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` (a number or text from the page) as an integer in ``low..high``."""
+    number = _number(name, value)
+    if number != int(number) or not low <= number <= high:
+        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    return int(number)
+
+
+def check_float(name: str, value: Any, low: float, high: float) -> float:
+    number = _number(name, value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def parse_seed(value: Any, draw: Callable[[], int] | None = None) -> int:
+    """An integer seed in 0..2^32-1, or a fresh one when the box says "random" (or is empty)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", RANDOM_SEED)):
+        return (draw or (lambda: secrets.randbelow(MAX_SEED + 1)))()
+    return check_int(f"seed (an integer or '{RANDOM_SEED}')", value, 0, MAX_SEED)
+
+
+def to_display(images: Any, nrow: int | None = None, min_width: int = DISPLAY_PX) -> np.ndarray:
+    """A batch in [-1, 1] as one (H, W, 3) uint8 grid, upscaled by an integer factor (nearest)
+    to at least ``min_width`` pixels: small images stay sharp and every pixel is exact."""
+    grid = viz.make_grid(images, nrow=nrow)  # (H, W, 3)
+    factor = max(1, math.ceil(min_width / grid.shape[1]))
+    return grid.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+class DemoModel:
+    """A checkpoint loaded once for the server, with everything the page needs to know about it."""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str],
+        device: str = "auto",
+        *,
+        max_images: int = 64,
+    ) -> None:
+        if max_images < 1:
+            raise ValueError(f"max images must be >= 1, got {max_images}")
+        self.path = Path(checkpoint)
+        self.loaded = load_model(self.path, device)
+        self.config = self.loaded.config
+        self.schedule = self.loaded.schedule
+        self.max_images = max_images
+        self._dataset: ImageDataset | None = None
+        self._dataset_error: str | None = None
+        self._lock = threading.Lock()  # one sampler at a time on one model
+        self._data_lock = threading.Lock()
+
+    # What the page shows --------------------------------------------------------------------
+
+    @property
+    def distilled(self) -> bool:
+        """A distilled model (``difflab distill``): a consistency model (1, 2 or 4 steps) or a
+        progressive student (DDIM in its own steps); no sampler, no guidance to choose."""
+        return self.config.consistency is not None or self.config.progressive is not None
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.model.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names) or [str(k) for k in range(self.num_classes)]
+
+    @property
+    def class_choices(self) -> list[str]:
+        """The class box: every class in turn, or one class by name (conditional models only)."""
+        return [EVERY_CLASS, *self.class_names] if self.num_classes else []
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    @property
+    def step_choices(self) -> list[int]:
+        """Steps a distilled model samples in: 1, 2 or 4 (consistency), or the steps a
+        progressive student was distilled for."""
+        from difflab.consistency import STEP_TIMES
+
+        if self.config.progressive is not None:
+            return [self.config.progressive.steps]
+        return sorted(STEP_TIMES)
+
+    def default_steps(self, sampler: str = DEFAULT_SAMPLER) -> int:
+        return (
+            self.step_choices[0] if self.distilled else default_steps(sampler, self.num_timesteps)
+        )
+
+    def describe(self) -> str:
+        """One line about the model, for the top of the page."""
+        mc = self.config.model
+        kind = "diffusion model"
+        if self.config.consistency is not None:
+            kind = "distilled consistency model (1, 2 or 4 steps)"
+        elif self.config.progressive is not None:
+            kind = f"progressively distilled model (DDIM, {self.config.progressive.steps} steps)"
+        classes = f", {mc.num_classes} classes" if mc.num_classes else ", unconditional"
+        return (
+            f"{self.path.name}: {kind} of {self.config.train.data}, {mc.image_size}x{mc.image_size}"
+            f"x{mc.in_channels}{classes}, T = {self.num_timesteps}, {self.loaded.device.type}"
+        )
+
+    # Generate -------------------------------------------------------------------------------
+
+    def parse_request(
+        self,
+        *,
+        sampler: Any = DEFAULT_SAMPLER,
+        steps: Any = None,
+        seed: Any = 0,
+        num_images: Any = 16,
+        class_choice: Any = None,
+        guidance: Any = 1.0,
+        eta: Any = 0.0,
+        every: Any = 0,
+        draw_seed: Callable[[], int] | None = None,
+    ) -> GenerateRequest:
+        """Check every field of a Generate press, as ``difflab sample`` checks its flags."""
+        n = check_int("number of images", num_images, 1, self.max_images)
+        if self.distilled:
+            choices = self.step_choices
+            given = steps if steps not in (None, "") else choices[0]
+            got = check_int("steps", given, 1, max(choices))
+            if got not in choices:
+                raise ValueError(
+                    f"steps must be one of {', '.join(map(str, choices))} for a distilled model, "
+                    f"got {steps!r}"
+                )
+            sampler_name, total = check_distilled_sampling(self.config, got, None)
+            distilled = self.config.consistency or self.config.progressive
+            w, eta_value = distilled.guidance, 0.0
+        else:
+            if sampler not in SAMPLERS:
+                raise ValueError(
+                    f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}"
+                )
+            sampler_name = str(sampler)
+            if steps in (None, ""):
+                steps = default_steps(sampler_name, self.num_timesteps)
+            total = check_int("steps", steps, 1, self.num_timesteps)
+            timestep_sequence(self.num_timesteps, total, "trailing")
+            w = 1.0
+            if self.num_classes:
+                w = check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
+            eta_value = check_float("eta", eta, 0.0, 1.0) if sampler_name == "ddim" else 0.0
+        label: int | None = None
+        if self.num_classes and class_choice not in (None, "", EVERY_CLASS):
+            if class_choice not in self.class_names:
+                raise ValueError(
+                    f"unknown class {class_choice!r}; expected one of {', '.join(self.class_choices)}"
+                )
+            label = self.class_names.index(class_choice)
+        if self.num_classes and label is None:  # one row per class, as difflab sample draws
+            n = -(-n // self.num_classes) * self.num_classes
+        k = check_int("preview every k steps (0 = auto)", every, 0, total)
+        return GenerateRequest(
+            sampler=sampler_name, steps=total, seed=parse_seed(seed, draw_seed), num_images=n,
+            class_label=label, guidance=w, eta=eta_value, every=k or max(1, round(total / PREVIEWS)),
+        )  # fmt: skip
+
+    def generate_kwargs(self, request: GenerateRequest) -> dict[str, Any]:
+        """The keywords of ``generate`` for a request: those ``cmd_sample`` passes for the same
+        flags (its ``sampler_options`` with --spacing trailing and --variance beta)."""
+        if self.distilled:
+            options: dict[str, Any] = {"steps": request.steps}
+        else:
+            options = {"sampler": request.sampler, "steps": request.steps, "spacing": "trailing"}
+            if request.sampler == "ddpm":
+                options["variance"] = "beta"
+            elif request.sampler == "ddim":
+                options["eta"] = request.eta
+        return {
+            "num_images": request.num_images, "seed": request.seed,
+            "labels": self.labels(request), "guidance": request.guidance, "clip_x0": True,
+            **options,
+        }  # fmt: skip
+
+    def labels(self, request: GenerateRequest) -> torch.Tensor | None:
+        """One label per image: the chosen class, or classes in blocks of a row each (the rows of
+        ``difflab sample``'s class grid); None for an unconditional model."""
+        if not self.num_classes:
+            return None
+        if request.class_label is not None:
+            return class_labels(self.config, request.class_label, request.num_images)
+        per_class = request.num_images // self.num_classes
+        return torch.arange(self.num_classes).repeat_interleave(per_class)
+
+    def stream(
+        self,
+        request: GenerateRequest,
+        out_dir: str | os.PathLike[str],
+        stop: threading.Event | None = None,
+    ) -> Iterator[Frame | Result]:
+        """Run one generation and yield a ``Frame`` every ``request.every`` steps (and at the last
+        step), then the ``Result``, whose files are written into ``out_dir``.
+
+        The sampler runs in a worker thread and hands frames over a small queue; the sampler
+        callback checks ``stop`` before each step's bookkeeping, so setting it (the Stop button,
+        or closing this generator) ends sampling after the step in progress, and nothing more is
+        written. The worker is always joined before this generator returns.
+        """
+        stop = stop if stop is not None else threading.Event()
+        out = Path(out_dir)
+        nrow = None
+        if self.num_classes and request.class_label is None:
+            nrow = request.num_images // self.num_classes
+        handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
+        seq_len = request.steps
+        gif_every = max(1, seq_len // 40)  # as difflab sample --gif
+        gif = TrajectoryRecorder(
+            lambda i, t: i % gif_every == 0, num_images=min(16, request.num_images)
+        )
+
+        def put(item: tuple[str, Any]) -> None:
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+            raise Stopped
+
+        def callback(info: dict[str, Any]) -> None:
+            if stop.is_set():
+                raise Stopped
+            gif(info)
+            i = info["i"]
+            if i % request.every == 0 or i == seq_len - 1:
+                put(("frame", Frame(
+                    step=i + 1, total=seq_len, t=int(info["t"]),
+                    x_t=to_display(info["x"], nrow), x0_pred=to_display(info["x0_pred"], nrow),
+                )))  # fmt: skip
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    images = generate(
+                        self.loaded.model, self.config, self.schedule, callback=callback,
+                        **self.generate_kwargs(request),
+                    )  # fmt: skip
+                put(("done", images))
+            except BaseException as err:  # handed to the caller, raised there
+                with contextlib.suppress(Stopped):
+                    put(("error", err))
+
+        worker = threading.Thread(target=work, name="difflab-generate", daemon=True)
+        worker.start()
+        try:
+            while True:
+                try:
+                    kind, item = handoff.get(timeout=0.05)
+                except queue.Empty:
+                    if worker.is_alive():
+                        continue
+                    try:  # it may have handed something over just before it ended
+                        kind, item = handoff.get_nowait()
+                    except queue.Empty:
+                        return  # stopped: the worker ended with nothing more to hand over
+                if kind == "frame":
+                    yield item
+                    continue
+                if kind == "error":
+                    if isinstance(item, Stopped):
+                        return
+                    raise item
+                yield self._finish(item, request, gif, nrow, out)
+                return
+        finally:
+            stop.set()
+            worker.join()
+
+    def _finish(
+        self,
+        images: torch.Tensor,
+        request: GenerateRequest,
+        gif: TrajectoryRecorder,
+        nrow: int | None,
+        out: Path,
+    ) -> Result:
+        """Write the PNG as `difflab sample --out` does (a labelled grid with a row per class for
+        a conditional model without a chosen class) and the GIF as `--gif` does."""
+        out.mkdir(parents=True, exist_ok=True)
+        png = out / f"samples_seed{request.seed}.png"
+        if nrow is not None:
+            cells = images.view(self.num_classes, nrow, *images.shape[1:])
+            viz.save_labelled_grid(cells, png, [""] * nrow, row_headers=self.class_names)
+        else:
+            viz.save_grid(images, png)
+        path = viz.save_denoising_gif(
+            gif.with_x0(images), out / f"denoising_seed{request.seed}.gif"
+        )
+        with Image.open(png) as picture:
+            grid = np.asarray(picture.convert("RGB"))
+        return Result(images=images, grid=grid, png=png, gif=path, seed=request.seed)
+
+    # Forward process ------------------------------------------------------------------------
+
+    def dataset(self) -> ImageDataset:
+        """The test split of the data the model was trained on (first ``FORWARD_IMAGES``), loaded
+        once; a ``ValueError`` saying why when its files are not on this machine."""
+        with self._data_lock:
+            if self._dataset is None and self._dataset_error is None:
+                tc, mc = self.config.train, self.config.model
+                try:
+                    data = load_dataset(
+                        tc.data, data_dir=tc.data_dir, split="test", image_size=mc.image_size,
+                        seed=tc.seed, download=False,
+                    )  # fmt: skip
+                    keep = min(FORWARD_IMAGES, data.num_images)
+                    self._dataset = ImageDataset(
+                        data.name, data.images[:keep], data.labels[:keep], data.class_names
+                    )
+                except (ValueError, OSError) as err:
+                    self._dataset_error = (
+                        f"the {tc.data} test images are not available here ({err}); upload an image"
+                    )
+        if self._dataset is None:
+            raise ValueError(self._dataset_error)
+        return self._dataset
+
+    def forward_image(self, index: Any = None, upload: str | None = None) -> torch.Tensor:
+        """(1, C, H, W) in [-1, 1]: an uploaded file (the model's size and channels, checked by
+        ``load_input_images``) or test image ``index``."""
+        if upload:
+            return load_input_images(self.config, paths=[upload])
+        data = self.dataset()
+        i = check_int("image index", index, 0, data.num_images - 1)
+        return torch.from_numpy(data.images[i : i + 1].copy())
+
+    def forward_view(self, x0: torch.Tensor, t: Any, seed: Any = 0) -> ForwardView:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, Eq. 4) with eps
+        from ``np.random.default_rng(seed)``, and where t stands on the schedule's curves."""
+        step = check_int("t", t, 0, self.num_timesteps - 1)
+        rng = np.random.default_rng(parse_seed(seed))
+        x = x0.numpy().astype(np.float64)  # (1, C, H, W)
+        eps = rng.standard_normal(x.shape)  # (1, C, H, W)
+        x_t = q_sample(x, np.array([step]), eps, self.schedule)  # (1, C, H, W)
+        ab = float(self.schedule.alpha_bar[step])
+        snr = float(self.schedule.snr[step])
+        return ForwardView(
+            x0=to_display(x, min_width=192), x_t=to_display(x_t, min_width=192),
+            eps=to_display(np.clip(eps / 3.0, -1.0, 1.0), min_width=192),
+            curves=schedule_curves(self.schedule, step), alpha_bar=ab, snr=snr,
+        )  # fmt: skip
+
+
+def schedule_curves(schedule: Any, t: int) -> np.ndarray:
+    """(H, W, 3) uint8 plot: alpha_bar_t (left) and log10 SNR_t (right) against t, ``t`` marked."""
+    fig = Figure(figsize=(7.5, 2.8), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    steps = np.arange(schedule.num_timesteps)
+    left, right = fig.subplots(1, 2)
+    left.plot(steps, schedule.alpha_bar, color="C0")
+    left.plot([t], [schedule.alpha_bar[t]], "o", color="C3")
+    left.axvline(t, color="C3", alpha=0.4)
+    left.set_title(r"$\bar\alpha_t$ (signal kept)")
+    left.set_ylim(-0.02, 1.02)
+    right.plot(steps, np.log10(schedule.snr), color="C1")
+    right.plot([t], [np.log10(schedule.snr[t])], "o", color="C3")
+    right.axvline(t, color="C3", alpha=0.4)
+    right.set_title(r"$\log_{10}$ SNR $= \log_{10} \bar\alpha_t / (1 - \bar\alpha_t)$")
+    for ax in (left, right):
+        ax.set_xlabel(f"t (0 .. {schedule.num_timesteps - 1}, {schedule.name})")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()  # (H, W, 3)
