@@ -1,4 +1,4 @@
-"""``difflab visualize | train | distill | sample | inpaint | img2img | interpolate | evaluate |
+"""``difflab visualize | train | train-autoencoder | distill | sample | inpaint | img2img | interpolate | evaluate |
 train-evaluator | demo``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
@@ -9,6 +9,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
 
   visualize.py   visualize
   train.py       train
+  autoencoder.py train-autoencoder
   distill.py     distill
   sample.py      sample
   edit.py        inpaint, img2img, interpolate
@@ -27,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, distill, edit, evaluate, sample, train, visualize
+from difflab.cli import autoencoder, demo, distill, edit, evaluate, sample, train, visualize
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
@@ -44,6 +45,7 @@ EPILOG = """examples:
 COMMAND_MODULES = (
     visualize,
     train,
+    autoencoder,
     distill,
     sample,
     edit,
@@ -54,6 +56,7 @@ COMMAND_MODULES = (
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "visualize": visualize.cmd_visualize, "train": train.cmd_train,
     "distill": distill.cmd_distill, "sample": sample.cmd_sample,
+    "train-autoencoder": autoencoder.cmd_train_autoencoder,
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,
