@@ -237,7 +237,9 @@ def reconstruction_fid(config: RunConfig, reconstructions: np.ndarray, test: Ima
     except ValueError as err:
         return f"not measured ({err})"
     if not path.is_file():
-        return f"not measured (no evaluator; {ev.train_evaluator_command(tc.data, size, tc.data_dir)})"
+        return (
+            f"not measured (no evaluator; {ev.train_evaluator_command(tc.data, size, tc.data_dir)})"
+        )
     evaluator = ev.load_evaluator(path, "cpu")
     data_dir = tc.data_dir or evaluator.info.get("data_dir")
     seed = tc.seed if tc.data in ("emoji", "shapes") else 0

@@ -237,7 +237,7 @@ def latent_run_config(
     32/64 channels at 8/4 px, one block per level, attention at 4 px; ``default_model_config``)."""
     from difflab.train import prepare_run
 
-    ae, ae_config, sha = load_autoencoder(autoencoder)
+    _, ae_config, sha = load_autoencoder(autoencoder)
     ac = ae_config.autoencoder
     assert ac is not None and ac.latent_scale is not None
     if train_cfg.data != ae_config.train.data:

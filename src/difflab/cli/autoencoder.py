@@ -62,7 +62,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--l2-weight", type=non_negative_float, default=a.l2_weight,
         help="weight of the squared error beside the L1 error",
     )  # fmt: skip
-    p.add_argument("--epochs", type=positive_int, help=f"passes over the data (default: {d.epochs})")
+    p.add_argument(
+        "--epochs", type=positive_int, help=f"passes over the data (default: {d.epochs})"
+    )
     p.add_argument("--max-minutes", type=positive_float, help="stop after this much time")
     p.add_argument("--max-steps", type=positive_int, help="stop after N steps in all")
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per step")
