@@ -166,6 +166,10 @@ def train(
             raise ValueError("--resume is available for the torch backend only")
         return train_numpy(config, dataset, out_dir, overwrite=overwrite, progress=progress)
 
+    if config.autoencoder is not None:
+        raise ValueError(
+            f"{out_dir} is an autoencoder run; continue it with difflab train-autoencoder --resume"
+        )
     if config.latent is not None:  # diffusion on an autoencoder's latents
         from difflab.latent import train_latent
 
