@@ -250,15 +250,15 @@ def reconstruction_fid(config: RunConfig, reconstructions: np.ndarray, test: Ima
 
 
 def autoencoder_config_for(dataset: ImageDataset, **fields: Any) -> AutoencoderConfig:
-    """The autoencoder for this data: pad to the next multiple of 2^(levels - 1) (28 -> 32)."""
+    """The autoencoder for this data, with ``fields`` (None: the default) changed. Unless given,
+    the padded size is the smallest multiple of 2^levels at or above the image size (28 -> 32):
+    the latent grid (padded / 2^(levels - 1)) then has an even size, which the latent U-Net can
+    halve once more (8 x 8 -> 4 x 4; a 7 x 7 grid would leave it a single level)."""
     cfg = AutoencoderConfig(image_size=dataset.image_size, image_channels=dataset.channels)
     cfg = replace(cfg, **{k: v for k, v in fields.items() if v is not None})
-    factor = 2 ** (len(cfg.channel_mults) - 1)
-    if "padded_size" not in fields or fields["padded_size"] is None:
-        padded = math.ceil(cfg.image_size / factor) * factor
-        if (padded - cfg.image_size) % 2:
-            padded += factor
-        cfg = replace(cfg, padded_size=padded)
+    if fields.get("padded_size") is None:
+        step = 2 ** len(cfg.channel_mults)
+        cfg = replace(cfg, padded_size=math.ceil(cfg.image_size / step) * step)
     cfg.validate()
     return cfg
 

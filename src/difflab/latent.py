@@ -37,6 +37,7 @@ from difflab.data import ImageDataset
 from difflab.distill import file_sha256
 from difflab.harness import Batch, Context, TrainResult, fit
 from difflab.models.autoencoder import Autoencoder
+from difflab.models.unet import count_parameters
 from difflab.train import DiffusionObjective
 
 # Loaded autoencoders by (resolved path, sha256, device): previews and the demo decode often.
@@ -164,7 +165,7 @@ class LatentDiffusion(DiffusionObjective):
         return (
             f"latent diffusion on {lc.autoencoder}'s {mc.in_channels}x{mc.image_size}x"
             f"{mc.image_size} latents of {self.dataset.name} ({self.num_items} images), "
-            + super().describe().split("), ", 1)[1]
+            f"U-Net with {count_parameters(self.networks['model']):,} parameters"
         )
 
     def finish(self, result: TrainResult, final_preview: Path | None) -> None:
