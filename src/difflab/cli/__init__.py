@@ -38,6 +38,8 @@ EPILOG = """examples:
   difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
   difflab train --data mnist --data-dir DIR --conditional --epochs 2 --out runs/mnist-cond
   difflab sample --checkpoint runs/mnist-cond/model_final.safetensors --class-label 7 --guidance 3
+  difflab train-autoencoder --data mnist --data-dir DIR --max-minutes 2 --out runs/ae
+  difflab train --data mnist --data-dir DIR --latent runs/ae/model_final.safetensors  # latent
   difflab train-evaluator --data mnist --data-dir DIR     # once, then:
   difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
 """
