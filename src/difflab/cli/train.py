@@ -286,9 +286,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.latent:  # diffusion on an autoencoder's latents (difflab.latent)
             from difflab.latent import latent_run_config
 
-            if args.backend != "torch" or args.image_size:
-                flag = "--backend numpy" if args.backend != "torch" else "--image-size"
-                raise ValueError(f"{flag} cannot go with --latent (the autoencoder sets the size)")
+            if args.backend != "torch":
+                raise ValueError("--latent trains with the torch backend only, not --backend numpy")
+            if args.image_size:
+                raise ValueError("--image-size cannot go with --latent (the autoencoder's is used)")
             config, dataset = latent_run_config(
                 args.latent, _train_config(args), diffusion, overrides,
                 conditional=args.conditional,
