@@ -6,7 +6,8 @@
 
 For each dataset:
 - the autoencoder: ``difflab train-autoencoder --max-minutes AE`` once; its training minutes are
-  counted in every latent budget, with the one-off encoding of the training set. Its ceiling: PSNR
+  counted in every latent budget, with two encodings of the training set (one for the latent
+  scale, one before latent diffusion's first step; timed here once). Its ceiling: PSNR
   and FID (difflab's evaluator, the test split) of N reconstructed test images;
 - pixel diffusion: ``difflab train --max-minutes B``, continued with ``--resume --max-minutes B``
   to each next budget B, so one run passes through all of them;
@@ -147,7 +148,9 @@ def diffusion_rows(
     if kind == "latent":
         assert ae is not None
         ae_row = res.data["rows"][f"{data}/autoencoder"]
-        ae_minutes = ae_row["train_minutes"] + ae_row["encode_minutes"]
+        # Training, and two encodings of the training set: the latent scale's (at the end of
+        # train-autoencoder) and latent diffusion's (before its first step).
+        ae_minutes = ae_row["train_minutes"] + 2 * ae_row["encode_minutes"]
     for budget in args.budgets:
         key = f"{data}/{kind}/{budget:g}"
         if res.has(key):
