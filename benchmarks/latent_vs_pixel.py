@@ -111,13 +111,13 @@ def train_autoencoder(args: argparse.Namespace, data: str, data_dir: str, res: R
     key = f"{data}/autoencoder"
     if res.has(key) and ckpt.is_file():
         return ckpt
-    run(["train-autoencoder", "--data", data, "--data-dir", data_dir, "--epochs", "1000",
+    run(["train-autoencoder", "--data", data, "--data-dir", data_dir, *subset(args), "--epochs", "1000",
          "--max-minutes", f"{args.ae_minutes:g}", "--sample-every", "0", "--no-progress",
          "--overwrite", "--out", str(run_dir)])  # fmt: skip
     steps, seconds = reached(run_dir)
     res.put(key, {"data": data, "kind": "autoencoder", "steps": steps,
                   "train_minutes": round(seconds / 60, 3),
-                  "encode_minutes": round(encode_minutes(ckpt, data, data_dir), 4),
+                  "encode_minutes": round(encode_minutes(ckpt, data, data_dir, args.num_images), 4),
                   **reconstruction_ceiling(ckpt, data, data_dir, args.num_samples)})  # fmt: skip
     return ckpt
 
@@ -165,7 +165,7 @@ def diffusion_rows(
                  "--no-progress"])  # fmt: skip
         else:
             extra = ["--latent", str(ae)] if kind == "latent" else []
-            run(["train", "--data", data, "--data-dir", data_dir, *extra, "--epochs", "1000",
+            run(["train", "--data", data, "--data-dir", data_dir, *extra, *subset(args), "--epochs", "1000",
                  "--max-minutes", f"{minutes:g}", "--sample-every", "0", "--no-progress",
                  "--overwrite", "--out", str(run_dir)])  # fmt: skip
         steps, seconds = reached(run_dir)
@@ -180,14 +180,18 @@ def diffusion_rows(
                       **score(args, ckpt, data_dir), "grid": grid.name})  # fmt: skip
 
 
-def encode_minutes(ae: Path, data: str, data_dir: str) -> float:
+def subset(args: argparse.Namespace) -> list[str]:
+    return [] if args.num_images is None else ["--num-images", str(args.num_images)]
+
+
+def encode_minutes(ae: Path, data: str, data_dir: str, num_images: int | None) -> float:
     """Minutes to encode the training set once (latent diffusion does it before its first step)."""
     from difflab.autoencoder import encode_images
     from difflab.data import load_dataset
     from difflab.latent import load_autoencoder
 
     model, _, _ = load_autoencoder(ae)
-    images = torch.from_numpy(load_dataset(data, data_dir=data_dir).images)
+    images = torch.from_numpy(load_dataset(data, data_dir=data_dir, num_images=num_images).images)
     start = time.perf_counter()
     encode_images(model, images)
     return (time.perf_counter() - start) / 60
@@ -319,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats")
     parser.add_argument("--results", default="/tmp/latent_vs_pixel", help="results directory")
+    parser.add_argument("--num-images", type=int, help="train on the first N images (smoke runs)")
     parser.add_argument("--write-docs", action="store_true", help="update docs/latent.md")
     args = parser.parse_args(argv)
     args.budgets = sorted(float(b) for b in args.budgets.split(","))
