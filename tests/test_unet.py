@@ -127,7 +127,7 @@ def test_time_embedding_is_sinusoidal():
     ("kwargs", "match"),
     [
         ({"image_size": 30, "channel_mults": (1, 2, 2)}, "cannot be halved"),
-        ({"in_channels": 2}, "in_channels"),
+        ({"in_channels": 0}, "in_channels"),  # any positive count: latents have 4
         ({"base_channels": 12, "norm_groups": 8}, "GroupNorm"),
         ({"attention_levels": (5,)}, "attention_levels"),
     ],

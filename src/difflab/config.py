@@ -26,7 +26,7 @@ class ModelConfig:
     """The U-Net's shape. Same fields for the PyTorch and the NumPy backend."""
 
     image_size: int = 28  # height = width of the images, in pixels
-    in_channels: int = 1  # 1 for grey images, 3 for RGB
+    in_channels: int = 1  # 1 for grey images, 3 for RGB, the latent channels for latent diffusion
     base_channels: int = 32  # channels at full resolution; also the time-embedding input size
     channel_mults: tuple[int, ...] = (
         1,
@@ -48,8 +48,8 @@ class ModelConfig:
                 f"image size {self.image_size} cannot be halved {levels - 1} times by a U-Net with "
                 f"channel_mults {self.channel_mults}; use a multiple of {factor}"
             )
-        if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {self.in_channels}")
         for mult in self.channel_mults:
             if (self.base_channels * mult) % self.norm_groups:
                 raise ValueError(
@@ -216,6 +216,66 @@ class ProgressiveConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    """A KL-regularised autoencoder (``difflab train-autoencoder``; Rombach et al. 2022, Sec. 3.1
+    and App. G) that maps images to a small latent grid and back, for latent diffusion."""
+
+    image_size: int = 28  # the data's height = width, in pixels
+    image_channels: int = 1  # the data's channels
+    padded_size: int = 32  # images are padded with -1 (background) to this size before encoding
+    latent_channels: int = 4  # channels of the latent grid (LDM's KL-f4 has 3, its f8 has 4)
+    base_channels: int = 16  # channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 4)  # per level; the latent is padded_size / 2^(L-1)
+    num_res_blocks: int = 1  # residual blocks per level, in the encoder and the decoder
+    norm_groups: int = 8  # GroupNorm groups; every channel count must divide by it
+    kl_weight: float = 1e-6  # LDM's weight: KL summed over latents vs. L1 summed over pixels
+    l2_weight: float = 1.0  # weight of the squared error beside the L1 error, per pixel
+    latent_scale: float | None = None  # 1 / std of z = mu + sigma eps over the training set;
+    # None until training ends (App. G); latent diffusion multiplies latents by it
+
+    @property
+    def latent_size(self) -> int:
+        return self.padded_size // 2 ** (len(self.channel_mults) - 1)
+
+    def validate(self) -> None:
+        factor = 2 ** (len(self.channel_mults) - 1)
+        if self.padded_size < self.image_size or self.padded_size % factor:
+            raise ValueError(
+                f"padded size {self.padded_size} must be >= the image size {self.image_size} "
+                f"and a multiple of {factor} (channel_mults {self.channel_mults})"
+            )
+        if (self.padded_size - self.image_size) % 2:
+            raise ValueError(
+                f"padded size {self.padded_size} - image size {self.image_size} must be even "
+                "(the same padding on each side)"
+            )
+        for name in ("latent_channels", "base_channels", "num_res_blocks", "image_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for mult in self.channel_mults:
+            if (self.base_channels * mult) % self.norm_groups:
+                raise ValueError(
+                    f"channels {self.base_channels * mult} do not divide into "
+                    f"{self.norm_groups} GroupNorm groups"
+                )
+        for name in ("kl_weight", "l2_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    """Diffusion in the latent space of an autoencoder (``difflab train --latent``, LDM): the
+    U-Net (``RunConfig.model``) works on the latent grid; samples are decoded to images."""
+
+    autoencoder: str  # the autoencoder checkpoint's path, as given to --latent
+    autoencoder_sha256: str  # its content hash: sampling and --resume refuse another file
+    latent_scale: float  # the autoencoder's 1 / std of the latents (z_scaled = scale * z)
+    image_size: int  # height = width of the decoded images
+    image_channels: int  # their channels
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a checkpoint needs to rebuild the model and its diffusion, plus how it was trained."""
 
@@ -227,6 +287,8 @@ class RunConfig:
     consistency: ConsistencyConfig | None = None  # set for a distilled (few-step) model
     progressive: ProgressiveConfig | None = None  # set for a progressively distilled student
     gan: GANConfig | None = None  # set for a GAN (difflab train-gan): no diffusion at all
+    autoencoder: AutoencoderConfig | None = None  # set for an autoencoder run (train-autoencoder)
+    latent: LatentConfig | None = None  # set for a latent diffusion model (train --latent)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -271,6 +333,10 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
                 _build(ProgressiveConfig, data["progressive"]) if data.get("progressive") else None
             ),
             gan=_build(GANConfig, data["gan"]) if data.get("gan") else None,
+            autoencoder=(
+                _build(AutoencoderConfig, data["autoencoder"]) if data.get("autoencoder") else None
+            ),
+            latent=_build(LatentConfig, data["latent"]) if data.get("latent") else None,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"configuration is missing or malformed ({err})") from err

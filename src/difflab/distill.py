@@ -60,6 +60,10 @@ def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkp
             f"{path} is already a consistency model (distilled from "
             f"{teacher.config.consistency.teacher}); distil a diffusion checkpoint"
         )
+    if teacher.config.latent is not None:
+        raise ValueError(
+            f"{path} is a latent diffusion model; difflab distill takes a pixel diffusion model"
+        )
     check_prediction(teacher.config.diffusion.prediction)
     teacher.model  # noqa: B018 (a one-line error for a checkpoint without a diffusion network)
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:

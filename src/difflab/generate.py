@@ -86,8 +86,42 @@ def load_model(
         model.to(dev).eval()
     else:
         raise ValueError(f"unknown backend {backend!r}; expected torch or numpy")
+    sample_space(ckpt.config, dev)  # a latent model's autoencoder: missing or different fails here
     schedule = make_schedule(ckpt.config.diffusion.schedule, ckpt.config.diffusion.timesteps)
     return LoadedModel(model=model, config=ckpt.config, schedule=schedule, device=dev)
+
+
+class PixelSpace:
+    """Where a pixel model's samples live: they are the images (clamped to [-1, 1])."""
+
+    clip_x0 = True  # the sampler may clip the predicted x0 to the images' range
+
+    def to_images(self, x: Any) -> torch.Tensor:
+        return torch.as_tensor(x).float().clamp(-1, 1).cpu()
+
+    def from_images(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def wrap_callback(self, callback: Any) -> Any:
+        return callback
+
+
+def sample_space(config: RunConfig, device: Any = "cpu") -> Any:
+    """The one dispatch point between what a model samples and the images it shows: a pixel
+    model's samples are images; a latent diffusion model's (``config.latent``) are decoded by its
+    autoencoder (``difflab.latent.LatentSpace``, checked against its recorded sha256)."""
+    if config.latent is None:
+        return PixelSpace()
+    from difflab.latent import LatentSpace
+
+    return LatentSpace(config, device)
+
+
+def image_shape(config: RunConfig) -> tuple[int, int]:
+    """(channels, size) of the images a checkpoint makes (a latent model's decoded images)."""
+    if config.latent is not None:
+        return config.latent.image_channels, config.latent.image_size
+    return config.model.in_channels, config.model.image_size
 
 
 # -------------------------------------------------------------------------------------------------
@@ -367,6 +401,9 @@ def generate(
             shape = (n, mc.in_channels, mc.image_size, mc.image_size)
             return torch.randn(shape, generator=generator, device=device)
 
+    space = sample_space(config, "cpu" if isinstance(model, NumpyUNet) else device)
+    clip_x0 = clip_x0 and space.clip_x0
+    callback = space.wrap_callback(callback)
     out = []
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
@@ -390,7 +427,7 @@ def generate(
                 sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,
                 callback=callback if start == 0 else None, **options,
             )  # fmt: skip
-        out.append(torch.as_tensor(x).float().clamp(-1, 1).cpu())
+        out.append(space.to_images(x))  # (n, C, H, W) images in [-1, 1], on the CPU
     if not isinstance(model, NumpyUNet):
         model.train(was_training)
     return torch.cat(out)
@@ -427,8 +464,8 @@ def load_input_images(
     channel count, so nothing is silently resized or recoloured), or by index from the test
     split of the dataset the model was trained on.
     """
-    mc = config.model
-    want = f"{mc.image_size}x{mc.image_size} with {mc.in_channels} channel(s)"
+    channels, image_size = image_shape(config)  # a latent model's: its decoded images'
+    want = f"{image_size}x{image_size} with {channels} channel(s)"
     out = []
     for path in paths:
         try:
@@ -440,9 +477,9 @@ def load_input_images(
             raise ValueError(f"cannot read image {path}: {err}") from err
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]  # (H, W, 1)
-        if mode in ("RGBA", "LA") and mc.in_channels != pixels.shape[2]:
+        if mode in ("RGBA", "LA") and channels != pixels.shape[2]:
             pixels = pixels[:, :, :-1]  # drop the alpha channel
-        if size != (mc.image_size, mc.image_size) or pixels.shape[2] != mc.in_channels:
+        if size != (image_size, image_size) or pixels.shape[2] != channels:
             raise ValueError(
                 f"image {path} is {size[0]}x{size[1]} with {pixels.shape[2]} channel(s) "
                 f"(mode {mode}); this checkpoint expects {want}"
@@ -451,7 +488,7 @@ def load_input_images(
     if data_indices:
         tc = config.train
         test = load_dataset(
-            tc.data, data_dir=tc.data_dir, split="test", image_size=mc.image_size, seed=tc.seed,
+            tc.data, data_dir=tc.data_dir, split="test", image_size=image_size, seed=tc.seed,
             download=False,
         )  # fmt: skip
         for index in data_indices:

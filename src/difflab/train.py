@@ -103,7 +103,7 @@ class DiffusionObjective(Objective):
             drop = torch.rand(b, generator=gen, device=device) < config.train.label_dropout
             y = torch.where(drop, config.model.num_classes, self.labels[batch.idx])
         mine = batch.mine  # ddp: this process's share
-        x0 = self.images[batch.idx[mine]].contiguous(memory_format=self.memory_format)
+        x0 = self.x0_batch(batch).contiguous(memory_format=self.memory_format)
         eps = eps[mine].contiguous(memory_format=self.memory_format)  # (b / world, C, H, W)
         t, y = t[mine], (None if y is None else y[mine])
         net = nets["model"]
@@ -115,6 +115,11 @@ class DiffusionObjective(Objective):
             model_fn, x0, t, eps, self.schedule, config.diffusion.prediction,
             config.diffusion.min_snr_gamma,
         )  # (b / world,) float32  # fmt: skip
+
+    def x0_batch(self, batch: Batch) -> torch.Tensor:
+        """This process's share of the batch's clean data x0, (b / world, C, H, W): the images
+        (``difflab.latent.LatentDiffusion`` draws latents here instead)."""
+        return self.images[batch.idx[batch.mine]]
 
     def describe(self) -> str:
         d = self.dataset
@@ -160,6 +165,17 @@ def train(
         if resume:
             raise ValueError("--resume is available for the torch backend only")
         return train_numpy(config, dataset, out_dir, overwrite=overwrite, progress=progress)
+
+    if config.autoencoder is not None:
+        raise ValueError(
+            f"{out_dir} is an autoencoder run; continue it with difflab train-autoencoder --resume"
+        )
+    if config.latent is not None:  # diffusion on an autoencoder's latents
+        from difflab.latent import train_latent
+
+        return train_latent(
+            config, dataset, out_dir, resume=resume, overwrite=overwrite, progress=progress
+        )
 
     def make_objective(ctx: Context) -> DiffusionObjective:
         return DiffusionObjective(config, dataset, ctx)

@@ -1,5 +1,5 @@
-"""``difflab visualize | train | train-gan | distill | sample | inpaint | img2img | interpolate |
-inspect | evaluate | train-evaluator | demo | serve``: the command line.
+"""``difflab visualize | train | train-gan | train-autoencoder | distill | sample | inpaint |
+img2img | interpolate | inspect | evaluate | train-evaluator | demo | serve``: the command line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
 are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
@@ -10,6 +10,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
   visualize.py   visualize
   train.py       train
   gan.py         train-gan, and what sample / interpolate do with a GAN checkpoint
+  autoencoder.py train-autoencoder
   distill.py     distill
   sample.py      sample
   edit.py        inpaint, img2img, interpolate
@@ -30,7 +31,19 @@ import sys
 from collections.abc import Callable, Sequence
 
 from difflab import __version__, distributed
-from difflab.cli import demo, distill, edit, evaluate, gan, insides, sample, serve, train, visualize
+from difflab.cli import (
+    autoencoder,
+    demo,
+    distill,
+    edit,
+    evaluate,
+    gan,
+    insides,
+    sample,
+    serve,
+    train,
+    visualize,
+)
 from difflab.cli.flags import ArgumentParser
 
 EPILOG = """examples:
@@ -41,6 +54,8 @@ EPILOG = """examples:
   difflab sample --checkpoint runs/mnist/model_final.safetensors --show-intermediate
   difflab train --data mnist --data-dir DIR --conditional --epochs 2 --out runs/mnist-cond
   difflab sample --checkpoint runs/mnist-cond/model_final.safetensors --class-label 7 --guidance 3
+  difflab train-autoencoder --data mnist --data-dir DIR --max-minutes 2 --out runs/ae
+  difflab train --data mnist --data-dir DIR --latent runs/ae/model_final.safetensors  # latent
   difflab train-evaluator --data mnist --data-dir DIR     # once, then:
   difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
 """
@@ -49,6 +64,7 @@ COMMAND_MODULES = (
     visualize,
     train,
     gan,
+    autoencoder,
     distill,
     sample,
     edit,
@@ -62,6 +78,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "visualize": visualize.cmd_visualize, "train": train.cmd_train,
     "train-gan": gan.cmd_train_gan,
     "distill": distill.cmd_distill, "sample": sample.cmd_sample,
+    "train-autoencoder": autoencoder.cmd_train_autoencoder,
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,

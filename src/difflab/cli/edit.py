@@ -38,6 +38,7 @@ from difflab.generate import (
     load_mask,
     load_model,
     model_denoiser,
+    sample_space,
 )
 from difflab.samplers import timestep_sequence
 
@@ -139,17 +140,20 @@ def _edit_each(
     """One grid row per input image: the input, then the columns ``edit`` makes from
     ``--num-images`` copies of it. One generator for all, so ``--seed`` fixes every result."""
     n, config = args.num_images, loaded.config
+    space = sample_space(config, loaded.device)  # a latent model edits its images' latents
     gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
     rows = []
     for image in tqdm(images, desc=desc, disable=None, leave=False):
-        batch = image.expand(n, *image.shape).to(loaded.device)  # (n, C, H, W)
+        with torch.no_grad():
+            x = space.from_images(image[None].to(loaded.device))[0]  # (C, H, W)
+        batch = x.expand(n, *x.shape).to(loaded.device)  # (n, C, H, W)
         y = None if label is None else label.expand(n)
         denoiser = model_denoiser(
-            loaded.model, config, loaded.schedule, y, guidance, not args.no_clip
+            loaded.model, config, loaded.schedule, y, guidance, not args.no_clip and space.clip_x0
         )
         with torch.no_grad():
             columns = edit(image, denoiser, batch, gen)
-        rows.append(torch.cat([image[None], *[c.clamp(-1, 1).cpu() for c in columns]]))
+        rows.append(torch.cat([image[None], *[space.to_images(c) for c in columns]]))
     return torch.stack(rows)  # (inputs, 1 + columns, C, H, W)
 
 
@@ -162,6 +166,12 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     out = check_png(args.out)
     loaded, images, (label, guidance) = _edit_setup(args)
     config, schedule, n = loaded.config, loaded.schedule, args.num_images
+    if config.latent is not None:
+        raise ValueError(
+            f"{args.checkpoint} is a latent diffusion model, which cannot keep the pixels outside "
+            "a mask (a latent cell covers several pixels, and decoding mixes them): use img2img, "
+            "or inpaint with a pixel model"
+        )
     steps = args.steps or schedule.num_timesteps
     timestep_sequence(schedule.num_timesteps, steps)  # a bad --steps fails before any work
     if args.mask:
@@ -230,7 +240,9 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     config, schedule = loaded.config, loaded.schedule
     timestep_sequence(schedule.num_timesteps, args.steps)  # a bad --steps fails before any work
     y, guidance = _edit_label(loaded, args)
-    denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, not args.no_clip)
+    space = sample_space(config, loaded.device)  # a latent model walks between latents
+    clip = not args.no_clip and space.clip_x0
+    denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, clip)
     mc = config.model
     if args.seeds:
         if len(args.seeds) != 2 or args.image or args.from_data:
@@ -246,14 +258,16 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         if len(ends) != 2:
             raise ValueError(f"interpolate needs exactly two input images, got {len(ends)}")
         with torch.no_grad():
-            inverted = ddim_invert(denoiser, ends.to(loaded.device), schedule, steps=args.steps)
+            x = space.from_images(ends.to(loaded.device))
+            inverted = ddim_invert(denoiser, x, schedule, steps=args.steps)
         z = [inverted[:1], inverted[1:]]
     start = time.perf_counter()
     with torch.no_grad():
         path = interpolate(
             denoiser, z[0].to(loaded.device), z[1].to(loaded.device), schedule,
             frames=args.frames, steps=args.steps,
-        ).clamp(-1, 1).cpu()  # fmt: skip
+        )  # fmt: skip
+        path = space.to_images(path)
     headers = [f"{k / (args.frames - 1):.2f}" for k in range(args.frames)]
     cells, rows = path[None], None
     if ends is not None:  # the inputs above their reconstructions at both ends

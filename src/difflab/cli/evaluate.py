@@ -20,7 +20,14 @@ import torch
 
 from difflab.cli.flags import add_command, add_data_flags, positive_float, positive_int
 from difflab.data import DATASETS, ImageDataset
-from difflab.generate import LoadedGAN, check_distilled_sampling, check_guidance, draw, load_any
+from difflab.generate import (
+    LoadedGAN,
+    check_distilled_sampling,
+    check_guidance,
+    draw,
+    image_shape,
+    load_any,
+)
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
 if TYPE_CHECKING:
@@ -127,7 +134,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.checkpoint:  # checked now, generated once the reference statistics are ready
         loaded, steps = _checkpoint_to_score(args)
         config = loaded.config
-        data, size = args.data or config.train.data, config.model.image_size
+        data, size = args.data or config.train.data, image_shape(config)[1]
         recorded_dir = config.train.data_dir
         data_seed = config.train.seed if data in ("emoji", "shapes") else 0  # the draw it saw
         setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=args.sampler,

@@ -151,6 +151,11 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--conditional", action="store_true", help="learn a label embedding (classes)")
     p.add_argument(
+        "--latent", metavar="AUTOENCODER",
+        help="latent diffusion: train on the latents of this autoencoder (the model_final."
+        "safetensors of difflab train-autoencoder); the U-Net is sized for its latent grid",
+    )  # fmt: skip
+    p.add_argument(
         "--backend", default="torch", choices=("torch", "numpy"),
         help="torch, or the from-scratch NumPy U-Net (CPU, no autograd)",
     )  # fmt: skip
@@ -235,6 +240,7 @@ def _flags_set(args: argparse.Namespace, ignore: Sequence[str]) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from difflab.checkpoint import load_checkpoint
+    from difflab.generate import image_shape
     from difflab.train import (
         RESUME_FLAGS,
         latest_checkpoint,
@@ -260,8 +266,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
         tc = config.train
+        if config.latent is not None:  # its autoencoder: missing or different fails here
+            from difflab.latent import load_autoencoder
+
+            load_autoencoder(config.latent.autoencoder, config.latent.autoencoder_sha256)
         dataset = load_dataset(
-            tc.data, data_dir=tc.data_dir, image_size=config.model.image_size, seed=tc.seed,
+            tc.data, data_dir=tc.data_dir, image_size=image_shape(config)[1], seed=tc.seed,
             num_images=tc.num_images,
         )  # fmt: skip
     else:
@@ -277,10 +287,22 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
             dropout=args.dropout,
         )  # fmt: skip
-        config, dataset = prepare_run(
-            _train_config(args), diffusion, overrides, image_size=args.image_size,
-            conditional=args.conditional, backend=args.backend,
-        )  # fmt: skip
+        if args.latent:  # diffusion on an autoencoder's latents (difflab.latent)
+            from difflab.latent import latent_run_config
+
+            if args.backend != "torch":
+                raise ValueError("--latent trains with the torch backend only, not --backend numpy")
+            if args.image_size:
+                raise ValueError("--image-size cannot go with --latent (the autoencoder's is used)")
+            config, dataset = latent_run_config(
+                args.latent, _train_config(args), diffusion, overrides,
+                conditional=args.conditional,
+            )  # fmt: skip
+        else:
+            config, dataset = prepare_run(
+                _train_config(args), diffusion, overrides, image_size=args.image_size,
+                conditional=args.conditional, backend=args.backend,
+            )  # fmt: skip
         out = Path(args.out or f"runs/{args.data}")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
     result = train(
