@@ -14,9 +14,10 @@ $(BIN)/difflab: pyproject.toml requirements-ci.txt
 
 setup: $(BIN)/difflab
 
-# The web demo's extra (Gradio, and gradio_client + Playwright for its tests): the slow target only
+# The web demo's extra (Gradio, and gradio_client + Playwright for its tests) and the notebook's
+# (jupytext, nbclient, ipykernel): the slow target only
 $(VENV)/.demo-installed: $(BIN)/difflab
-	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	$(BIN)/pip install --quiet -e ".[dev,demo,notebook]"
 	touch $@
 
 setup-demo: $(VENV)/.demo-installed
@@ -28,8 +29,8 @@ serve: setup-demo
 	$(BIN)/difflab serve
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/ruff format --check src tests benchmarks notebooks
 
 test: lint
 	$(BIN)/pytest -q
@@ -38,8 +39,8 @@ test-slow: setup-demo
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]  # 5 = no slow tests collected
 
 format: setup
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks notebooks
+	$(BIN)/ruff check --fix src tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
