@@ -10,6 +10,7 @@ Each round runs, in turn:
 
     python benchmarks/serve_speed.py --checkpoint runs/demo/model_final.safetensors
     python benchmarks/serve_speed.py --checkpoint CKPT --quick            # a smoke run
+    python benchmarks/serve_speed.py --checkpoint CKPT --browser --screenshot page.png
 
 Needs the demo extra (pip install -e ".[demo]"); --browser also needs chromium.
 """
@@ -82,6 +83,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--browser", action="store_true", help="time the page in headless Chromium")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 5 steps")
+    p.add_argument("--screenshot", help="with --browser: a full-page PNG after the last round")
     args = p.parse_args()
     if args.quick:
         args.rounds = 1
@@ -114,6 +116,8 @@ def main():
             if gen is not None:
                 sample_gen.append(gen)
         if args.browser:
+            if args.screenshot:
+                page.screenshot(path=args.screenshot, full_page=True)
             browser.close()
             pw.stop()
     print(json.dumps({
