@@ -212,9 +212,15 @@ def distill(
     overwrite: bool = False,
     progress: bool = True,
 ) -> TrainResult:
-    """Distil ``teacher`` into the consistency model ``config`` describes, into ``out_dir``."""
+    """Distil ``teacher`` into the student ``config`` describes, into ``out_dir``: a consistency
+    model, or with ``config.progressive`` progressive distillation's students
+    (``difflab.progressive``)."""
 
-    def make_objective(ctx: Context) -> ConsistencyDistillation:
+    def make_objective(ctx: Context) -> Objective:
+        if config.progressive is not None:
+            from difflab.progressive import ProgressiveDistillation
+
+            return ProgressiveDistillation(config, teacher, dataset, ctx, Path(out_dir))
         return ConsistencyDistillation(config, teacher, dataset, ctx)
 
     return fit(

@@ -22,7 +22,7 @@ becomes the new teacher and the new student's starting point; the last round's s
 as ``model_steps_N.safetensors`` (N its steps), sampled with ``difflab sample`` like any model
 (DDIM in N steps, no x0 clipping: ``generate`` reads the checkpoint's ``progressive`` field).
 A class-conditional teacher is distilled at one guidance scale W in the first round; later rounds'
-teachers are students with W baked in.
+teachers are students with W baked in. ``distill.distill`` runs this objective on the harness.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from difflab.config import ProgressiveConfig, RunConfig, TrainConfig
 from difflab.data import ImageDataset
 from difflab.diffusion import eps_and_x0, q_sample
 from difflab.generate import generate, model_denoiser
-from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
+from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult
 from difflab.models.unet import UNet
 from difflab.samplers import timestep_sequence
 from difflab.schedules import Schedule, make_schedule
@@ -242,24 +242,3 @@ class ProgressiveDistillation(Objective):
             },
             final_caption=f"Samples of the last round's student (EMA, DDIM {self.student_steps()} steps)",
         )
-
-
-def progressive(
-    config: RunConfig,
-    teacher: Checkpoint,
-    dataset: ImageDataset,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Distil ``teacher`` progressively as ``config.progressive`` says, into ``out_dir``."""
-
-    def make_objective(ctx: Context) -> ProgressiveDistillation:
-        return ProgressiveDistillation(config, teacher, dataset, ctx, Path(out_dir))
-
-    return fit(
-        make_objective, config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-        prog="difflab distill",
-    )  # fmt: skip

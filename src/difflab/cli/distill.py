@@ -85,7 +85,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.checkpoint import load_checkpoint
     from difflab.distill import distill, file_sha256, load_teacher, student_config
-    from difflab.progressive import progressive
     from difflab.progressive import student_config as progressive_config
     from difflab.train import latest_checkpoint, resume_config
 
@@ -132,8 +131,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
             config = student_config(teacher, train_cfg, consistency)
         out = Path(args.out or "runs/distill")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
-    run = progressive if config.progressive is not None else distill
-    result = run(
+    result = distill(
         config, teacher, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
         progress=not args.no_progress,
     )  # fmt: skip
