@@ -24,6 +24,9 @@ pytestmark = pytest.mark.slow
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 STEPS = 12  # DDIM steps in the page tests: several frames, a few seconds on a CPU
+# Images of the Stop test's 200 DDPM steps: enough that the run is still going when Stop is
+# pressed on a fast, idle machine (64 tiny images finished first there, and Stop found nothing).
+STOP_IMAGES = 1024
 
 
 def chromium_path():
@@ -52,7 +55,7 @@ def server(checkpoint, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "serve.log"
     with running_server(
         checkpoint, "--device", "cpu", "--queue-size", "2", "--concurrency", "1",
-        cwd=checkpoint.parent, log=log,
+        "--max-images", str(STOP_IMAGES), cwd=checkpoint.parent, log=log,
     ) as (url, process):  # fmt: skip
         yield url, process, log
 
@@ -147,7 +150,7 @@ def test_stop_ends_the_generation_and_the_next_one_runs(page):
     page.click("#sampler input")
     page.get_by_role("option", name="ddpm").click()
     page.fill("#steps input", "200")
-    page.fill("#num_images input", "64")
+    page.fill("#num_images input", str(STOP_IMAGES))
     page.fill("#every input", "1")
     page.click("#generate")
     page.wait_for_function(
@@ -157,6 +160,7 @@ def test_stop_ends_the_generation_and_the_next_one_runs(page):
     page.wait_for_function(
         "document.querySelector('#status textarea').value.startsWith('stop')", timeout=30_000
     )
+    assert page.input_value("#status textarea") in ("stopping", "stopped")
     page.wait_for_timeout(1500)
     assert page.locator("#final img").count() == 0  # it never reached the end
     page.fill("#steps input", "5")
