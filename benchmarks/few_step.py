@@ -211,7 +211,13 @@ def write_doc(results: dict) -> None:
     t = results["timing"]
     lines += ["", f"64 images: student 1 step {t['seconds_64']['student_1']:.3f} s, teacher "
               f"dpmpp-2m-sde 20 steps {t['seconds_64']['teacher_20']:.3f} s ({t['speedup']}x).",
-              "", "Targets: " + ", ".join(f"{k} {v}" for k, v in results["verdict"].items())]  # fmt: skip
+              "", f"Targets (best teacher FID {results['verdict']['best_teacher_fid']:.2f}):"]  # fmt: skip
+    for method, checks in results["verdict"].items():
+        if isinstance(checks, dict):
+            met = ", ".join(
+                f"{k.replace('_', ' ')} {'yes' if v else 'no'}" for k, v in checks.items()
+            )
+            lines.append(f"- {method}: {met}")
     text = DOC.read_text() if DOC.exists() else f"# Few-step generation\n\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN)
     DOC.write_text(head + BEGIN + "\n" + "\n".join(lines) + "\n" + END + rest.split(END)[1])

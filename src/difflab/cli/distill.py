@@ -35,7 +35,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method", choices=("consistency", "progressive"), default="consistency",
         help="consistency distillation, or progressive distillation (writes model_steps_N."
-        "safetensors for each round's student N)",
+        "safetensors for each round's student N; on MNIST at 10 CPU-minutes it won at every "
+        "step count, 4 steps FID 2.87 against 23.6: docs/few_step.md)",
     )  # fmt: skip
     p.add_argument("--out", help="run directory (default: runs/distill)")
     p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
