@@ -36,7 +36,7 @@ test: lint
 	$(BIN)/pytest -q
 
 test-slow: setup-demo
-	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]  # 5 = no slow tests collected
+	$(BIN)/pytest -q -m slow --durations=25 || [ $$? -eq 5 ]  # 5 = no slow tests collected
 
 format: setup
 	$(BIN)/ruff format src tests benchmarks notebooks

@@ -1,7 +1,8 @@
 """The seed experiments, one command each: what changes FID when one thing changes.
 
-    .venv/bin/python benchmarks/experiments.py NAME [--minutes 5] [--data-dir ../shared/data/mnist]
-        [--num-samples 1000] [--runs runs/experiments] [--doc docs/experiments.md]
+    .venv/bin/python benchmarks/experiments.py NAME [NAME ...] | all [--minutes 5]
+        [--data-dir ../shared/data/mnist] [--num-samples 1000] [--runs runs/experiments]
+        [--doc docs/experiments.md] [--fresh]
     .venv/bin/python benchmarks/experiments.py --list
 
 NAME is one of ``EXPERIMENTS`` below: training-time, batch-size, learning-rate, timesteps,
@@ -104,10 +105,15 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
-def run(argv: list[str], log: list[str]) -> None:
+def run(argv: list[str], log: list[str], reuse: Path | None = None) -> None:
+    """Print and log one difflab command, then run it, unless ``reuse`` (its output) exists
+    already and --fresh was not given: a rerun skips what is done."""
     line = "difflab " + shlex.join(argv)
-    print("$ " + line, file=sys.stderr, flush=True)
     log.append(line)
+    if reuse is not None and reuse.exists():
+        print(f"$ {line}  # done already: reusing {reuse}", file=sys.stderr, flush=True)
+        return
+    print("$ " + line, file=sys.stderr, flush=True)
     subprocess.run([*DIFFLAB, *argv], check=True, stdout=sys.stderr)
 
 
@@ -138,11 +144,23 @@ def losses(run_dir: Path) -> tuple[list[int], list[float]]:
     return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 
+def arm_dir(args: argparse.Namespace, arm: Arm) -> Path:
+    """Where an arm trains. Arms with the same data, flags and minutes are one run, trained once
+    per --runs folder: the default recipe is an arm of six experiments, and a rerun continues
+    where an interrupted one stopped (--fresh trains everything again)."""
+    words = [
+        arm.data,
+        *(flag.lstrip("-") for flag in arm.flags),
+        f"{arm.budget * args.minutes:g}min",
+    ]
+    return Path(args.runs) / "arms" / "_".join(words)
+
+
 def arm_row(args: argparse.Namespace, arm: Arm, run_dir: Path, log: list[str]) -> dict:
     ckpt = run_dir / "model_final.safetensors"
-    metrics = run_dir / f"metrics_{arm.budget:g}.json"
+    metrics = run_dir / f"metrics_{arm.budget:g}_n{args.num_samples}.json"
     run(["evaluate", "--checkpoint", str(ckpt), "--num-samples", str(args.num_samples),
-         "--seed", "1", "--out", str(metrics)], log)  # fmt: skip
+         "--seed", "1", "--out", str(metrics)], log, reuse=None if args.fresh else metrics)  # fmt: skip
     report = json.loads(metrics.read_text())
     steps, values = losses(run_dir)
     state = load_checkpoint(latest_checkpoint(run_dir)).state  # where training stopped
@@ -163,15 +181,16 @@ def run_experiment(args: argparse.Namespace, name: str) -> dict:
     for data in sorted({arm.data for arm in experiment.arms}):
         evaluator_ready(args, data, log)
     for i, arm in enumerate(experiment.arms):
-        run_dir = out / ("run" if experiment.resumed else f"arm{i}")
+        run_dir = out / "run" if experiment.resumed else arm_dir(args, arm)
         minutes = f"{arm.budget * args.minutes:g}"
         if experiment.resumed and i > 0:
             run(["train", "--resume", str(run_dir), "--max-minutes", minutes, "--no-progress"], log)
         else:
+            shared = not experiment.resumed and not args.fresh
             run(["train", "--data", arm.data, "--data-dir", data_dir(args, arm.data),
                  *arm.flags, "--epochs", "1000", "--max-minutes", minutes, "--seed", "0",
                  "--sample-every", "0", "--no-progress", "--overwrite", "--out", str(run_dir)],
-                log)  # fmt: skip
+                log, reuse=run_dir / "model_final.safetensors" if shared else None)  # fmt: skip
         rows.append(arm_row(args, arm, run_dir, log))
     results = {"experiment": name, "question": experiment.question, "minutes": args.minutes,
                "num_samples": args.num_samples, "matmul_gflops": round(matmul_gflops(), 1),
@@ -248,21 +267,30 @@ def write_doc(doc: Path, results: dict, picture: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", nargs="?", choices=sorted(EXPERIMENTS), help="the experiment")
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="experiments to run, in order, or 'all' (see --list)")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget per arm")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/mnist"))
     parser.add_argument("--fashion-dir", help="Fashion-MNIST files (default: where they lie)")
     parser.add_argument("--num-samples", type=int, default=1000, help="images FID is taken on")
     parser.add_argument("--runs", default="runs/experiments", help="where the runs go")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train and evaluate every arm again, even one already in --runs")  # fmt: skip
     parser.add_argument("--doc", default=str(ROOT / "docs/experiments.md"),
                         help="the page whose section is replaced ('' for none)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.list or args.name is None:
+    if args.list or not args.names:
         for name, experiment in EXPERIMENTS.items():
             print(f"{name:14} {experiment.question}")
         return
-    print(json.dumps(run_experiment(args, args.name), indent=2))
+    names = list(EXPERIMENTS) if args.names == ["all"] else args.names
+    unknown = [name for name in names if name not in EXPERIMENTS]
+    if unknown:
+        parser.error(f"unknown experiment {unknown[0]!r}; expected 'all' or one of "
+                     f"{', '.join(EXPERIMENTS)}")  # fmt: skip
+    for name in names:
+        print(json.dumps(run_experiment(args, name), indent=2))
 
 
 if __name__ == "__main__":

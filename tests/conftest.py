@@ -49,3 +49,15 @@ def cache(tmp_path_factory, one_torch_thread):
         mp.setenv("DIFFLAB_CACHE", str(root))
         assert main(["train-evaluator", "--data", "emoji", "--epochs", "6", "--no-progress"]) == 0
         yield root
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory):
+    """A tiny class-conditional emoji model trained by `difflab train`, read (never written) by
+    the distillation tests of both methods."""
+    from difflab.cli import main
+    from test_train_robust import TINY
+
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    assert main(["train", *TINY, "--conditional", "--out", str(run)]) == 0
+    return run / "model_final.safetensors"

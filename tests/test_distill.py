@@ -160,13 +160,6 @@ DISTILL = ["--epochs", "2", "--intervals", "8", "--batch-size", "16", "--no-prog
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    assert main(["train", *TINY, "--conditional", "--out", str(run)]) == 0
-    return run / "model_final.safetensors"
-
-
-@pytest.fixture(scope="module")
 def student(teacher, tmp_path_factory):
     run = tmp_path_factory.mktemp("student") / "run"
     argv = ["distill", "--teacher", str(teacher), *DISTILL, "--guidance", "2", "--out", str(run)]
@@ -237,13 +230,23 @@ def test_bad_input_to_distill_and_to_a_distilled_model_is_one_line(
         (["distill", "--teacher", str(not_a_checkpoint)], "x.safetensors"),
         (["distill", "--teacher", str(teacher), "--intervals", "1000"], "--intervals 1000"),
         (["distill"], "--teacher is required"),
+        (["distill", "--resume", str(student), "--teacher", str(teacher)],
+         "--teacher cannot change when a run is resumed"),
+        (["distill", "--resume", str(student), "--intervals", "4"],
+         "--intervals cannot change when a run is resumed"),
+        (["distill", "--resume", str(student), "--lr", "0.1"], "--lr cannot change"),
         (["sample", "--checkpoint", final, "--steps", "8"], "samples in 1, 2, 4 steps"),
         (["sample", "--checkpoint", final, "--guidance", "5"], "distilled at guidance 2"),
         (["img2img", "--checkpoint", final, "--from-data", "0"], "is a consistency model"),
         (["inpaint", "--checkpoint", final, "--from-data", "0"], "is a consistency model"),
     ]  # fmt: skip
     for argv, match in cases:
-        full = [*argv, "--out", str(out if argv[0] == "distill" else out / "a.png")]
+        resumed = "--resume" in argv  # writes into its run, never to --out
+        full = (
+            argv
+            if resumed
+            else [*argv, "--out", str(out if argv[0] == "distill" else out / "a.png")]
+        )
         assert main(full) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err

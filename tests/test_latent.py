@@ -136,6 +136,16 @@ def test_autoencoder_resume_is_bitwise(runs, tmp_path):
     assert again.latent_scale == load_checkpoint(runs["ae"]).config.autoencoder.latent_scale
 
 
+def test_autoencoder_resume_refuses_a_flag_it_cannot_honour(runs, capsys):
+    run = runs["root"] / "ae"
+    before = sorted(p.name for p in run.iterdir())
+    for flag, value in (("--latent-channels", "8"), ("--kl-weight", "0.5"), ("--lr", "0.1")):
+        assert main(["train-autoencoder", "--resume", str(run), flag, value]) == 2
+        err = error_line(capsys)
+        assert f"{flag} cannot change when a run is resumed" in err and "--max-minutes" in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+
+
 # Diffusion on the latents ----------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from difflab.harness import latest_checkpoint
 from difflab.progressive import _grid, round_plan
 from difflab.samplers import ddim_step
 from difflab.schedules import make_schedule
-from test_train_robust import TINY, assert_bitwise_equal, tensors
+from test_train_robust import assert_bitwise_equal, tensors
 
 
 @pytest.fixture(autouse=True)
@@ -65,13 +65,6 @@ def test_the_target_makes_one_ddim_step_land_on_the_teachers_two():
 PD = ["--method", "progressive", "--start-steps", "8", "--steps", "1", "--round-steps", "4",
       "--batch-size", "16", "--no-progress", "--device", "cpu", "--num-preview", "8", "--seed", "2",
       "--sample-every", "0"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    assert main(["train", *TINY, "--conditional", "--out", str(run)]) == 0
-    return run / "model_final.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from difflab import distributed
-from difflab.cli.flags import add_command, positive_float, positive_int
+from difflab.cli.flags import add_command, check_resume_flags, positive_float, positive_int
 from difflab.config import ConsistencyConfig, ProgressiveConfig, TrainConfig
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
@@ -90,8 +90,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.train import latest_checkpoint, resume_config
 
     if args.resume:
-        if args.teacher is not None:
-            raise ValueError("--teacher cannot change when a run is resumed")
+        check_resume_flags(args, "distill", RESUME_FLAGS)
         ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
         method = ckpt.config.consistency or ckpt.config.progressive
         if method is None:

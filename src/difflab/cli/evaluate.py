@@ -132,12 +132,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     setup: dict[str, Any] = {"seed": args.seed}
     labels: np.ndarray | None = None
     if args.checkpoint:  # checked now, generated once the reference statistics are ready
-        loaded, steps = _checkpoint_to_score(args)
+        loaded, sampler, steps = _checkpoint_to_score(args)
         config = loaded.config
         data, size = args.data or config.train.data, image_shape(config)[1]
         recorded_dir = config.train.data_dir
         data_seed = config.train.seed if data in ("emoji", "shapes") else 0  # the draw it saw
-        setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=args.sampler,
+        setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=sampler,
                      steps=steps, guidance=args.guidance, ema=not args.raw_weights)  # fmt: skip
     else:
         images, labels, class_names = _images_to_score(args)
@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args, evaluator, data, data_dir, reference_size, data_seed
     )
     if args.checkpoint:
-        images, labels = _generate(args, loaded, steps, evaluator, setup)
+        images, labels = _generate(args, loaded, sampler, steps, evaluator, setup)
         source = str(args.checkpoint)
     else:
         source = str(args.images)
@@ -189,8 +189,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, int]:
-    """The model of --checkpoint and its sampling steps, with the flags checked before any work."""
+def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, str, int]:
+    """The model of --checkpoint, the sampler and steps it is drawn with, with the flags checked
+    before any work."""
     loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
     if args.num_samples < 2:
         raise ValueError("--num-samples must be at least 2 for FID and KID, got 1")
@@ -202,16 +203,15 @@ def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, int]:
                 f"--{given[0]} applies to diffusion checkpoints; GAN {args.checkpoint} draws "
                 "each image in one generator evaluation"
             )
-        args.sampler = "gan generator"
-        return loaded, 1
+        return loaded, "gan generator", 1
     if loaded.config.consistency or loaded.config.progressive:  # a distilled model, a few steps
-        args.sampler, steps = check_distilled_sampling(loaded.config, args.steps, args.guidance)
-        return loaded, steps
+        sampler, steps = check_distilled_sampling(loaded.config, args.steps, args.guidance)
+        return loaded, sampler, steps
     if args.guidance is not None:
         check_guidance(loaded.config, args.guidance)
     steps = args.steps or default_steps(args.sampler, loaded.schedule.num_timesteps)
     timestep_sequence(loaded.schedule.num_timesteps, steps)  # a bad --steps fails before work
-    return loaded, steps
+    return loaded, args.sampler, steps
 
 
 def _images_to_score(
@@ -288,7 +288,12 @@ def _reference(
 
 
 def _generate(
-    args: argparse.Namespace, loaded: Any, steps: int, evaluator: Evaluator, setup: dict[str, Any]
+    args: argparse.Namespace,
+    loaded: Any,
+    sampler: str,
+    steps: int,
+    evaluator: Evaluator,
+    setup: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """--num-samples images from the checkpoint, and their labels for class accuracy (None: an
     unconditional model, or Inception features); records the time taken in ``setup``."""
@@ -302,9 +307,9 @@ def _generate(
         labels = label_tensor.numpy()
     sampling: dict[str, Any] = {}
     if not isinstance(loaded, LoadedGAN):
-        sampling = {"sampler": args.sampler, "steps": steps, "labels": label_tensor}
+        sampling = {"sampler": sampler, "steps": steps, "labels": label_tensor}
         sampling.update({} if args.guidance is None else {"guidance": args.guidance})
-    print(f"generating {n} images ({args.sampler}, {steps} steps) ...", flush=True)
+    print(f"generating {n} images ({sampler}, {steps} steps) ...", flush=True)
     gen_start = time.perf_counter()
     images = draw(
         loaded, num_images=n, seed=args.seed, batch_size=args.batch_size, **sampling

@@ -8,6 +8,7 @@ second command starts to take moves here, as ``add_<group>_flags(parser)``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -207,3 +208,24 @@ def check_png(path: str) -> Path:
     """``--out``, which must name a .png file."""
     check_suffix(path, ".png", "--out")
     return Path(path)
+
+
+def flags_given(args: argparse.Namespace, argv: list[str], names: Sequence[str]) -> list[str]:
+    """Which of ``names`` (dests) have other values than a parse of ``argv`` gives by default,
+    as --flag-names."""
+    from difflab.cli import build_parser  # the package imports this module first
+
+    defaults = vars(build_parser().parse_args(argv))
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) != defaults.get(n)]
+
+
+def check_resume_flags(args: argparse.Namespace, command: str, allowed: Sequence[str]) -> None:
+    """With --resume a run continues with its own settings: a flag outside ``allowed`` (dests:
+    how long to go on, and where) is an error, not silently ignored."""
+    others = [n for n in vars(args) if n not in (*allowed, "resume", "no_progress")]
+    fixed = flags_given(args, [command], others)
+    if fixed:
+        raise ValueError(
+            f"{fixed[0]} cannot change when a run is resumed (--resume continues with the run's "
+            f"own settings; flags it takes: {', '.join('--' + n.replace('_', '-') for n in allowed)})"
+        )

@@ -20,6 +20,8 @@ from difflab import distributed, viz
 from difflab.cli.flags import (
     add_command,
     add_data_flags,
+    check_resume_flags,
+    flags_given,
     non_negative_int,
     positive_float,
     positive_int,
@@ -76,28 +78,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _flags_given(args: argparse.Namespace, argv: list[str], names: list[str]) -> list[str]:
-    """Which of ``names`` (dests) have other values than a parse of ``argv`` gives by default."""
-    from difflab.cli import build_parser  # the package imports this module first
-
-    defaults = vars(build_parser().parse_args(argv))
-    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) != defaults.get(n)]
-
-
 def cmd_train_gan(args: argparse.Namespace) -> None:
     from difflab.checkpoint import load_checkpoint
     from difflab.gan import GAN_TRAIN_DEFAULTS, default_gan_config, gan_run_config, train_gan
     from difflab.train import latest_checkpoint, resume_config
 
     if args.resume:
-        others = [n for n in vars(args) if n not in (*RESUME_FLAGS, "resume", "no_progress",
-                                                        "command")]  # fmt: skip
-        fixed = _flags_given(args, ["train-gan"], others)
-        if fixed:
-            raise ValueError(
-                f"{fixed[0]} cannot change when a run is resumed (flags --resume takes: "
-                f"{', '.join('--' + n.replace('_', '-') for n in RESUME_FLAGS)})"
-            )
+        check_resume_flags(args, "train-gan", RESUME_FLAGS)
         out = Path(args.resume)
         ckpt = load_checkpoint(latest_checkpoint(out))
         if ckpt.config.gan is None:
@@ -157,7 +144,7 @@ def refuse_diffusion_flags(
     args: argparse.Namespace, loaded: LoadedGAN, command: str, names: list[str]
 ) -> None:
     """A one-line error for a flag that only diffusion sampling uses, given with a GAN."""
-    given = _flags_given(args, [command, "--checkpoint", "x"], names)
+    given = flags_given(args, [command, "--checkpoint", "x"], names)
     if given:
         raise ValueError(
             f"{given[0]} applies to diffusion checkpoints; {loaded.config.train.data} GAN "

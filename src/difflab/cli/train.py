@@ -9,7 +9,6 @@ flag groups it shares with this one move to ``flags.py``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from difflab import distributed
 from difflab.cli.flags import (
     add_command,
     add_data_flags,
+    check_resume_flags,
     int_tuple,
     non_negative_float,
     non_negative_int,
@@ -226,18 +226,6 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     )  # fmt: skip
 
 
-def _flags_set(args: argparse.Namespace, ignore: Sequence[str]) -> list[str]:
-    """The train flags given with values other than their defaults, as --flag-names."""
-    from difflab.cli import build_parser  # the package imports this module first
-
-    defaults = vars(build_parser().parse_args(["train"]))
-    return [
-        "--" + name.replace("_", "-")
-        for name, value in vars(args).items()
-        if name not in ignore and value != defaults.get(name)
-    ]
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from difflab.checkpoint import load_checkpoint
     from difflab.generate import image_shape
@@ -251,13 +239,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
     if args.resume:
-        fixed = _flags_set(args, ignore=[*RESUME_FLAGS, "resume", "no_progress"])
-        if fixed:
-            allowed = ", ".join("--" + name.replace("_", "-") for name in RESUME_FLAGS)
-            raise ValueError(
-                f"{fixed[0]} cannot change when a run is resumed (--resume continues with the "
-                f"run's own settings; flags it takes: {allowed})"
-            )
+        check_resume_flags(args, "train", RESUME_FLAGS)
         out = Path(args.resume)
         ckpt = load_checkpoint(latest_checkpoint(out))
         if ckpt.config.gan is not None:

@@ -1,0 +1,82 @@
+"""benchmarks/experiments.py's bookkeeping: shared arms, skipping finished work, its doc section.
+
+The experiments themselves are budgeted training runs (docs/experiments.md holds one run of each);
+these tests check the parts that decide what runs and what the page says, without training."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.py"
+
+
+@pytest.fixture(scope="module")
+def experiments():
+    spec = importlib.util.spec_from_file_location("experiments_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_default_arm_is_one_run_shared_by_every_experiment(experiments, tmp_path):
+    args = argparse.Namespace(runs=str(tmp_path), minutes=2.0)
+    defaults, others = set(), []
+    for experiment in experiments.EXPERIMENTS.values():
+        if experiment.resumed:
+            continue
+        for arm in experiment.arms:
+            path = experiments.arm_dir(args, arm)
+            if not arm.flags and arm.data == "mnist":
+                defaults.add(path)
+            else:
+                others.append(path)
+    assert len(defaults) == 1  # batch-size, learning-rate, timesteps, schedule, dataset, backend
+    assert len(others) == len(set(others)) == 9  # every changed arm has its own run
+    assert defaults.isdisjoint(others)
+    # the budget is part of the name: a longer run is another run
+    longer = experiments.arm_dir(argparse.Namespace(runs=str(tmp_path), minutes=5.0),
+                                 experiments.Arm("x"))  # fmt: skip
+    assert longer not in defaults
+
+
+def test_a_finished_command_is_logged_but_not_run_again(experiments, tmp_path):
+    done = tmp_path / "model_final.safetensors"
+    done.write_bytes(b"")
+    log: list[str] = []
+    # this command would fail if it ran (no such subcommand): reusing must not run it
+    experiments.run(["no-such-command"], log, reuse=done)
+    assert log == ["difflab no-such-command"]
+    with pytest.raises(subprocess.CalledProcessError):
+        experiments.run(["no-such-command"], log, reuse=tmp_path / "missing")
+
+
+def test_unknown_experiment_is_one_clear_error(experiments, capsys):
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(["learning-rate", "bogus"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'bogus'" in err and "training-time" in err
+
+
+def test_the_doc_section_is_replaced_in_place(experiments, tmp_path):
+    doc = tmp_path / "experiments.md"
+    doc.write_text("# The seed experiments\n\nintro\n")
+    picture = tmp_path / "runs" / "schedule.png"
+    row = {"arm": "linear", "steps": 10, "final_loss": 0.1, "fid": 9.5, "kid": 0.01, "sample_s": 3}
+    results = {"experiment": "schedule", "question": "Linear or cosine?", "minutes": 2.0,
+               "matmul_gflops": 150.0, "num_samples": 1000, "rows": [row]}  # fmt: skip
+    experiments.write_doc(doc, results, picture)
+    results["rows"] = [{**row, "fid": 4.25}]
+    experiments.write_doc(doc, results, picture)
+    text = doc.read_text()
+    assert text.startswith("# The seed experiments\n\nintro\n")
+    assert text.count("experiment:schedule:begin") == 1 and text.count("### schedule") == 1
+    assert "| linear | 10 | 0.1000 | 4.25 |" in text and "9.50" not in text
+    assert "![schedule](runs/schedule.png)" in text
