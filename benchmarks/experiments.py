@@ -15,7 +15,7 @@ before it runs, so any row can be rerun by hand.
 Each experiment writes ``RUNS/NAME/results.json`` (the rows, the commands, the machine's matmul
 rate, the steps each arm reached) and ``RUNS/NAME/NAME.png`` (FID per arm beside the arms' loss
 trends), and replaces its section of ``--doc`` (between the ``experiment:NAME`` markers) with its
-table. The budget is wall time of training steps: run on an otherwise idle machine, and compare
+table and the figure (copied into a folder named after the page, docs/experiments/). The budget is wall time of training steps: run on an otherwise idle machine, and compare
 numbers within one run only (machines differ up to 3.6x in speed; the matmul rate says which).
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -254,8 +255,12 @@ def write_doc(doc: Path, results: dict, picture: Path) -> None:
     for r in results["rows"]:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['final_loss']:.4f} | {r['fid']:.2f} | "
                      f"{r['kid']:.4f} | {r['sample_s']} |")  # fmt: skip
-    rel = picture.relative_to(doc.parent) if picture.is_relative_to(doc.parent) else picture
-    lines += ["", f"![{name}]({rel})", end]
+    if not picture.is_relative_to(doc.parent):  # the figure goes beside the page it is in
+        copy = doc.parent / doc.stem / picture.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(picture, copy)
+        picture = copy
+    lines += ["", f"![{name}]({picture.relative_to(doc.parent)})", end]
     text = doc.read_text() if doc.exists() else "# The seed experiments\n"
     if begin in text:
         head, rest = text.split(begin)

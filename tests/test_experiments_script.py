@@ -66,9 +66,12 @@ def test_unknown_experiment_is_one_clear_error(experiments, capsys):
 
 
 def test_the_doc_section_is_replaced_in_place(experiments, tmp_path):
-    doc = tmp_path / "experiments.md"
+    picture = tmp_path / "elsewhere" / "schedule.png"
+    picture.parent.mkdir()
+    picture.write_bytes(b"png")
+    doc = tmp_path / "docs" / "experiments.md"
+    doc.parent.mkdir()
     doc.write_text("# The seed experiments\n\nintro\n")
-    picture = tmp_path / "runs" / "schedule.png"
     row = {"arm": "linear", "steps": 10, "final_loss": 0.1, "fid": 9.5, "kid": 0.01, "sample_s": 3}
     results = {"experiment": "schedule", "question": "Linear or cosine?", "minutes": 2.0,
                "matmul_gflops": 150.0, "num_samples": 1000, "rows": [row]}  # fmt: skip
@@ -79,4 +82,6 @@ def test_the_doc_section_is_replaced_in_place(experiments, tmp_path):
     assert text.startswith("# The seed experiments\n\nintro\n")
     assert text.count("experiment:schedule:begin") == 1 and text.count("### schedule") == 1
     assert "| linear | 10 | 0.1000 | 4.25 |" in text and "9.50" not in text
-    assert "![schedule](runs/schedule.png)" in text
+    # the figure is copied beside the page and linked relatively
+    assert "![schedule](experiments/schedule.png)" in text
+    assert (doc.parent / "experiments" / "schedule.png").read_bytes() == b"png"
