@@ -179,6 +179,7 @@ def arm_row(args: argparse.Namespace, arm: Arm, run_dir: Path, log: list[str]) -
 def run_experiment(args: argparse.Namespace, name: str) -> dict:
     experiment = EXPERIMENTS[name]
     out, log, rows = Path(args.runs) / name, [], []
+    out.mkdir(parents=True, exist_ok=True)  # its results; the arms train under RUNS/arms
     for data in sorted({arm.data for arm in experiment.arms}):
         evaluator_ready(args, data, log)
     for i, arm in enumerate(experiment.arms):
