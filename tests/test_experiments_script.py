@@ -85,3 +85,47 @@ def test_the_doc_section_is_replaced_in_place(experiments, tmp_path):
     # the figure is copied beside the page and linked relatively
     assert "![schedule](experiments/schedule.png)" in text
     assert (doc.parent / "experiments" / "schedule.png").read_bytes() == b"png"
+
+
+def test_run_experiment_trains_the_shared_arm_once_and_writes_its_results(
+    experiments, tmp_path, monkeypatch
+):
+    """The orchestration with difflab's commands replaced by a recorder: what is trained, in
+    which folders, and what lands on disk (results.json, the figure, the doc section)."""
+    trained: list[str] = []
+
+    def fake_run(argv, log, reuse=None):
+        log.append(" ".join(argv))
+        if reuse is not None and reuse.exists():
+            return
+        if argv[0] == "train":
+            out = Path(argv[argv.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "model_final.safetensors").write_bytes(b"")
+            trained.append(out.name)
+
+    def fake_row(args, arm, run_dir, log):
+        return {"arm": arm.label, "steps": 5, "final_loss": 0.1, "fid": 3.0, "kid": 0.1,
+                "sample_s": 1.0, "steps_curve": [1, 2, 3], "loss_curve": [0.3, 0.2, 0.1]}  # fmt: skip
+
+    monkeypatch.setattr(experiments, "run", fake_run)
+    monkeypatch.setattr(experiments, "arm_row", fake_row)
+    monkeypatch.setattr(experiments, "evaluator_ready", lambda args, data, log: None)
+    monkeypatch.setattr(experiments, "matmul_gflops", lambda: 100.0)
+    doc = tmp_path / "docs" / "experiments.md"
+    doc.parent.mkdir()
+    doc.write_text("# The seed experiments\n")
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), minutes=2.0, num_samples=1000,
+                              fresh=False, data_dir="mnist-dir", fashion_dir=None, doc=str(doc))  # fmt: skip
+    for name in ("learning-rate", "schedule"):
+        results = experiments.run_experiment(args, name)
+        assert (tmp_path / "runs" / name / "results.json").is_file()
+        assert (tmp_path / "runs" / name / f"{name}.png").stat().st_size > 1000
+        assert [r["arm"] for r in results["rows"]] == [a.label for a in
+                                                        experiments.EXPERIMENTS[name].arms]  # fmt: skip
+    # the default arm trained once, for learning-rate; schedule reused it
+    assert trained == ["mnist_lr_3e-4_2min", "mnist_2min", "mnist_lr_3e-3_2min",
+                       "mnist_schedule_linear_2min"]  # fmt: skip
+    text = doc.read_text()
+    assert "### learning-rate" in text and "### schedule" in text
+    assert (doc.parent / "experiments" / "schedule.png").is_file()
