@@ -15,8 +15,9 @@ before it runs, so any row can be rerun by hand.
 Each experiment writes ``RUNS/NAME/results.json`` (the rows, the commands, the machine's matmul
 rate, the steps each arm reached) and ``RUNS/NAME/NAME.png`` (FID per arm beside the arms' loss
 trends), and replaces its section of ``--doc`` (between the ``experiment:NAME`` markers) with its
-table and the figure (copied into a folder named after the page, docs/experiments/). The budget is wall time of training steps: run on an otherwise idle machine, and compare
-numbers within one run only (machines differ up to 3.6x in speed; the matmul rate says which).
+table and the figure (copied into a folder named after the page, docs/experiments/). The budget
+is wall time of training steps: run on an otherwise idle machine, and compare numbers within one
+run only (machines differ up to 3.6x in speed; the matmul rate says which).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ EXPERIMENTS: dict[str, Experiment] = {
 
 def run(argv: list[str], log: list[str], reuse: Path | None = None) -> None:
     """Print and log one difflab command, then run it, unless ``reuse`` (its output) exists
-    already and --fresh was not given: a rerun skips what is done."""
+    already: a rerun skips what is done (callers pass no ``reuse`` under --fresh)."""
     line = "difflab " + shlex.join(argv)
     log.append(line)
     if reuse is not None and reuse.exists():
@@ -139,17 +140,13 @@ def evaluator_ready(args: argparse.Namespace, data: str, log: list[str]) -> None
              "--no-progress"], log)  # fmt: skip
 
 
-def losses(run_dir: Path) -> tuple[list[int], list[float]]:
+def run_metrics(run_dir: Path) -> tuple[list[int], list[float], float]:
+    """The run's loss curve (steps, losses) and the wall time of its training steps, from its
+    metrics.jsonl (the NumPy backend's checkpoints do not hold the time)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    seconds = max(r["elapsed_s"] for r in rows if "elapsed_s" in r)
     rows = [r for r in rows if r.get("loss") is not None]
-    return [r["step"] for r in rows], [r["loss"] for r in rows]
-
-
-def train_seconds(run_dir: Path) -> float:
-    """Wall time of the run's training steps, as its last metrics row records it (the NumPy
-    backend's checkpoints do not hold it)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return max(r["elapsed_s"] for r in rows if "elapsed_s" in r)
+    return [r["step"] for r in rows], [r["loss"] for r in rows], seconds
 
 
 def arm_dir(args: argparse.Namespace, arm: Arm) -> Path:
@@ -170,13 +167,13 @@ def arm_row(args: argparse.Namespace, arm: Arm, run_dir: Path, log: list[str]) -
     run(["evaluate", "--checkpoint", str(ckpt), "--num-samples", str(args.num_samples),
          "--seed", "1", "--out", str(metrics)], log, reuse=None if args.fresh else metrics)  # fmt: skip
     report = json.loads(metrics.read_text())
-    steps, values = losses(run_dir)
+    steps, values, seconds = run_metrics(run_dir)
     state = load_checkpoint(latest_checkpoint(run_dir)).state  # where training stopped
     trend = smooth_curve(values, max(1, len(values) // 10))
     return {
         "arm": arm.label, "data": arm.data, "flags": list(arm.flags),
         "minutes": round(arm.budget * args.minutes, 3), "steps": state["step"],
-        "train_s": round(train_seconds(run_dir), 1), "final_loss": round(float(trend[-1]), 5),
+        "train_s": round(seconds, 1), "final_loss": round(float(trend[-1]), 5),
         "fid": round(report["metrics"]["fid"], 3), "kid": round(report["metrics"]["kid"], 5),
         "sample_s": report["setup"].get("generate_seconds"),
         "steps_curve": steps, "loss_curve": [round(v, 5) for v in values],
