@@ -56,6 +56,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from machine import matmul_gflops
+
 ROOT = Path(__file__).resolve().parents[1]
 DIFFLAB = [sys.executable, "-m", "difflab"]
 FAMILIES: dict[str, list[str]] = {
@@ -63,7 +65,6 @@ FAMILIES: dict[str, list[str]] = {
     "dcgan": ["train-gan", "--loss", "dcgan"],
     "hinge": ["train-gan", "--loss", "hinge"],
 }
-MATMUL_N = 2048
 NONFINITE = ("loss became", "gradient norm became")  # the harness's non-finite guard
 
 
@@ -74,20 +75,6 @@ def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise SystemExit(f"difflab {argv[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
-
-
-def matmul_gflops(repeats: int = 5) -> float:
-    """This machine's fp32 matmul rate: 2 n^3 / the median time of an (n, n) @ (n, n) product."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(MATMUL_N, MATMUL_N, generator=gen) for _ in range(2))
-    out = torch.empty(MATMUL_N, MATMUL_N)
-    torch.mm(a, b, out=out)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        times.append(time.perf_counter() - start)
-    return 2 * MATMUL_N**3 / statistics.median(times) / 1e9
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from difflab.checkpoint import load_checkpoint
 from difflab.harness import latest_checkpoint
 from difflab.viz import smooth_curve
+from machine import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFFLAB = [sys.executable, "-m", "difflab"]
@@ -206,23 +207,6 @@ def run_experiment(args: argparse.Namespace, name: str) -> dict:
     if args.doc:
         write_doc(Path(args.doc), results, out / f"{name}.png")
     return results
-
-
-def matmul_gflops() -> float:
-    """This machine's fp32 rate on a 2048 x 2048 matmul (median of 5), for the record."""
-    import statistics
-    import time
-
-    import torch
-
-    a = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(0))
-    torch.mm(a, a)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        torch.mm(a, a)
-        times.append(time.perf_counter() - start)
-    return 2 * 2048**3 / statistics.median(times) / 1e9
 
 
 def figure(results: dict, path: Path) -> Path:

@@ -38,6 +38,7 @@ import torch
 
 from difflab.generate import generate, load_model
 from difflab.samplers import SAMPLERS
+from machine import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "few_step.json"
@@ -209,6 +210,8 @@ def write_doc(results: dict) -> None:
                      f"{r['kid']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{r['generate_s']} |")  # fmt: skip
     t = results["timing"]
+    lines += ["", f"Machine: {results['matmul_gflops']:g} GFLOP/s fp32 matmul (2048^2), "
+              f"{results['threads']} threads."]  # fmt: skip
     lines += ["", f"64 images: student 1 step {t['seconds_64']['student_1']:.3f} s, teacher "
               f"dpmpp-2m-sde 20 steps {t['seconds_64']['teacher_20']:.3f} s ({t['speedup']}x).",
               "", f"Targets (best teacher FID {results['verdict']['best_teacher_fid']:.2f}):"]  # fmt: skip
@@ -258,13 +261,14 @@ def main(argv: list[str] | None = None) -> dict:
         rows += student_rows(args, teacher)
     if args.progressive:
         rows += progressive_rows(args, teacher)
-    student = Path(args.runs) / (
-        "progressive_probe/model_final.safetensors"  # any 1-evaluation student times the same
+    student = Path(args.runs) / (  # the 1-step student of the longest distillation
+        f"progressive_{args.budgets[-1]:g}/model_steps_1.safetensors"
         if args.no_consistency
         else "student/model_final.safetensors"
     )
     results = {"benchmark": "few_step", "num_samples": args.num_samples, "teacher": str(teacher),
-               "threads": torch.get_num_threads(), "rows": rows,
+               "threads": torch.get_num_threads(), "matmul_gflops": round(matmul_gflops(), 1),
+               "rows": rows,
                "timing": timing(teacher, student),
                "time_candidates": getattr(args, "time_rows", [])}  # fmt: skip
     results["verdict"] = verdict(rows)

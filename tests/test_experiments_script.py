@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.py"
 
 @pytest.fixture(scope="module")
 def experiments():
+    sys.path.insert(0, str(SCRIPT.parent))  # as running the script does: its sibling modules
     spec = importlib.util.spec_from_file_location("experiments_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name

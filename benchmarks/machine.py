@@ -1,0 +1,28 @@
+"""The machine a benchmark ran on, for the record beside its numbers.
+
+Machines differ from session to session (the same training step has run 3.6x faster on one than
+on another), so every benchmark records this rate and compares only within its own run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+MATMUL_N = 2048
+
+
+def matmul_gflops(repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate: 2 n^3 / the median time of an (n, n) @ (n, n) product."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(MATMUL_N, MATMUL_N, generator=gen) for _ in range(2))
+    out = torch.empty(MATMUL_N, MATMUL_N)
+    torch.mm(a, b, out=out)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * MATMUL_N**3 / statistics.median(times) / 1e9
