@@ -261,3 +261,18 @@ def test_other_runtime_errors_pass_through(tmp_path):
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as err:
         fit(lambda ctx: Broken(config, ctx), config, tmp_path / "run", progress=False)
     assert not isinstance(err.value, TrainingError)
+
+
+def test_the_ema_warm_up_counts_the_objectives_step(tmp_path):
+    """The harness asks the objective where its EMA's warm-up stands (``Objective.ema_step``):
+    at step -1 the decay min(d, (1 + s) / (10 + s)) is 0, so the EMA is the raw network."""
+
+    class FreshEveryStep(ToyObjective):
+        def ema_step(self, step):
+            return -1
+
+    config = toy_config(max_steps=3)
+    fit(lambda ctx: FreshEveryStep(config, ctx), config, tmp_path / "run", progress=False)
+    nets = load_checkpoint(tmp_path / "run/model_final.safetensors").networks
+    for name, weight in nets["mlp"].items():
+        torch.testing.assert_close(nets["mlp_ema"][name], weight, rtol=0, atol=1e-7)

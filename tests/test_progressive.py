@@ -151,3 +151,16 @@ def test_bad_progressive_input_is_one_line(teacher, student, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert match in err, (argv, err)
         assert not out.exists(), argv
+
+
+def test_the_students_ema_warms_up_anew_each_round(student):
+    """Each round trains a new student from new weights: its EMA's warm-up counts from the
+    round's start, not from the run's, or the average would hold the previous round's weights."""
+    from difflab.progressive import ProgressiveDistillation
+
+    obj = ProgressiveDistillation.__new__(ProgressiveDistillation)
+    obj.config = load_checkpoint(student / "model_steps_1.safetensors").config
+    rounds = obj.config.progressive.round_steps
+    for round_index, step in [(0, 0), (0, 3), (1, 4), (1, 7), (2, 9)]:
+        obj.round = round_index
+        assert obj.ema_step(step) == step - round_index * rounds

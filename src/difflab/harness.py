@@ -155,6 +155,12 @@ class Objective:
         """
         raise NotImplementedError
 
+    def ema_step(self, step: int) -> int:
+        """The step an EMA's warm-up counts from (``update_ema``): the run's step, unless the
+        objective restarts its networks from new weights within a run, as progressive
+        distillation does at each round, where an average over the old weights would lag."""
+        return step
+
     def describe(self) -> str:
         """What is trained on what, for the first line the run prints."""
         return f"{type(self).__name__}, {count_parameters(self):,} parameters"
@@ -738,7 +744,8 @@ class Harness:
             scaler.update()
         if problem is None:
             for ema_name, source in obj.ema.items():
-                update_ema(obj.networks[ema_name], obj.networks[source], cfg.ema_decay, self.step)
+                update_ema(obj.networks[ema_name], obj.networks[source], cfg.ema_decay,
+                           obj.ema_step(self.step))  # fmt: skip
         if several:  # the total, for the progress bar and the loss curve
             stats["loss"] = sum(stats[f"loss_{phase.name}"] for phase in obj.phases)
         return stats, problem

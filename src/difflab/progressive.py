@@ -142,6 +142,12 @@ class ProgressiveDistillation(Objective):
     def round_at(self, step: int) -> int:
         return min(step // self.config.progressive.round_steps, len(self.plan) - 1)  # type: ignore[union-attr]
 
+    def ema_step(self, step: int) -> int:
+        """The step within this round: each round's EMA warms up anew from the round's start.
+        Counted over the run, a decay of 0.999 would leave 0.999^500 = 61% of the previous
+        round's weights in the EMA of a 500-step round: a student mostly still its teacher."""
+        return step - self.round * self.config.progressive.round_steps  # type: ignore[union-attr]
+
     def student_steps(self) -> int:
         return self.plan[self.round]
 
