@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = (
         Path(args.teacher) if args.teacher else Path(args.runs) / "teacher/model_final.safetensors"
     )
+    from difflab.evaluate import default_evaluator_path
+
+    if not default_evaluator_path("mnist", 28, args.data_dir).is_file():  # evaluate needs it
+        run(["train-evaluator", "--data", "mnist", "--data-dir", args.data_dir, "--no-progress"])
     if not args.teacher:
         run(["train", "--data", "mnist", "--data-dir", args.data_dir, "--max-minutes",
              f"{args.teacher_minutes:g}", "--sample-every", "0", "--no-progress", "--overwrite",
