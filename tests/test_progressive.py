@@ -120,15 +120,23 @@ def test_a_student_is_scored_by_evaluate(student, cache, tmp_path, monkeypatch):
 
 
 def test_progressive_distillation_resumes_bitwise_across_a_change_of_teacher(
-    teacher, student, tmp_path
+    teacher, student, tmp_path, capsys
 ):
     # Stopped at step 6, inside round 2 (steps 5-8); the resume must swap the teacher at step 9
     # and write each round's student exactly as the uninterrupted run did.
     run = tmp_path / "stopped"
     argv = ["distill", "--teacher", str(teacher), *PD, "--guidance", "2", "--out", str(run)]
+    capsys.readouterr()
     assert main([*argv, "--max-steps", "6"]) == 0
     assert load_checkpoint(latest_checkpoint(run)).state["step"] == 6
+    said = capsys.readouterr().out  # the round it stopped in, its student, and how to go on
+    assert f"difflab sample --checkpoint {run / 'model_steps_2.safetensors'}" in said
+    assert "stopped before the last round: after 6 of 12 steps, in the round of the 2-step" in said
+    assert f"continue with: difflab distill --resume {run}" in said
     assert main(["distill", "--resume", str(run), "--no-progress", "--max-steps", "12"]) == 0
+    said = capsys.readouterr().out
+    assert f"--checkpoint {run / 'model_steps_1.safetensors'}" in said
+    assert "before the last round" not in said
     for name in ["model_final.safetensors", "model_steps_1.safetensors",
                  "model_steps_2.safetensors", "model_steps_4.safetensors"]:  # fmt: skip
         assert_bitwise_equal(tensors(student / name), tensors(run / name))

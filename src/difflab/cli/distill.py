@@ -15,7 +15,7 @@ from pathlib import Path
 
 from difflab import distributed
 from difflab.cli.flags import add_command, check_resume_flags, positive_float, positive_int
-from difflab.config import ConsistencyConfig, ProgressiveConfig, TrainConfig
+from difflab.config import ConsistencyConfig, ProgressiveConfig, RunConfig, TrainConfig
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
 
@@ -136,12 +136,33 @@ def cmd_distill(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
     )  # fmt: skip
     if distributed.env_rank() == 0:
-        how = "" if config.progressive is not None else " --steps 2"
+        ckpt, how, unfinished = out / "model_final.safetensors", " --steps 2", ""
+        if config.progressive is not None:  # its students sample in their own steps
+            (ckpt, unfinished), how = _progressive_student(config, result.steps, out), ""
         print(
             f"distilled {result.steps} steps ({result.minutes:.1f} min); loss "
             f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir}; "
-            f"sample with: difflab sample --checkpoint {out / 'model_final.safetensors'}{how}"
+            f"sample with: difflab sample --checkpoint {ckpt}{how}{unfinished}"
         )
+
+
+def _progressive_student(config: RunConfig, steps: int, out: Path) -> tuple[Path, str]:
+    """The student to sample after ``steps`` training steps, and, when a limit stopped the run
+    before its last round, what that student is and how to go on."""
+    from difflab.progressive import round_plan
+
+    pc = config.progressive
+    assert pc is not None
+    plan = round_plan(pc.start_steps, pc.steps, config.diffusion.timesteps)
+    if steps >= len(plan) * pc.round_steps:
+        return out / f"model_steps_{plan[-1]}.safetensors", ""
+    current = plan[min(steps // pc.round_steps, len(plan) - 1)]
+    return (
+        out / f"model_steps_{current}.safetensors",
+        f"\nstopped before the last round: after {steps} of {len(plan) * pc.round_steps} steps, "
+        f"in the round of the {current}-step student (the {plan[-1]}-step student is not made "
+        f"yet); continue with: difflab distill --resume {out}",
+    )
 
 
 def _dataset(train: TrainConfig, image_size: int) -> ImageDataset:
