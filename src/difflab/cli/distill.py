@@ -156,7 +156,7 @@ def _progressive_student(config: RunConfig, steps: int, out: Path) -> tuple[Path
     plan = round_plan(pc.start_steps, pc.steps, config.diffusion.timesteps)
     if steps >= len(plan) * pc.round_steps:
         return out / f"model_steps_{plan[-1]}.safetensors", ""
-    current = plan[min(steps // pc.round_steps, len(plan) - 1)]
+    current = plan[steps // pc.round_steps]  # a round before the last
     return (
         out / f"model_steps_{current}.safetensors",
         f"\nstopped before the last round: after {steps} of {len(plan) * pc.round_steps} steps, "
