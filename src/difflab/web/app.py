@@ -52,6 +52,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 IMAGE_BUTTONS = ["download", "fullscreen"]  # not "share" (a post to Hugging Face)
+STOP_WAIT_S = 30.0  # how long the Stop button waits for the generation to end before it answers
 CSS = "#final img, #x_t img, #x0_pred img { image-rendering: pixelated; }"
 
 
@@ -85,7 +86,7 @@ class Handlers:
         self.demo = demo
         self.work_dir = work_dir  # per-request output folders, inside the server's temp folder
         work_dir.mkdir(parents=True, exist_ok=True)
-        self._stops: dict[str, threading.Event] = {}
+        self._stops: dict[str, tuple[threading.Event, threading.Event]] = {}  # (stop, ended)
         self._stops_lock = threading.Lock()
 
     def generate(
@@ -109,9 +110,9 @@ class Handlers:
         except ValueError as err:
             raise _error(err) from None
         session = request.session_hash or uuid.uuid4().hex
-        stop = threading.Event()
+        stop, ended = threading.Event(), threading.Event()
         with self._stops_lock:
-            self._stops[session] = stop
+            self._stops[session] = stop, ended
         out = Path(tempfile.mkdtemp(prefix="request-", dir=self.work_dir))
         seed_text, finished = str(req.seed), False
         try:
@@ -120,7 +121,8 @@ class Handlers:
             with contextlib.closing(self.demo.stream(req, out, stop)) as items:
                 for item in items:
                     if isinstance(item, Frame):
-                        yield item.x_t, item.x0_pred, item.status, None, None, None, seed_text
+                        if not stop.is_set():  # no frame may overwrite "stopping" on the page
+                            yield item.x_t, item.x0_pred, item.status, None, None, None, seed_text
                         continue
                     finished = True
                     steps = f"{req.steps} step" + ("s" if req.steps > 1 else "")
@@ -134,18 +136,22 @@ class Handlers:
         finally:
             stop.set()
             with self._stops_lock:
-                if self._stops.get(session) is stop:
+                if self._stops.get(session) == (stop, ended):
                     del self._stops[session]
+            ended.set()
             shutil.rmtree(out, ignore_errors=True)  # Gradio has copied what it shows
 
     def stop(self, request: gr.Request) -> str:
-        """The Stop button: the running generation of this page ends after its current step."""
+        """The Stop button: the running generation of this page ends after its current step;
+        the answer waits for that end, so it says "stopped" like the generation's last update,
+        whichever of the two reaches the page last."""
         with self._stops_lock:
-            stop = self._stops.get(request.session_hash or "")
-        if stop is None:
+            run = self._stops.get(request.session_hash or "")
+        if run is None:
             return "nothing to stop"
+        stop, ended = run
         stop.set()
-        return "stopping"
+        return "stopped" if ended.wait(STOP_WAIT_S) else "stopping"
 
     def forward(self, source: str, index: Any, upload: str | None, t: Any, seed: Any) -> tuple:
         """The forward-process tab: the image, x_t, the noise and the schedule's curves at t."""
@@ -242,16 +248,15 @@ def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
                         with gr.Row():
                             png = gr.File(label="PNG", interactive=False, elem_id="png")
                             gif = gr.File(label="GIF", interactive=False, elem_id="gif")
-                event = run.click(
+                run.click(
                     handlers.generate,
                     [sampler, steps, seed, num_images, class_choice, guidance, eta, every],
                     [x_t, x0_pred, status, final, png, gif, seed_used],
                     api_name="generate",
                 )
-                stop.click(
-                    handlers.stop, None, status, cancels=[event], api_name="stop",
-                    concurrency_limit=None,
-                )  # fmt: skip
+                # Stop is cooperative, not Gradio's `cancels`: a cancelled generator never sends
+                # its last update, so a frame already on its way could leave "step k/T" showing
+                stop.click(handlers.stop, None, status, api_name="stop", concurrency_limit=None)
                 if not distilled:
                     sampler.change(
                         handlers.sampler_changed, sampler, [steps, eta], api_visibility="private"
