@@ -41,6 +41,7 @@ training steps on its cores.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import shlex
@@ -68,9 +69,17 @@ FAMILIES: dict[str, list[str]] = {
 NONFINITE = ("loss became", "gradient norm became")  # the harness's non-finite guard
 
 
-def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], *, check: bool = True, threads: int | None = None
+) -> subprocess.CompletedProcess:
+    """``difflab ARGV`` in a child process, with ``threads`` intra-op threads when given."""
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print("$ difflab " + shlex.join(argv), file=sys.stderr, flush=True)
-    proc = subprocess.run([*DIFFLAB, *argv], stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [*DIFFLAB, *argv], stdout=sys.stderr, stderr=subprocess.PIPE, text=True, env=env
+    )
     sys.stderr.write(proc.stderr)
     if check and proc.returncode != 0:
         raise SystemExit(f"difflab {argv[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -135,7 +144,7 @@ class Cells:
                     str(self.seed), "--max-minutes", f"{budget:g}", "--epochs", "100000",
                     "--sample-every", "0", "--no-progress", "--overwrite",
                     "--out", str(self.run_dir)]  # fmt: skip
-        proc = run(argv, check=False)
+        proc = run(argv, check=False, threads=args.threads)
         if proc.returncode != 0:
             if any(text in proc.stderr for text in NONFINITE):
                 state = (
@@ -167,7 +176,7 @@ class Cells:
             out, keep = Path(tmp) / "metrics.json", Path(tmp) / "images.npz"
             run(["evaluate", "--checkpoint", str(self.snapshot(budget)), "--data-dir",
                  args.data_dir, "--num-samples", str(args.num_samples), "--seed", "1",
-                 "--save-images", str(keep), "--out", str(out)])  # fmt: skip
+                 "--save-images", str(keep), "--out", str(out)], threads=args.threads)  # fmt: skip
             report = json.loads(out.read_text())
             pixels = np.load(keep)["images"].astype(np.float32) / 127.5 - 1.0  # (N, C, H, W)
         m = report["metrics"]
@@ -187,7 +196,7 @@ class Cells:
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{self.args.data}_{self.family}_{budget:g}min.png"
         run(["sample", "--checkpoint", str(self.snapshot(budget)), "--num-images", "64",
-             "--seed", "0", "--out", str(folder / name)])  # fmt: skip
+             "--seed", "0", "--out", str(folder / name)], threads=self.args.threads)  # fmt: skip
 
 
 def selected(args: argparse.Namespace, family: str, budget: float, seed: int) -> bool:
@@ -196,25 +205,33 @@ def selected(args: argparse.Namespace, family: str, budget: float, seed: int) ->
     return (family, budget, seed) in args.only
 
 
-def run_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cells = []
-    for family in args.families:
-        for seed in args.seeds:
-            group = Cells(args, family, seed)
-            for budget in args.budgets:
-                if not selected(args, family, budget, seed):
-                    continue
-                path = group.result_path(budget)
-                if path.exists():
-                    cells.append(json.loads(path.read_text()))
-                    continue
-                cell = group.score(budget, group.train_to(budget))
-                last, first = budget == max(args.budgets), seed == args.seeds[0]
-                if last and first and group.snapshot(budget).exists():  # diverged ones too
-                    group.grid(budget)
-                write_json(path, cell)
-                cells.append(cell)
+def run_group(args: argparse.Namespace, family: str, seed: int) -> list[dict[str, Any]]:
+    """The selected budgets of one (family, seed), in order: one training run continued."""
+    group, cells = Cells(args, family, seed), []
+    for budget in args.budgets:
+        if not selected(args, family, budget, seed):
+            continue
+        path = group.result_path(budget)
+        if path.exists():
+            cells.append(json.loads(path.read_text()))
+            continue
+        cell = group.score(budget, group.train_to(budget))
+        last, first = budget == max(args.budgets), seed == args.seeds[0]
+        if last and first and group.snapshot(budget).exists():  # diverged ones too
+            group.grid(budget)
+        write_json(path, cell)
+        cells.append(cell)
     return cells
+
+
+def run_cells(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every selected (family, seed) group, ``--jobs`` of them at a time (each in its own
+    child processes with ``--threads`` threads), seeds first so that each family's first seed
+    is done early."""
+    groups = [(family, seed) for seed in args.seeds for family in args.families]
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        done = pool.map(lambda g: run_group(args, *g), groups)
+        return [cell for cells in done for cell in cells]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -282,6 +299,13 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
     return {"model_budget_min": budget, "seed": seed, "rows": rows}
 
 
+def runs_threads(results: dict[str, Any]) -> str:
+    """'1 thread, 2 runs' as the table's caption says it (older JSON: all threads, one run)."""
+    machine = results["machine"]
+    threads, jobs = machine.get("threads_per_run", machine["threads"]), machine.get("jobs", 1)
+    return f"{threads} thread{'s' * (threads > 1)}, {jobs} run{'s' * (jobs > 1)}"
+
+
 def fmt(row: dict[str, Any], metric: str, digits: int) -> str:
     if metric not in row:
         return "-"
@@ -293,8 +317,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"Data: {results['data']}, N = {results['num_samples']} per model, seeds per cell: "
         f"{results['seeds']}; machine: {results['machine']['matmul_gflops']:.0f} GFLOP/s fp32 "
-        f"matmul, {results['machine']['threads']} threads. Mean ± standard deviation over the "
-        "seeds that did not diverge.",
+        f"matmul; each run trained and scored on {runs_threads(results)} at a time. Mean ± "
+        "standard deviation over the seeds that did not diverge.",
         "",
         "| family | minutes | steps | FID | KID | precision | recall | class entropy | "
         "smallest class share | diverged | FID, every run |",
@@ -349,6 +373,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timing-images", type=int, default=1000)
     parser.add_argument("--ddpm-subset", type=int, default=50, help="images DDPM-1000 is timed on")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="(family, seed) runs at a time")
+    parser.add_argument("--threads", type=int, help="threads per run (default: torch's default)")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--results", default=str(ROOT / "runs" / "ddpm_vs_gan"))
     parser.add_argument("--doc-dir", default=str(ROOT / "docs"))
@@ -372,6 +398,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     machine = {"matmul_gflops": round(matmul_gflops(), 1), "threads": torch.get_num_threads(),
+               "threads_per_run": args.threads or torch.get_num_threads(), "jobs": args.jobs,
                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "torch": torch.__version__}  # fmt: skip
     print(json.dumps({"machine": machine}), file=sys.stderr)
