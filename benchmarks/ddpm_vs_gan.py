@@ -27,9 +27,13 @@ every finished cell of the data. At the largest budget the first seed's
 
 Drawing speed, in this process on the first seed's largest-budget models: seconds for 1,000
 images from a GAN (one generator evaluation each), from the diffusion model with dpmpp-2m-sde at
-20 steps, and with DDPM at 1000 steps (timed on ``--ddpm-subset`` images and scaled to 1,000:
-the cost is linear in the images, batches of 256); with ``--student`` a consistency-distilled
-checkpoint (``difflab distill``) at 1, 2 and 4 steps. Medians of ``--repeats``. The machine's
+20 steps, with DDPM at 1000 steps (timed on ``--ddpm-subset`` images and scaled to 1,000:
+the cost is linear in the images, batches of 256), and with DDIM at 4, 2 and 1 steps, which is
+what a progressive-distillation student of it costs (the same network, sampled with DDIM); with
+``--student`` a consistency-distilled checkpoint (``difflab distill``) at 1, 2 and 4 steps.
+
+``--jobs J --threads K`` trains and scores J (family, seed) runs side by side, each with K
+threads (the table says which); the timing always uses this process's threads. Medians of ``--repeats``. The machine's
 rate on a 2048 x 2048 fp32 matmul (GFLOP/s) is recorded beside it, so results from two machines
 can be put side by side.
 
@@ -279,6 +283,11 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
             )
             plans.append(("diffusion ddpm 1000", ckpt, {"sampler": "ddpm", "steps": 1000},
                           args.ddpm_subset))  # fmt: skip
+            # A progressive-distillation student is this network sampled with DDIM at 1-4 steps
+            # (docs/few_step.md), so these rows are its drawing cost, whatever its quality.
+            for steps in (4, 2, 1):
+                plans.append((f"diffusion ddim {steps} (a distilled student's cost)", ckpt,
+                              {"sampler": "ddim", "steps": steps}, n))  # fmt: skip
         else:
             plans.append((f"{family} generator", ckpt, {}, n))
     if args.student:
