@@ -31,11 +31,11 @@ images from a GAN (one generator evaluation each), from the diffusion model with
 the cost is linear in the images, batches of 256), and with DDIM at 4, 2 and 1 steps, which is
 what a progressive-distillation student of it costs (the same network, sampled with DDIM); with
 ``--student`` a consistency-distilled checkpoint (``difflab distill``) at 1, 2 and 4 steps.
+Medians of ``--repeats``. The machine's rate on a 2048 x 2048 fp32 matmul (GFLOP/s) is recorded
+beside it, so results from two machines can be put side by side.
 
 ``--jobs J --threads K`` trains and scores J (family, seed) runs side by side, each with K
-threads (the table says which); the timing always uses this process's threads. Medians of ``--repeats``. The machine's
-rate on a 2048 x 2048 fp32 matmul (GFLOP/s) is recorded beside it, so results from two machines
-can be put side by side.
+threads (the table says which); the timing always uses this process's threads.
 
 Writes ``DOC_DIR/ddpm_vs_gan_DATA.json`` and the table between the ``ddpm_vs_gan:DATA`` markers
 of ``DOC_DIR/ddpm_vs_gan.md``. Needs an otherwise idle machine: the budgets are wall time of
@@ -309,9 +309,8 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def runs_threads(results: dict[str, Any]) -> str:
-    """'1 thread, 2 runs' as the table's caption says it (older JSON: all threads, one run)."""
-    machine = results["machine"]
-    threads, jobs = machine.get("threads_per_run", machine["threads"]), machine.get("jobs", 1)
+    """'1 thread, 2 runs', as the table's caption says it."""
+    threads, jobs = results["machine"]["threads_per_run"], results["machine"]["jobs"]
     return f"{threads} thread{'s' * (threads > 1)}, {jobs} run{'s' * (jobs > 1)}"
 
 
