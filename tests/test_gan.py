@@ -22,7 +22,7 @@ from difflab.cli import main
 from difflab.gan import d_loss_bce, d_loss_hinge, default_gan_config, g_loss_bce, g_loss_hinge
 from difflab.generate import LoadedGAN, draw, gan_latents, generate_gan, load_any
 from difflab.models.gan import INIT_STD, Discriminator, Generator, levels_of
-from test_train_robust import assert_bitwise_equal, free_port, records, tensors
+from test_train_robust import assert_bitwise_equal, records, rendezvous, tensors, wait_all
 
 # 40 emoji in batches of 16: 16 + 16 + 8, so an uneven last batch; 3 steps per epoch.
 TINY = ["--data", "emoji", "--num-images", "40", "--batch-size", "16", "--epochs", "2",
@@ -348,16 +348,16 @@ def test_two_processes_whose_hash_seeds_differ_wrap_the_same_networks(tmp_path):
     networks for DDP in phase order, not in a set's order (which once made rank 0 wrap the
     generator while rank 1 wrapped the discriminator, and DDP refused to start)."""
     seeds = [0, next(s for s in range(1, 50) if _set_order(s) != _set_order(0))]
-    port = str(free_port())
-    procs = []
-    for rank, seed in enumerate(seeds):
-        env = {**os.environ, "PYTHONHASHSEED": str(seed), "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}  # fmt: skip
-        argv = [sys.executable, "-m", "difflab", "train-gan", *TINY, "--out", str(tmp_path / "ddp")]
-        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    assert "x 2 processes" in outputs[0][0]
+    argv = [sys.executable, "-m", "difflab", "train-gan", *TINY, "--out", str(tmp_path / "ddp")]
+    procs, logs = [], [tmp_path / f"rank{rank}.txt" for rank in range(2)]
+    with rendezvous(2) as ranks_env:
+        for rank, seed in enumerate(seeds):
+            env = {**os.environ, **ranks_env, "PYTHONHASHSEED": str(seed), "RANK": str(rank),
+                   "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}  # fmt: skip
+            with open(logs[rank], "w") as log:  # a file: a full pipe nobody reads blocks a rank
+                procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        codes = wait_all(procs, timeout=300)
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], f"exit codes {codes}\n" + "\n".join(o[-2000:] for o in outputs)
+    assert "x 2 processes" in outputs[0]
     assert load_checkpoint(tmp_path / "ddp/model_final.safetensors").config.gan is not None

@@ -4,10 +4,10 @@ two processes against one, and bad input to `difflab train`.
 The runs are tiny (8x8 emoji, a U-Net of 8 and 16 channels) so that each takes about a second.
 """
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 import difflab.distributed
@@ -334,10 +335,46 @@ def test_compile_trains_like_eager(tmp_path, capsys):
 # Two processes (gloo on CPU) against one
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def rendezvous(world_size):
+    """torchrun's meeting point without torchrun: this process hosts the store where the ranks
+    meet (as torchrun's agent does), on a port the OS chose while binding it. Yields the
+    environment that makes a process one rank (add RANK and LOCAL_RANK).
+
+    A port found free and handed to rank 0 to bind later can be taken in between; rank 0 then
+    fails and the other ranks wait for it for half an hour (one CI run in many).
+    """
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    yield {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
+           "WORLD_SIZE": str(world_size), "TORCHELASTIC_USE_AGENT_STORE": "True"}  # fmt: skip
+    del store
+
+
+def wait_all(procs, timeout=300):
+    """The exit codes of ``procs``, the ranks of one run; when one fails or time runs out, the
+    rest are killed (a rank whose partner died waits for it for half an hour)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    return [p.wait() for p in procs]
+
+
+def run_forked(fn, args, nprocs=2, timeout=300):
+    """``fn(rank, *args)`` in ``nprocs`` forked processes; fails the test instead of hanging it."""
+    ctx = torch.multiprocessing.start_processes(
+        fn, args=args, nprocs=nprocs, start_method="fork", join=False
+    )
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail(f"{nprocs} forked processes still ran after {timeout} s")
 
 
 # 21 images in batches of 8: the last batch of 5 splits 3 + 2 between the two processes.
@@ -349,16 +386,15 @@ DDP_DIFFUSION = DiffusionConfig(timesteps=50)
 DDP_MODEL = {"base_channels": 8, "channel_mults": (1, 2)}
 
 
-def join_as_rank(rank, world_size, port):
+def join_as_rank(rank, env):
     """Make this (forked) process one of a torchrun-style run: torchrun's environment."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
 
 
-def train_as_rank(rank, world_size, port, out, weights_dir):
+def train_as_rank(rank, env, out, weights_dir):
     """One process of a torchrun-style run; writes its final weights for the test to compare."""
-    join_as_rank(rank, world_size, port)
+    join_as_rank(rank, env)
     config, dataset = difflab.train.prepare_run(
         DDP_TRAIN, DDP_DIFFUSION, DDP_MODEL, conditional=True
     )
@@ -391,10 +427,8 @@ def assert_matches_one_process(multi, single, names):
 
 def test_two_processes_stay_identical_and_match_one_process(tmp_path, capsys):
     # Forked, the processes start at once with difflab already imported (as DataLoader workers).
-    torch.multiprocessing.start_processes(
-        train_as_rank, args=(2, free_port(), str(tmp_path / "ddp"), str(tmp_path)), nprocs=2,
-        start_method="fork",
-    )  # fmt: skip
+    with rendezvous(2) as env:
+        run_forked(train_as_rank, (env, str(tmp_path / "ddp"), str(tmp_path)))
     rank0, rank1 = tensors(tmp_path / "rank0.st"), tensors(tmp_path / "rank1.st")
     assert_bitwise_equal(rank0, rank1)  # the same update on every process
     # Rank 0 wrote the files, with the weights every process holds.
@@ -417,16 +451,15 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path, capsys):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
-def cli_as_rank(rank, world_size, port, argv):
+def cli_as_rank(rank, env, argv):
     """``difflab ARGV`` as one process of a torchrun-style run."""
-    join_as_rank(rank, world_size, port)
+    join_as_rank(rank, env)
     assert main(argv) == 0
 
 
 def on_two_processes(argv):
-    torch.multiprocessing.start_processes(
-        cli_as_rank, args=(2, free_port(), argv), nprocs=2, start_method="fork"
-    )
+    with rendezvous(2) as env:
+        run_forked(cli_as_rank, (env, argv))
 
 
 @pytest.mark.slow
@@ -444,10 +477,10 @@ def test_two_processes_with_dropout_resume_bitwise(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_command_line(tmp_path):
-    """The README's command: `torchrun --nproc_per_node 2 -m difflab train ...`."""
+    """The README's command: `torchrun --standalone --nproc_per_node 2 -m difflab train ...`."""
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()),
+    argv = [str(torchrun), "--nproc_per_node", "2", "--standalone",
             "-m", "difflab", "train", *TINY, "--out", str(tmp_path / "ddp")]  # fmt: skip
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -479,7 +512,7 @@ def test_an_error_of_every_process_is_reported_by_rank_0_alone(monkeypatch):
 def test_an_error_under_torchrun_is_one_line(tmp_path):
     """A loss that turns NaN stops every process at the same step: one message, a clean exit."""
     argv = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
-            "--master_port", str(free_port()), "-m", "difflab", "train", *TINY, "--lr", "1e6",
+            "--standalone", "-m", "difflab", "train", *TINY, "--lr", "1e6",
             "--out", str(tmp_path / "ddp")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
@@ -495,7 +528,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, capsys):
     """A terminal's Ctrl-C reaches torchrun and its workers, and torchrun forwards it again."""
     run = tmp_path / "ddp"
     argv = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2",
-            "--master_port", str(free_port()), "-m", "difflab", "train", *TINY,
+            "--standalone", "-m", "difflab", "train", *TINY,
             "--num-images", "32", "--epochs", "1000", "--sample-every", "0", "--out", str(run)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "stderr.txt", "w+") as stderr:
@@ -514,7 +547,10 @@ def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path, capsys):
     assert "[rank" not in err, err[-2000:]  # no worker printed a traceback
     stops = [line for line in err.splitlines() if "saved" in line]
     assert len(stops) == 1, err[-2000:]  # rank 0 alone, once
-    assert f"continue with: torchrun --nproc_per_node 2 -m difflab train --resume {run}" in stops[0]
+    resume = (
+        f"continue with: torchrun --standalone --nproc_per_node 2 -m difflab train --resume {run}"
+    )
+    assert resume in stops[0]
     step = int(stops[0].split("after step ")[1].split(";")[0])
     saved = Path(stops[0].split("saved ")[1].split(";")[0])
     assert load_checkpoint(saved).state["step"] == step

@@ -67,7 +67,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         processes: int = 1,
         prog: str = "difflab train",
     ) -> None:
-        launch = f"torchrun --nproc_per_node {processes} -m " if processes > 1 else ""
+        launch = f"torchrun --standalone --nproc_per_node {processes} -m " if processes > 1 else ""
         super().__init__(
             f"stopped by {signal_name} after step {step}; saved {checkpoint}; "
             f"continue with: {launch}{prog} --resume {run_dir}"
