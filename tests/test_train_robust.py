@@ -354,8 +354,9 @@ def wait_all(procs, timeout=300):
     """The exit codes of ``procs``, the ranks of one run; when one fails or time runs out, the
     rest are killed (a rank whose partner died waits for it for half an hour)."""
     deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.poll() not in (None, 0) for p in procs):
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if None not in codes or any(codes):  # all ended, or one failed
             break
         time.sleep(0.1)
     for p in procs:

@@ -1,7 +1,7 @@
 """Several processes, one model: torch.distributed as launched by ``torchrun``.
 
-``torchrun --standalone --nproc_per_node N -m difflab train ...`` starts N copies of the command, each with
-RANK, LOCAL_RANK and WORLD_SIZE in its environment. Each process takes its slice of every global
+``torchrun --standalone --nproc_per_node N -m difflab train ...`` starts N copies of the command,
+each with RANK, LOCAL_RANK and WORLD_SIZE in its environment. Each process takes its slice of every global
 batch; DistributedDataParallel averages the gradients, so every process takes the same optimiser
 step and the weights stay identical. Rank 0 alone writes files and prints.
 
