@@ -12,8 +12,9 @@ the same N and seed):
 - the student, ``difflab distill --teacher ...`` continued with ``--resume --max-minutes B`` to
   each budget B (its clock counts distillation steps only), at 1, 2 and 4 steps;
 - with ``--progressive``, progressive distillation's students (``difflab distill --method
-  progressive``, DDIM 64 -> 32 -> ... -> 1, ``--pd-start-steps``) at each budget B, a run of its own: a 1-minute
-  calibration run measures its steps per second, and the rounds are sized to fill B
+  progressive``, DDIM ``--pd-start-steps`` 64 -> 32 -> ... -> 1, the first teacher stepping with
+  ``--teacher-solver``) at each budget B, a run of its own: 1-minute calibration runs measure the
+  steps per second of the first round and of the others, and the rounds are sized to fill B
   (``--round-steps``); its 4-, 2- and 1-step students are scored.
 
 Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
@@ -115,12 +116,17 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
     base = ["distill", "--method", "progressive", "--teacher", str(teacher), "--data-dir",
             args.data_dir, "--start-steps", str(args.pd_start_steps), "--steps", "1",
             "--sample-every", "0", "--no-progress", "--overwrite"]  # fmt: skip
-    probe = Path(args.runs) / "progressive_probe"
-    run([*base, "--round-steps", "100000", "--max-minutes", "1", "--out", str(probe)])
-    last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
-    rate = last["step"] / last["elapsed_s"]  # distillation steps per second, on this machine
+    rate = {}  # distillation steps per second on this machine: the first round's, the others'
+    for solver in sorted({args.teacher_solver, "ddim"}):
+        probe = Path(args.runs) / f"progressive_probe_{solver}"
+        run([*base, "--teacher-solver", solver, "--round-steps", "100000", "--max-minutes", "1",
+             "--out", str(probe)])  # fmt: skip
+        last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
+        rate[solver] = last["step"] / last["elapsed_s"]
+    seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
+    base += ["--teacher-solver", args.teacher_solver]
     for budget in args.budgets:
-        round_steps = max(1, int(0.97 * rate * budget * 60 / rounds))
+        round_steps = max(1, int(0.97 * budget * 60 / seconds_per_round_step))
         run_dir = Path(args.runs) / f"progressive_{budget:g}"
         run([*base, "--round-steps", str(round_steps), "--max-minutes", f"{1.5 * budget:g}",
              "--out", str(run_dir)])  # fmt: skip
@@ -242,8 +248,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--progressive", action="store_true", help="also progressive distillation's students"
     )
     parser.add_argument(
-        "--pd-start-steps", type=int, default=64, help="progressive: the first teacher's steps"
+        "--pd-start-steps", type=int, default=16, help="progressive: the first teacher's steps"
     )
+    parser.add_argument(
+        "--teacher-solver", default="dpmpp-2s", choices=("ddim", "dpmpp-2s"),
+        help="progressive: the first teacher's ODE step",
+    )  # fmt: skip
     parser.add_argument(
         "--no-consistency", action="store_true", help="skip consistency distillation's students"
     )

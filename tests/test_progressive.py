@@ -10,11 +10,13 @@ import torch
 
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
+from difflab.config import run_config_from_dict, to_dict
 from difflab.generate import load_model
 from difflab.harness import latest_checkpoint
-from difflab.progressive import _grid, round_plan
+from difflab.progressive import _grid, ode_step, round_plan
 from difflab.samplers import ddim_step
 from difflab.schedules import make_schedule
+from test_distill import exact_ode, gaussian_denoiser
 from test_train_robust import assert_bitwise_equal, tensors
 
 
@@ -60,6 +62,35 @@ def test_the_target_makes_one_ddim_step_land_on_the_teachers_two():
             torch.testing.assert_close(x_tilde, z_end)
 
 
+def test_the_first_teachers_second_order_step_and_ddim_into_the_data():
+    """--teacher-solver dpmpp-2s: into the data it is DDIM (x0); on the Gaussian oracle, two
+    steps over a student interval land closer to the exact ODE than two DDIM steps, and
+    halving the interval divides the error by ~8 (third-order local error: second order)."""
+    schedule = make_schedule("cosine", 1000)
+    denoiser = gaussian_denoiser(schedule)
+    alpha = torch.tensor([*schedule.sqrt_alpha_bar, 1.0], dtype=torch.float64)
+    sigma = torch.tensor([*schedule.sqrt_one_minus_alpha_bar, 0.0], dtype=torch.float64)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    into_data = ode_step("dpmpp-2s", denoiser, x, torch.tensor([124, 3]),
+                         torch.tensor([1000, 1000]), alpha, sigma)  # fmt: skip
+    torch.testing.assert_close(into_data, denoiser(x, torch.tensor([124, 3]))[1])
+
+    def error(solver, t_from, t_to):
+        t_mid = (t_from + t_to) // 2
+        mid = ode_step(solver, denoiser, x, torch.tensor([t_from] * 2), torch.tensor([t_mid] * 2),
+                       alpha, sigma)  # fmt: skip
+        end = ode_step(solver, denoiser, mid, torch.tensor([t_mid] * 2), torch.tensor([t_to] * 2),
+                       alpha, sigma)  # fmt: skip
+        return (end - exact_ode(x, t_from, t_to, schedule)).abs().max().item()
+
+    # A 4-step student's intervals; from pure noise (t = 999, log-SNR/2 -9.9 -> -0.9) both are
+    # close, as x0 there is about the data's mean.
+    assert error("dpmpp-2s", 999, 749) < error("ddim", 999, 749) / 1.5
+    for t_from, t_to in [(749, 499), (499, 249)]:
+        assert error("dpmpp-2s", t_from, t_to) < error("ddim", t_from, t_to) / 8
+    assert error("dpmpp-2s", 600, 400) / error("dpmpp-2s", 600, 500) > 6
+
+
 # --- difflab distill --method progressive --------------------------------------------------------
 
 PD = ["--method", "progressive", "--start-steps", "8", "--steps", "1", "--round-steps", "4",
@@ -83,6 +114,11 @@ def test_each_round_writes_a_student_that_knows_its_steps(student, teacher):
         )
     final = load_checkpoint(latest_checkpoint(student))
     assert final.config.progressive.steps == 1 and final.state["step"] == 12  # 3 rounds of 4
+    assert final.config.progressive.teacher_solver == "dpmpp-2s"  # distill's default
+    # A run from before the field was distilled with the paper's DDIM, and resumes so.
+    old = to_dict(final.config)
+    del old["progressive"]["teacher_solver"]
+    assert run_config_from_dict(old).progressive.teacher_solver == "ddim"
     # Round 3's teacher is round 2's student: the EMA weights written at the round's start.
     round2 = load_checkpoint(student / "model_steps_2.safetensors").networks["ema"]
     assert_bitwise_equal(final.networks["teacher"], round2)

@@ -19,6 +19,7 @@ T = TypeVar("T")
 
 LR_DECAYS = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
+TEACHER_SOLVERS = ("ddim", "dpmpp-2s")  # progressive distillation's first teacher step
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ class ProgressiveConfig:
     start_steps: int = 64  # the first teacher's DDIM steps; rounds go start/2, start/4, ... steps
     round_steps: int = 500  # training steps per round
     guidance: float = 1.0  # classifier-free guidance of the first teacher, baked into students
+    teacher_solver: str = "ddim"  # the first teacher's ODE step: ddim (the paper; what runs from
+    # before this field used) or dpmpp-2s (difflab distill's default)
 
     def validate(self) -> None:
         if self.steps < 1 or self.round_steps < 1:
@@ -213,6 +216,10 @@ class ProgressiveConfig:
             )
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        if self.teacher_solver not in TEACHER_SOLVERS:
+            raise ValueError(
+                f"teacher solver {self.teacher_solver!r} is not one of {', '.join(TEACHER_SOLVERS)}"
+            )
 
 
 @dataclass(frozen=True)

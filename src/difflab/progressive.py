@@ -96,6 +96,36 @@ def _grid(schedule: Schedule, steps: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(seq, dtype=torch.long, device=device)
 
 
+def ode_step(solver: str, denoiser: Any, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+             alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """One deterministic step of the probability-flow ODE per sample, t -> t_next, where
+    ``alpha`` and ``sigma`` hold every code time's and, last, the data marker T's (1 and 0).
+
+    ``ddim``: x' = alpha' x0 + sigma' (x - alpha x0) / sigma (Song et al. 2021, Eq. 12 with
+    eta = 0), first order. ``dpmpp-2s``: DPM-Solver++(2S) (Lu et al. 2022, Alg. 1), second order:
+    a DDIM step to the code time u nearest the log-SNR midpoint, the denoiser there, and the DDIM
+    step t -> t' with x0 replaced by D = (1 - 1/(2r)) x0_t + 1/(2r) x0_u, r = (lambda_u -
+    lambda_t) / (lambda_t' - lambda_t). A step into the data stays DDIM (lambda is infinite there),
+    as is any step of one code time (no time between).
+    """
+    eps_1, x0_1 = denoiser(x, t)
+    a, s = alpha[t].view(-1, 1, 1, 1), sigma[t].view(-1, 1, 1, 1)
+    a_n, s_n = alpha[t_next].view(-1, 1, 1, 1), sigma[t_next].view(-1, 1, 1, 1)
+    ddim = a_n * x0_1 + s_n * eps_1
+    if solver == "ddim":
+        return ddim
+    lam = torch.log(alpha[:-1] / sigma[:-1])  # log-SNR / 2 of each code time, decreasing in t
+    second = (t_next < len(lam)) & (t - t_next >= 2)
+    t_n = torch.where(second, t_next, t - 1)  # a code time (the others' result is discarded)
+    u = (lam[None, :] - 0.5 * (lam[t] + lam[t_n])[:, None]).abs().argmin(dim=1)
+    u = torch.minimum(torch.maximum(u, t_n + 1), t - 1)  # strictly between t and t'
+    r = ((lam[u] - lam[t]) / (lam[t_n] - lam[t])).view(-1, 1, 1, 1)
+    _, x0_u = denoiser(alpha[u].view(-1, 1, 1, 1) * x0_1 + sigma[u].view(-1, 1, 1, 1) * eps_1, u)
+    d = (1 - 0.5 / r) * x0_1 + (0.5 / r) * x0_u
+    two_s = a_n * d + s_n * (x - a * d) / s
+    return torch.where(second.view(-1, 1, 1, 1), two_s, ddim)
+
+
 class ProgressiveDistillation(Objective):
     """Networks ``model`` (the student), ``ema`` (for sampling) and ``teacher`` (frozen within a
     round, replaced at each round's start, so it is checkpointed); generator ``noise``."""
@@ -167,16 +197,16 @@ class ProgressiveDistillation(Objective):
         weights = {name: self.networks[name].state_dict() for name in ("model", "ema")}
         return write_checkpoint(self.out_dir / f"model_steps_{n}.safetensors", config, weights)
 
-    def _x0(self, net: Any, x: torch.Tensor, t: torch.Tensor, y: Any, guidance: float) -> Any:
-        denoiser = model_denoiser(net, self.config, self.schedule, y, guidance, clip_x0=False)
-        return denoiser(x, t)  # (eps, x0)
-
-    def _ddim(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, y: Any,
-              guidance: float) -> torch.Tensor:  # fmt: skip
-        """One deterministic DDIM step of the teacher per sample, t -> t_next (T: the data)."""
-        eps, x0 = self._x0(self.networks["teacher"], x, t, y, guidance)
-        a, s = self.alpha[t_next].view(-1, 1, 1, 1), self.sigma[t_next].view(-1, 1, 1, 1)
-        return a * x0 + s * eps
+    def _teacher_step(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, y: Any,
+                      guidance: float) -> torch.Tensor:  # fmt: skip
+        """One step of the teacher per sample, t -> t_next (T: the data): the first round's with
+        ``teacher_solver``, later rounds' DDIM (their teachers are students trained for DDIM)."""
+        denoiser = model_denoiser(self.networks["teacher"], self.config, self.schedule, y,
+                                  guidance, clip_x0=False)  # fmt: skip
+        pc = self.config.progressive
+        assert pc is not None
+        solver = pc.teacher_solver if self.round == 0 else "ddim"
+        return ode_step(solver, denoiser, x, t, t_next, self.alpha, self.sigma)
 
     def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
         while self.round < self.round_at(batch.step):  # a round starts (or resume skipped some)
@@ -197,7 +227,8 @@ class ProgressiveDistillation(Objective):
         guidance = pc.guidance if self.round == 0 else 1.0  # later teachers have it baked in
         z_t = q_sample(x0, t, eps, self.schedule)
         with torch.no_grad():
-            z_end = self._ddim(self._ddim(z_t, t, t_mid, y, guidance), t_mid, t_end, y, guidance)
+            z_mid = self._teacher_step(z_t, t, t_mid, y, guidance)
+            z_end = self._teacher_step(z_mid, t_mid, t_end, y, guidance)
             a_t, s_t = self.alpha[t].view(-1, 1, 1, 1), self.sigma[t].view(-1, 1, 1, 1)
             a_e, s_e = self.alpha[t_end].view(-1, 1, 1, 1), self.sigma[t_end].view(-1, 1, 1, 1)
             ratio = s_e / s_t
@@ -220,7 +251,8 @@ class ProgressiveDistillation(Objective):
         return (
             f"progressive distillation of {pc.teacher} (a U-Net with {params:,} parameters) on "
             f"{self.dataset.name} ({self.num_items} images): DDIM {pc.start_steps} -> "
-            f"{' -> '.join(map(str, self.plan))} steps, {pc.round_steps} steps per round"
+            f"{' -> '.join(map(str, self.plan))} steps, {pc.round_steps} steps per round, first "
+            f"teacher step {pc.teacher_solver}"
             + (f", guidance {pc.guidance:g}" if self.config.model.num_classes else "")
         )
 
