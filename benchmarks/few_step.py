@@ -12,7 +12,7 @@ the same N and seed):
 - the student, ``difflab distill --teacher ...`` continued with ``--resume --max-minutes B`` to
   each budget B (its clock counts distillation steps only), at 1, 2 and 4 steps;
 - with ``--progressive``, progressive distillation's students (``difflab distill --method
-  progressive``, DDIM ``--pd-start-steps`` 64 -> 32 -> ... -> 1, the first teacher stepping with
+  progressive``, DDIM ``--pd-start-steps`` 16 -> 8 -> ... -> 1, the first teacher stepping with
   ``--teacher-solver``) at each budget B, a run of its own: 1-minute calibration runs measure the
   steps per second of the first round and of the others, and the rounds are sized to fill B
   (``--round-steps``); its 4-, 2- and 1-step students are scored.
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from difflab.config import TEACHER_SOLVERS, ProgressiveConfig
 from difflab.generate import generate, load_model
 from difflab.samplers import SAMPLERS
 from machine import matmul_gflops
@@ -248,10 +249,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--progressive", action="store_true", help="also progressive distillation's students"
     )
     parser.add_argument(
-        "--pd-start-steps", type=int, default=16, help="progressive: the first teacher's steps"
+        "--pd-start-steps",
+        type=int,
+        default=ProgressiveConfig.start_steps,
+        help="progressive: the first teacher's steps",
     )
     parser.add_argument(
-        "--teacher-solver", default="dpmpp-2s", choices=("ddim", "dpmpp-2s"),
+        "--teacher-solver", default="dpmpp-2s", choices=TEACHER_SOLVERS,
         help="progressive: the first teacher's ODE step",
     )  # fmt: skip
     parser.add_argument(

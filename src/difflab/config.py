@@ -203,7 +203,7 @@ class ProgressiveConfig:
     teacher: str  # the original teacher checkpoint's path, as given
     teacher_sha256: str  # its content hash: --resume refuses another file
     steps: int = 4  # the student's DDIM steps (the last round's; each round halves them)
-    start_steps: int = 64  # the first teacher's DDIM steps; rounds go start/2, start/4, ... steps
+    start_steps: int = 16  # the first teacher's steps; rounds go start/2, start/4, ... steps
     round_steps: int = 500  # training steps per round
     guidance: float = 1.0  # classifier-free guidance of the first teacher, baked into students
     teacher_solver: str = "ddim"  # the first teacher's ODE step: ddim (the paper; what runs from

@@ -64,7 +64,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="progressive: the last student's DDIM steps",
     )  # fmt: skip
     p.add_argument(
-        "--start-steps", type=positive_int, default=16,
+        "--start-steps", type=positive_int, default=ProgressiveConfig.start_steps,
         help="progressive: the first teacher's steps (--steps times a power of 2; default 16: "
         "with dpmpp-2s it beat the paper's DDIM from 64 at 1, 2 and 4 steps, docs/few_step.md)",
     )  # fmt: skip
