@@ -2,8 +2,10 @@
 step land where two teacher steps do, and `difflab distill --method progressive` -> its students
 -> `sample` / `evaluate`, with bitwise resume across a round's change of teacher."""
 
+import itertools
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -115,6 +117,7 @@ def test_each_round_writes_a_student_that_knows_its_steps(student, teacher):
     final = load_checkpoint(latest_checkpoint(student))
     assert final.config.progressive.steps == 1 and final.state["step"] == 12  # 3 rounds of 4
     assert final.config.progressive.teacher_solver == "dpmpp-2s"  # distill's default
+    assert final.config.train.lr == 3e-4  # progressive's default (consistency's is 1e-3)
     # A run from before the field was distilled with the paper's DDIM, and resumes so.
     old = to_dict(final.config)
     del old["progressive"]["teacher_solver"]
@@ -208,3 +211,33 @@ def test_the_students_ema_warms_up_anew_each_round(student):
     for round_index, step in [(0, 0), (0, 3), (1, 4), (1, 7), (2, 9)]:
         obj.round = round_index
         assert obj.ema_step(step) == step - round_index * rounds
+
+
+def test_cosine_decay_restarts_the_learning_rate_each_round(student):
+    """--lr-decay cosine: each round warms up and decays to 10% of the peak on its own clock,
+    because each round trains a new student towards a new teacher; constant keeps the run's."""
+    from difflab.harness import lr_at
+    from difflab.progressive import ProgressiveDistillation
+
+    obj = ProgressiveDistillation.__new__(ProgressiveDistillation)
+    config = load_checkpoint(student / "model_steps_1.safetensors").config
+    pc = replace(config.progressive, round_steps=100)
+    cosine = replace(config.train, lr=1e-3, lr_decay="cosine", warmup_steps=10)
+    obj.config = replace(config, progressive=pc, train=cosine)
+    obj.plan = round_plan(pc.start_steps, pc.steps, config.diffusion.timesteps)
+    total = len(obj.plan) * pc.round_steps
+    lr = []
+    for step in range(total):
+        clock, length = obj.lr_clock(step, total)
+        lr.append(lr_at(clock, cosine, length))
+    for start in (0, 100, 200):  # warm-up from lr / 10, the peak, then 10% at the round's end
+        assert lr[start] == pytest.approx(1e-4)
+        assert lr[start + 10] == pytest.approx(1e-3)
+        end = 1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 89 / 90))
+        assert lr[start + 99] == pytest.approx(end)
+        decay = lr[start + 10 : start + 100]
+        assert all(a > b for a, b in itertools.pairwise(decay))
+    constant = replace(config.train, lr=1e-3, lr_decay="constant", warmup_steps=10)
+    obj.config = replace(config, progressive=pc, train=constant)
+    for step in (0, 5, 50, 150, 299):
+        assert obj.lr_clock(step, total) == (step, total)

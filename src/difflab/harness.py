@@ -161,6 +161,12 @@ class Objective:
         distillation does at each round, where an average over the old weights would lag."""
         return step
 
+    def lr_clock(self, step: int, total_steps: int) -> tuple[int, int]:
+        """The step and the run length the learning-rate schedule (``lr_at``) counts: the run's,
+        unless the objective restarts its training within a run, as progressive distillation
+        does at each round with ``--lr-decay cosine``."""
+        return step, total_steps
+
     def describe(self) -> str:
         """What is trained on what, for the first line the run prints."""
         return f"{type(self).__name__}, {count_parameters(self):,} parameters"
@@ -705,7 +711,8 @@ class Harness:
         stats: dict[str, float] = {}
         problem, stepped, several = None, False, len(obj.phases) > 1
         for phase in obj.phases:
-            lr = lr_at(self.step, cfg, self.total_steps, phase.lr)
+            clock, length = obj.lr_clock(self.step, self.total_steps)
+            lr = lr_at(clock, cfg, length, phase.lr)
             optimizer = obj.optimizers[phase.optimizer]
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -178,6 +178,15 @@ class ProgressiveDistillation(Objective):
         round's weights in the EMA of a 500-step round: a student mostly still its teacher."""
         return step - self.round * self.config.progressive.round_steps  # type: ignore[union-attr]
 
+    def lr_clock(self, step: int, total_steps: int) -> tuple[int, int]:
+        """With ``lr_decay`` cosine each round has its own schedule: warm-up, then cosine decay to
+        10% of the peak at the round's end (the next student starts again at the peak). With
+        constant, the run's clock (one warm-up at its start), as runs from before had."""
+        if self.config.train.lr_decay == "constant":
+            return step, total_steps
+        rs = self.config.progressive.round_steps  # type: ignore[union-attr]
+        return step - self.round_at(step) * rs, rs
+
     def student_steps(self) -> int:
         return self.plan[self.round]
 
