@@ -710,8 +710,8 @@ class Harness:
         batch = Batch(idx, distributed.rank_slice(b, self.ddp), self.step)  # ddp: my share
         stats: dict[str, float] = {}
         problem, stepped, several = None, False, len(obj.phases) > 1
+        clock, length = obj.lr_clock(self.step, self.total_steps)
         for phase in obj.phases:
-            clock, length = obj.lr_clock(self.step, self.total_steps)
             lr = lr_at(clock, cfg, length, phase.lr)
             optimizer = obj.optimizers[phase.optimizer]
             for group in optimizer.param_groups:

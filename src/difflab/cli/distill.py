@@ -131,8 +131,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         train_cfg = TrainConfig(
             data=tc.data, data_dir=args.data_dir or tc.data_dir, num_images=tc.num_images,
             epochs=args.epochs or 20, max_minutes=args.max_minutes, max_steps=args.max_steps,
-            batch_size=args.batch_size, lr=args.lr or LR[args.method], ema_decay=args.ema_decay, seed=args.seed,
-            device=args.device or "auto", sample_every=args.sample_every,
+            batch_size=args.batch_size, lr=args.lr or LR[args.method], ema_decay=args.ema_decay,
+            seed=args.seed, device=args.device or "auto", sample_every=args.sample_every,
             num_preview=args.num_preview, preview_steps=args.preview_steps,
         )  # fmt: skip
         train_cfg.validate()
@@ -146,9 +146,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
             )  # fmt: skip
             if args.lr_decay == "cosine":  # each round warms up for a tenth of it
                 warmup = min(train_cfg.warmup_steps, max(1, args.round_steps // 10))
-                train_cfg = replace(train_cfg, lr_decay="cosine", warmup_steps=warmup)
-            else:
-                train_cfg = replace(train_cfg, lr_decay="constant")
+                train_cfg = replace(train_cfg, warmup_steps=warmup)
+            train_cfg = replace(train_cfg, lr_decay=args.lr_decay)
             config = progressive_config(teacher, train_cfg, plan, dataset.num_images)
         else:
             consistency = ConsistencyConfig(
