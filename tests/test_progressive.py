@@ -188,6 +188,8 @@ def test_bad_progressive_input_is_one_line(teacher, student, tmp_path, capsys):
     cases = [
         (["distill", "--teacher", str(teacher), *PD, "--start-steps", "6"], "times a power of 2"),
         (["distill", "--teacher", str(teacher), *PD, "--start-steps", "64"], "within the teacher's 50"),
+        (["distill", "--teacher", str(teacher), *PD, "--intervals", "8"],
+         "--intervals is a flag of --method consistency; this run is --method progressive"),
         (["sample", "--checkpoint", final, "--guidance", "5"], "distilled at guidance 2"),
         (["sample", "--checkpoint", final, "--steps", "51"], "exceeds the model's 50 timesteps"),
     ]  # fmt: skip

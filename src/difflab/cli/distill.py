@@ -14,7 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from difflab import distributed
-from difflab.cli.flags import add_command, check_resume_flags, positive_float, positive_int
+from difflab.cli.flags import (
+    add_command,
+    check_resume_flags,
+    flags_given,
+    positive_float,
+    positive_int,
+)
 from difflab.config import (
     TEACHER_SOLVERS,
     ConsistencyConfig,
@@ -31,6 +37,13 @@ LR = {"consistency": 1e-3, "progressive": 3e-4}
 
 # What --resume may change: how long to go on, and where (difflab.train.RESUME_FLAGS' subset).
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
+
+# The flags (dests) that only one method reads: given with the other method, they are an error,
+# not silently ignored.
+METHOD_FLAGS = {
+    "consistency": ("intervals", "preview_steps"),
+    "progressive": ("steps", "start_steps", "round_steps", "teacher_solver", "lr_decay"),
+}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -62,7 +75,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the student, sampled")
     p.add_argument(
         "--intervals", type=positive_int, default=ConsistencyConfig.intervals,
-        help="N: the teacher's ODE is cut into N intervals; each step learns one (CM Alg. 2)",
+        help="consistency: the teacher's ODE is cut into N intervals; each step learns one "
+        "(CM Alg. 2)",
     )  # fmt: skip
     p.add_argument(
         "--steps", type=positive_int, default=ProgressiveConfig.steps,
@@ -124,6 +138,12 @@ def cmd_distill(args: argparse.Namespace) -> None:
     else:
         if args.teacher is None:
             raise ValueError("--teacher is required: the diffusion checkpoint to distil")
+        other = "progressive" if args.method == "consistency" else "consistency"
+        misplaced = flags_given(args, ["distill"], METHOD_FLAGS[other])
+        if misplaced:
+            raise ValueError(
+                f"{misplaced[0]} is a flag of --method {other}; this run is --method {args.method}"
+            )
         if not 0.0 <= args.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
         teacher = load_teacher(args.teacher)
