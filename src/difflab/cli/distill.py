@@ -80,7 +80,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--steps", type=positive_int, default=ProgressiveConfig.steps,
-        help="progressive: the last student's DDIM steps",
+        help="progressive: the last student's DDIM steps (stop at the steps you will sample "
+        "with: fewer rounds, so longer ones in the same time)",
     )  # fmt: skip
     p.add_argument(
         "--start-steps", type=positive_int, default=ProgressiveConfig.start_steps,
