@@ -15,7 +15,8 @@ the same N and seed):
   progressive``, DDIM ``--pd-start-steps`` 16 -> 8 -> ... -> 1, the first teacher stepping with
   ``--teacher-solver``) at each budget B, a run of its own: 1-minute calibration runs measure the
   steps per second of the first round and of the others, and the rounds are sized to fill B
-  (``--round-steps``); its 4-, 2- and 1-step students are scored.
+  (``--round-steps``); its 4-, 2- and 1-step students are scored. ``--pd-steps 1,4`` adds, at
+  each budget, a run that stops at 4 steps (two rounds, sized the same way; its 4-step student).
 
 Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
 in this process, alternating, median of 5. Writes ``docs/few_step.json``, the table in
@@ -112,34 +113,38 @@ def student_rows(args: argparse.Namespace, teacher: Path):
 
 
 def progressive_rows(args: argparse.Namespace, teacher: Path):
-    """Progressive distillation's 4-, 2- and 1-step students, a run per budget sized to fill it."""
-    rounds = args.pd_start_steps.bit_length() - 1  # start, start/2, ..., 1
+    """Progressive distillation's 4-, 2- and 1-step students, a run per budget sized to fill it;
+    with ``--pd-steps 1,4`` also runs that stop at 4 steps (fewer rounds, each longer)."""
     base = ["distill", "--method", "progressive", "--teacher", str(teacher), "--data-dir",
-            args.data_dir, "--start-steps", str(args.pd_start_steps), "--steps", "1",
-            "--sample-every", "0", "--no-progress", "--overwrite"]  # fmt: skip
+            args.data_dir, "--start-steps", str(args.pd_start_steps), "--sample-every", "0",
+            "--no-progress", "--overwrite"]  # fmt: skip
     rate = {}  # distillation steps per second on this machine: the first round's, the others'
     for solver in sorted({args.teacher_solver, "ddim"}):
         probe = Path(args.runs) / f"progressive_probe_{solver}"
-        run([*base, "--teacher-solver", solver, "--round-steps", "100000", "--max-minutes", "1",
-             "--out", str(probe)])  # fmt: skip
+        run([*base, "--steps", "1", "--teacher-solver", solver, "--round-steps", "100000",
+             "--max-minutes", "1", "--out", str(probe)])  # fmt: skip
         last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
         rate[solver] = last["step"] / last["elapsed_s"]
-    seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
     base += ["--teacher-solver", args.teacher_solver]
-    for budget in args.budgets:
-        round_steps = max(1, int(0.97 * budget * 60 / seconds_per_round_step))
-        run_dir = Path(args.runs) / f"progressive_{budget:g}"
-        run([*base, "--round-steps", str(round_steps), "--max-minutes", f"{1.5 * budget:g}",
-             "--out", str(run_dir)])  # fmt: skip
-        log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        last = [r for r in log if r.get("loss") is not None][-1]
-        for steps in (1, 2, 4):
-            ckpt = run_dir / f"model_steps_{steps}.safetensors"
-            yield {"model": f"progressive {budget:g} min", "sampler": "ddim", "steps": steps,
-                   "distill_steps": last["step"], "distill_s": last["elapsed_s"],
-                   "round_steps": round_steps, **score(args, ckpt, [])}  # fmt: skip
-            if budget == args.budgets[-1]:
-                grid(ckpt, [], f"progressive_{budget:g}min_{steps}step")
+    for stop in args.pd_steps:
+        rounds = (args.pd_start_steps // stop).bit_length() - 1  # start/2, start/4, ..., stop
+        seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
+        suffix = "" if stop == 1 else f"_stop{stop}"
+        for budget in args.budgets:
+            round_steps = max(1, int(0.97 * budget * 60 / seconds_per_round_step))
+            run_dir = Path(args.runs) / f"progressive_{budget:g}{suffix}"
+            run([*base, "--steps", str(stop), "--round-steps", str(round_steps), "--max-minutes",
+                 f"{1.5 * budget:g}", "--out", str(run_dir)])  # fmt: skip
+            log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            last = [r for r in log if r.get("loss") is not None][-1]
+            model = f"progressive {budget:g} min" + ("" if stop == 1 else f", stop at {stop}")
+            for steps in [s for s in (1, 2, 4) if s >= stop]:
+                ckpt = run_dir / f"model_steps_{steps}.safetensors"
+                yield {"model": model, "sampler": "ddim", "steps": steps,
+                       "distill_steps": last["step"], "distill_s": last["elapsed_s"],
+                       "round_steps": round_steps, **score(args, ckpt, [])}  # fmt: skip
+                if budget == args.budgets[-1]:
+                    grid(ckpt, [], f"progressive_{budget:g}min_{steps}step{suffix}")
 
 
 # Candidate times (fractions of T - 1) for multistep consistency sampling, measured at N = 1000.
@@ -190,22 +195,28 @@ def timing(teacher: Path, student: Path, repeats: int = 5) -> dict:
 
 
 def verdict(rows: list[dict]) -> dict:
-    """The issue's targets against each method's longest-distilled student."""
+    """The issue's targets against each method's longest-distilled students (each run's own
+    step counts: a progressive run that stops at 4 steps is judged at 4)."""
     best_teacher = min(r["fid"] for r in rows if r["model"] == "teacher")
     six = [r["fid"] for r in rows if r["model"] == "teacher" and r["steps"] == 6]
     out: dict = {"best_teacher_fid": best_teacher}
     for method in ("student", "progressive"):
-        models = [r["model"] for r in rows if r["model"].startswith(method)]
-        if not models:
+        names = list(dict.fromkeys(r["model"] for r in rows if r["model"].startswith(method)))
+        if not names:
             continue
-        last = models[-1]
-        student = {r["steps"]: r["fid"] for r in rows if r["model"] == last}
-        out[last] = {
-            "4_steps_within_25%": student[4] <= 1.25 * best_teacher,
-            "2_steps_within_50%": student[2] <= 1.5 * best_teacher,
-            "1_step_within_3x": student[1] <= 3 * best_teacher,
-            "4_steps_beat_every_6_step_solver": bool(six) and student[4] < min(six),
-        }
+        longest = names[-1].split(",")[0]  # "progressive 20 min" of "..., stop at 4" too
+        for name in [n for n in names if n.split(",")[0] == longest]:
+            student = {r["steps"]: r["fid"] for r in rows if r["model"] == name}
+            checks = {}
+            if 4 in student:
+                checks["4_steps_within_25%"] = student[4] <= 1.25 * best_teacher
+            if 2 in student:
+                checks["2_steps_within_50%"] = student[2] <= 1.5 * best_teacher
+            if 1 in student:
+                checks["1_step_within_3x"] = student[1] <= 3 * best_teacher
+            if 4 in student:
+                checks["4_steps_beat_every_6_step_solver"] = bool(six) and student[4] < min(six)
+            out[name] = checks
     return out
 
 
@@ -255,6 +266,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="progressive: the first teacher's steps",
     )
     parser.add_argument(
+        "--pd-steps", default="1",
+        help="progressive: the last students' steps, a run each (1,4: also runs that stop at 4)",
+    )  # fmt: skip
+    parser.add_argument(
         "--teacher-solver", default="dpmpp-2s", choices=TEACHER_SOLVERS,
         help="progressive: the first teacher's ODE step",
     )  # fmt: skip
@@ -263,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.pd_steps = [int(n) for n in args.pd_steps.split(",")]
+    if 1 not in args.pd_steps:  # the timing row draws with the 1-step student
+        parser.error(f"--pd-steps {','.join(map(str, args.pd_steps))} must include 1")
     teacher = (
         Path(args.teacher) if args.teacher else Path(args.runs) / "teacher/model_final.safetensors"
     )
