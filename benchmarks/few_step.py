@@ -40,6 +40,7 @@ import torch
 
 from difflab.config import TEACHER_SOLVERS, ProgressiveConfig
 from difflab.generate import generate, load_model
+from difflab.progressive import round_plan
 from difflab.samplers import SAMPLERS
 from machine import matmul_gflops
 
@@ -127,7 +128,7 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
         rate[solver] = last["step"] / last["elapsed_s"]
     base += ["--teacher-solver", args.teacher_solver]
     for stop in args.pd_steps:
-        rounds = (args.pd_start_steps // stop).bit_length() - 1  # start/2, start/4, ..., stop
+        rounds = len(round_plan(args.pd_start_steps, stop, args.pd_start_steps))
         seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
         suffix = "" if stop == 1 else f"_stop{stop}"
         for budget in args.budgets:
@@ -281,6 +282,11 @@ def main(argv: list[str] | None = None) -> dict:
     args.pd_steps = [int(n) for n in args.pd_steps.split(",")]
     if 1 not in args.pd_steps:  # the timing row draws with the 1-step student
         parser.error(f"--pd-steps {','.join(map(str, args.pd_steps))} must include 1")
+    for stop in args.pd_steps:  # before the teacher's rows, not after them
+        try:
+            round_plan(args.pd_start_steps, stop, args.pd_start_steps)
+        except ValueError as e:
+            parser.error(str(e))
     teacher = (
         Path(args.teacher) if args.teacher else Path(args.runs) / "teacher/model_final.safetensors"
     )
