@@ -7,7 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-from difflab.cli import main
+from difflab.cli import build_parser, main
+from difflab.cli.flags import given_on_command_line
 
 TINY = [
     "--data", "emoji", "--num-images", "64", "--epochs", "2", "--batch-size", "32",
@@ -109,6 +110,7 @@ def test_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys):
         (["train", "--schedule", "quadratic"], "invalid choice: 'quadratic'"),
         (["train", "--preset", "fancy"], "invalid choice: 'fancy'"),
         (["train", "--resume", str(tiny_run), "--preset", "classic"], "--preset cannot change"),
+        (["train", "--resume", str(tiny_run), "--preset", "default"], "--preset cannot change"),
         (["train", "--resume", str(tiny_run), "--lr", "0.1"], "--lr cannot change"),
         (["train", "--data", "shapes", "--channel-mults", "1,2,2,2,2,2", "--out", str(tmp_path / "x")],
          "cannot be halved"),
@@ -131,6 +133,17 @@ def test_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys):
             assert exit_.code == 2 and len(err.splitlines()) == 1 and match in err, (argv, err)
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_the_flags_given_are_those_on_the_command_line_even_at_their_defaults():
+    # --seed 0 and --sampler dpmpp-2m-sde are sample's defaults: given, they still count; the
+    # flags left out (--num-images, --steps, ...) do not, nor do other commands' flags.
+    argv = ["sample", "--checkpoint", "x.safetensors", "--seed", "0", "--sampler", "dpmpp-2m-sde"]
+    given = given_on_command_line(build_parser(), argv)
+    assert given == {"command", "checkpoint", "seed", "sampler"}
+    argv = ["train", "--resume", "runs/x", "--no-progress"]
+    given = given_on_command_line(build_parser(), argv)
+    assert given == {"command", "resume", "no_progress"}
 
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):

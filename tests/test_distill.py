@@ -232,6 +232,8 @@ def test_bad_input_to_distill_and_to_a_distilled_model_is_one_line(
         (["distill"], "--teacher is required"),
         (["distill", "--teacher", str(teacher), "--lr-decay", "cosine"],
          "--lr-decay is a flag of --method progressive; this run is --method consistency"),
+        (["distill", "--teacher", str(teacher), "--steps", "4"],  # its default value: still given
+         "--steps is a flag of --method progressive; this run is --method consistency"),
         (["distill", "--resume", str(student), "--teacher", str(teacher)],
          "--teacher cannot change when a run is resumed"),
         (["distill", "--resume", str(student), "--intervals", "4"],

@@ -277,6 +277,8 @@ def test_a_gan_checkpoint_given_to_a_diffusion_only_command_is_one_line(
          "--loss cannot change when a run is resumed"),
         (["sample", "--checkpoint", final, "--steps", "4"], f"--steps {one_evaluation}"),
         (["sample", "--checkpoint", final, "--sampler", "ddim"], f"--sampler {one_evaluation}"),
+        (["sample", "--checkpoint", final, "--sampler", "dpmpp-2m-sde"],  # its default value
+         f"--sampler {one_evaluation}"),
         (["sample", "--checkpoint", final, "--show-intermediate"], "--show-intermediate"),
         (["sample", "--checkpoint", final, "--guidance", "2"], f"--guidance {one_evaluation}"),
         (["sample", "--checkpoint", final, "--backend", "numpy"], "runs in torch, not the numpy"),

@@ -44,7 +44,7 @@ from difflab.cli import (
     train,
     visualize,
 )
-from difflab.cli.flags import ArgumentParser
+from difflab.cli.flags import ArgumentParser, given_on_command_line
 
 EPILOG = """examples:
   difflab demo                                      # train on built-in faces, write every picture
@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``difflab`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.given = given_on_command_line(parser, argv)  # what flags_given reads
     # Under torchrun, an error that every process raised together is printed by rank 0 alone;
     # another rank's own error names the rank.
     rank = distributed.env_rank()

@@ -92,7 +92,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     from difflab.train import latest_checkpoint, resume_config
 
     if args.resume:
-        check_resume_flags(args, "train-autoencoder", RESUME_FLAGS)
+        check_resume_flags(args, RESUME_FLAGS)
         ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
         if ckpt.config.autoencoder is None:
             raise ValueError(f"{args.resume} is not an autoencoder run; use difflab train --resume")

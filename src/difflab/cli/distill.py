@@ -127,7 +127,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.train import latest_checkpoint, resume_config
 
     if args.resume:
-        check_resume_flags(args, "distill", RESUME_FLAGS)
+        check_resume_flags(args, RESUME_FLAGS)
         ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
         method = ckpt.config.consistency or ckpt.config.progressive
         if method is None:
@@ -140,7 +140,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         if args.teacher is None:
             raise ValueError("--teacher is required: the diffusion checkpoint to distil")
         other = "progressive" if args.method == "consistency" else "consistency"
-        misplaced = flags_given(args, ["distill"], METHOD_FLAGS[other])
+        misplaced = flags_given(args, METHOD_FLAGS[other])
         if misplaced:
             raise ValueError(
                 f"{misplaced[0]} is a flag of --method {other}; this run is --method {args.method}"

@@ -210,20 +210,34 @@ def check_png(path: str) -> Path:
     return Path(path)
 
 
-def flags_given(args: argparse.Namespace, argv: list[str], names: Sequence[str]) -> list[str]:
-    """Which of ``names`` (dests) have other values than a parse of ``argv`` gives by default,
-    as --flag-names."""
-    from difflab.cli import build_parser  # the package imports this module first
+def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The dests of the flags ``argv`` names, whatever their values: a flag given with its
+    default value counts. ``argv`` parsed again by ``parser`` with every default taken away, so
+    only what the command line sets is in the result. Call it once ``argv`` has parsed."""
+    _drop_defaults(parser)
+    return set(vars(parser.parse_args(argv)))
 
-    defaults = vars(build_parser().parse_args(argv))
-    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) != defaults.get(n)]
+
+def _drop_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _drop_defaults(command)
+        else:
+            action.default = argparse.SUPPRESS
 
 
-def check_resume_flags(args: argparse.Namespace, command: str, allowed: Sequence[str]) -> None:
+def flags_given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` (dests) the command line gave, even at their default values (``main``
+    records them in ``args.given``), as --flag-names."""
+    return ["--" + n.replace("_", "-") for n in names if n in args.given]
+
+
+def check_resume_flags(args: argparse.Namespace, allowed: Sequence[str]) -> None:
     """With --resume a run continues with its own settings: a flag outside ``allowed`` (dests:
-    how long to go on, and where) is an error, not silently ignored."""
-    others = [n for n in vars(args) if n not in (*allowed, "resume", "no_progress")]
-    fixed = flags_given(args, [command], others)
+    how long to go on, and where) is an error, not silently ignored, even at its default."""
+    others = [n for n in vars(args) if n not in (*allowed, "command", "resume", "no_progress")]
+    fixed = flags_given(args, others)
     if fixed:
         raise ValueError(
             f"{fixed[0]} cannot change when a run is resumed (--resume continues with the run's "

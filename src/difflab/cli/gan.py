@@ -84,7 +84,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
     from difflab.train import latest_checkpoint, resume_config
 
     if args.resume:
-        check_resume_flags(args, "train-gan", RESUME_FLAGS)
+        check_resume_flags(args, RESUME_FLAGS)
         out = Path(args.resume)
         ckpt = load_checkpoint(latest_checkpoint(out))
         if ckpt.config.gan is None:
@@ -140,11 +140,9 @@ SAMPLE_DIFFUSION_FLAGS = ["sampler", "steps", "spacing", "eta", "variance", "sho
 INTERPOLATE_DIFFUSION_FLAGS = ["steps", "guidance", "class_label", "no_clip"]
 
 
-def refuse_diffusion_flags(
-    args: argparse.Namespace, loaded: LoadedGAN, command: str, names: list[str]
-) -> None:
+def refuse_diffusion_flags(args: argparse.Namespace, loaded: LoadedGAN, names: list[str]) -> None:
     """A one-line error for a flag that only diffusion sampling uses, given with a GAN."""
-    given = flags_given(args, [command, "--checkpoint", "x"], names)
+    given = flags_given(args, names)
     if given:
         raise ValueError(
             f"{given[0]} applies to diffusion checkpoints; {loaded.config.train.data} GAN "
@@ -155,7 +153,7 @@ def refuse_diffusion_flags(
 
 def sample_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> None:
     """``difflab sample`` of a GAN: a grid of G(z), z from --seed."""
-    refuse_diffusion_flags(args, loaded, "sample", SAMPLE_DIFFUSION_FLAGS)
+    refuse_diffusion_flags(args, loaded, SAMPLE_DIFFUSION_FLAGS)
     start = time.perf_counter()
     images = draw(loaded, num_images=args.num_images, seed=args.seed)
     seconds = time.perf_counter() - start
@@ -169,7 +167,7 @@ def interpolate_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> N
     that ``sample --seed A`` draws."""
     from difflab.editing import slerp
 
-    refuse_diffusion_flags(args, loaded, "interpolate", INTERPOLATE_DIFFUSION_FLAGS)
+    refuse_diffusion_flags(args, loaded, INTERPOLATE_DIFFUSION_FLAGS)
     if not args.seeds or len(args.seeds) != 2 or args.image or args.from_data:
         raise ValueError(
             "a GAN interpolates between the z of two seeds: give --seeds A,B and no input "

@@ -239,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
     if args.resume:
-        check_resume_flags(args, "train", RESUME_FLAGS)
+        check_resume_flags(args, RESUME_FLAGS)
         out = Path(args.resume)
         ckpt = load_checkpoint(latest_checkpoint(out))
         if ckpt.config.gan is not None:
