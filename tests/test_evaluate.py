@@ -296,8 +296,10 @@ def test_evaluate_a_conditional_checkpoint(cache, tmp_path, monkeypatch, capsys,
     argv = ["evaluate", "--checkpoint", str(ckpt), "--num-samples", "40", "--sampler", "ddim",
             "--steps", "4", "--seed", "3", "--out", str(out), "--save-images", str(kept)]  # fmt: skip
     assert main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "FID vs emoji test" in printed and "class accuracy" in printed
+    assert "generating:" in captured.err and "/40 " in captured.err  # the progress bar
     report = read_report(out)
     m, setup = report["metrics"], report["setup"]
     assert setup["num_images"] == 40 and setup["steps"] == 4 and setup["guidance"] is None
@@ -330,7 +332,8 @@ def test_evaluate_a_conditional_checkpoint(cache, tmp_path, monkeypatch, capsys,
     guided = tmp_path / "guided.json"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--num-samples", "40",
                  "--sampler", "ddim", "--steps", "4", "--seed", "3", "--guidance", "4",
-                 "--out", str(guided)]) == 0  # fmt: skip
+                 "--out", str(guided), "--no-progress"]) == 0  # fmt: skip
+    assert "generating:" not in capsys.readouterr().err
     assert read_report(guided)["setup"]["guidance"] == 4.0
     assert read_report(guided)["metrics"]["fid"] != m["fid"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, numpy_weights
 from difflab.config import RunConfig
@@ -191,10 +192,12 @@ def draw(
     num_images: int,
     seed: int = 0,
     batch_size: int = 256,
+    progress: bool = False,
     **sampling: Any,
 ) -> torch.Tensor:
     """``num_images`` images (float32 NCHW in [-1, 1], CPU) from any loaded checkpoint: a GAN's
-    generator on ``gan_latents(seed)``, else ``generate`` with the ``sampling`` keywords."""
+    generator on ``gan_latents(seed)`` (one quick pass: no progress bar), else ``generate`` with
+    the ``sampling`` keywords."""
     if isinstance(loaded, LoadedGAN):
         if sampling:
             raise ValueError(
@@ -204,7 +207,7 @@ def draw(
         return generate_gan(loaded.model, num_images=num_images, seed=seed, batch_size=batch_size)
     return generate(
         loaded.model, loaded.config, loaded.schedule, num_images=num_images, seed=seed,
-        batch_size=batch_size, **sampling,
+        batch_size=batch_size, progress=progress, **sampling,
     )  # fmt: skip
 
 
@@ -367,6 +370,7 @@ def generate(
     x_T: torch.Tensor | None = None,
     batch_size: int = 256,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> torch.Tensor:
     """Draw ``num_images`` samples (float32 NCHW in [-1, 1], on the CPU) from either backend.
@@ -377,6 +381,7 @@ def generate(
     only (trajectory pictures need a few images, not thousands). ``labels`` (one per image) pick
     the classes of a conditional model and ``guidance`` the classifier-free guidance scale;
     ``x_T`` replaces the initial noise (to compare samplers or guidance scales on the same noise).
+    ``progress`` shows a bar of the images drawn, a batch at a time (on stderr).
     """
     if sampler not in SAMPLERS and config.consistency is None:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
@@ -405,6 +410,7 @@ def generate(
     clip_x0 = clip_x0 and space.clip_x0
     callback = space.wrap_callback(callback)
     out = []
+    bar = tqdm(total=num_images, desc="generating", unit="img", disable=not progress, leave=False)
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
         y = None if labels is None else labels[start : start + n]
@@ -428,6 +434,8 @@ def generate(
                 callback=callback if start == 0 else None, **options,
             )  # fmt: skip
         out.append(space.to_images(x))  # (n, C, H, W) images in [-1, 1], on the CPU
+        bar.update(n)
+    bar.close()
     if not isinstance(model, NumpyUNet):
         model.train(was_training)
     return torch.cat(out)

@@ -93,6 +93,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--save-images", help="also keep the generated images in this .npz")
     p.add_argument("--out", default="metrics.json", help="JSON report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while generating")
 
 
 def _add_train_evaluator(subparsers: argparse._SubParsersAction) -> None:
@@ -312,8 +313,9 @@ def _generate(
     print(f"generating {n} images ({sampler}, {steps} steps) ...", flush=True)
     gen_start = time.perf_counter()
     images = draw(
-        loaded, num_images=n, seed=args.seed, batch_size=args.batch_size, **sampling
-    ).numpy()
+        loaded, num_images=n, seed=args.seed, batch_size=args.batch_size,
+        progress=not args.no_progress, **sampling,
+    ).numpy()  # fmt: skip
     setup["generate_seconds"] = round(time.perf_counter() - gen_start, 2)
     return images, labels
 
