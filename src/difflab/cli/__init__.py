@@ -102,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``difflab`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.given = given_on_command_line(parser, argv)  # what flags_given reads
+    args = build_parser().parse_args(argv)
+    args.given = given_on_command_line(build_parser(), argv)  # what flags_given reads
     # Under torchrun, an error that every process raised together is printed by rank 0 alone;
     # another rank's own error names the rank.
     rank = distributed.env_rank()

@@ -212,8 +212,8 @@ def check_png(path: str) -> Path:
 
 def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """The dests of the flags ``argv`` names, whatever their values: a flag given with its
-    default value counts. ``argv`` parsed again by ``parser`` with every default taken away, so
-    only what the command line sets is in the result. Call it once ``argv`` has parsed."""
+    default value counts. ``argv`` parsed by ``parser`` with every default taken away, so only
+    what the command line sets is in the result; this changes ``parser``, so pass a fresh one."""
     _drop_defaults(parser)
     return set(vars(parser.parse_args(argv)))
 
