@@ -63,7 +63,7 @@ def score(args: argparse.Namespace, ckpt: Path, sampling: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "metrics.json"
         run(["evaluate", "--checkpoint", str(ckpt), *sampling, "--num-samples",
-             str(args.num_samples), "--seed", "1", "--out", str(out)])  # fmt: skip
+             str(args.num_samples), "--seed", "1", "--no-progress", "--out", str(out)])  # fmt: skip
         report = json.loads(out.read_text())
     m = report["metrics"]
     return {"fid": round(m["fid"], 3), "kid": round(m["kid"], 5),
@@ -80,49 +80,54 @@ def grid(ckpt: Path, sampling: list[str], name: str) -> None:
 DDPM_CHUNK = 500  # images per kept chunk of DDPM-1000: ~15-20 min of 2 CPU cores
 
 
-def ddpm_images(args: argparse.Namespace, teacher: Path) -> tuple[Path, float]:
-    """DDPM-1000's ``--num-samples`` images, drawn in chunks of 500 that are kept under
-    ``--runs``/ddpm_1000 (chunk i with seed 1000 + i), so that the hours this takes can be spread
-    over several runs: a run makes the chunks still missing. The U-Net is ``torch.compile``d
-    (1.3x on a 2-core CPU; its outputs match eager to 5e-7). Returns the .npz of all the images
-    and the seconds the chunks took, summed (over runs, perhaps on different machines)."""
+def ddpm_images(
+    args: argparse.Namespace, teacher: Path, chunk: int = DDPM_CHUNK, compile: bool = True
+) -> tuple[Path, float, int]:
+    """The teacher's DDPM with all its T steps (1000): ``--num-samples`` images, drawn in chunks
+    that are kept under ``--runs``/ddpm_T (chunk i of ``chunk`` images with seed 1000 + i), so
+    that the hours this takes can be spread over several runs: a run draws the chunks still
+    missing. The U-Net is ``torch.compile``d (1.3x on a 2-core CPU; its outputs match eager's to
+    5e-7). Returns the .npz of all the images, the seconds their chunks took, summed (over
+    runs, perhaps on different machines: each chunk records its machine's matmul rate), and T."""
     from difflab.io import atomic_path
 
-    folder = Path(args.runs) / "ddpm_1000"
     loaded = load_model(teacher, "cpu")
-    compiled = None
+    steps = loaded.schedule.num_timesteps
+    folder = Path(args.runs) / f"ddpm_{steps}"
+    model = torch.compile(loaded.model) if compile else loaded.model
+    gflops = None  # measured once, if a chunk is drawn
     chunks = []
-    for i in range(-(-args.num_samples // DDPM_CHUNK)):
+    for i in range(-(-args.num_samples // chunk)):
         path = folder / f"chunk_{i:03d}.npz"
-        n = min(DDPM_CHUNK, args.num_samples - i * DDPM_CHUNK)
+        n = min(chunk, args.num_samples - i * chunk)
         if not path.exists():
-            compiled = compiled or torch.compile(loaded.model)
+            gflops = gflops or matmul_gflops()
             start = time.perf_counter()
-            images = generate(compiled, loaded.config, loaded.schedule, num_images=n,
-                              seed=1000 + i, sampler="ddpm", steps=1000, batch_size=250,
-                              progress=True)  # fmt: skip
+            images = generate(model, loaded.config, loaded.schedule, num_images=n, seed=1000 + i,
+                              sampler="ddpm", steps=steps, batch_size=250, progress=True)  # fmt: skip
             seconds = time.perf_counter() - start
             with atomic_path(path) as tmp, tmp.open("wb") as f:
-                np.savez(f, images=images.numpy(), seconds=seconds, gflops=matmul_gflops())
-            print(f"DDPM-1000 chunk {i}: {n} images in {seconds:.0f} s", file=sys.stderr)
-        chunks.append(np.load(path))
-    images = np.concatenate([c["images"] for c in chunks])
+                np.savez(f, images=images.numpy(), seconds=seconds, gflops=gflops)
+            print(f"DDPM-{steps} chunk {i}: {n} images in {seconds:.0f} s", file=sys.stderr)
+        with np.load(path) as kept:
+            chunks.append((kept["images"], float(kept["seconds"])))
+    images = np.concatenate([c[0] for c in chunks])
     assert len(images) == args.num_samples, (len(images), args.num_samples)
     everything = folder / "images.npz"
     np.savez(everything, images=images)
-    return everything, round(float(sum(c["seconds"] for c in chunks)), 1)
+    return everything, round(sum(c[1] for c in chunks), 1), steps
 
 
 def teacher_rows(args: argparse.Namespace, teacher: Path):
     if args.ddpm:  # first: the longest, and the best teacher FID may be its
-        images, seconds = ddpm_images(args, teacher)
+        images, seconds, steps = ddpm_images(args, teacher)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "metrics.json"
             run(["evaluate", "--images", str(images), "--data", "mnist", "--data-dir",
                  args.data_dir, "--num-samples", str(args.num_samples), "--seed", "1",
                  "--out", str(out)])  # fmt: skip
             m = json.loads(out.read_text())["metrics"]
-        yield {"model": "teacher", "sampler": "ddpm", "steps": 1000, "fid": round(m["fid"], 3),
+        yield {"model": "teacher", "sampler": "ddpm", "steps": steps, "fid": round(m["fid"], 3),
                "kid": round(m["kid"], 5), "precision": round(m["precision"], 3),
                "recall": round(m["recall"], 3), "generate_s": seconds}  # fmt: skip
     plans = [("dpmpp-2m-sde", 20)]
@@ -155,7 +160,7 @@ def student_rows(args: argparse.Namespace, teacher: Path):
         for steps in (1, 2, 4):
             sampling = ["--steps", str(steps)]
             yield {"model": f"student {budget:g} min", "sampler": "consistency", "steps": steps,
-                   "distill_steps": last["step"], "distill_s": last["elapsed_s"],
+                   "budget_min": budget, "distill_steps": last["step"], "distill_s": last["elapsed_s"],
                    **score(args, ckpt, sampling)}  # fmt: skip
             if budget == args.budgets[-1]:
                 grid(ckpt, sampling, f"student_{budget:g}min_{steps}step")
@@ -189,7 +194,7 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
             model = f"progressive {budget:g} min" + ("" if stop == 1 else f", stop at {stop}")
             for steps in [s for s in (1, 2, 4) if s >= stop]:
                 ckpt = run_dir / f"model_steps_{steps}.safetensors"
-                yield {"model": model, "sampler": "ddim", "steps": steps,
+                yield {"model": model, "sampler": "ddim", "steps": steps, "budget_min": budget,
                        "distill_steps": last["step"], "distill_s": last["elapsed_s"],
                        "round_steps": round_steps, **score(args, ckpt, [])}  # fmt: skip
                 if budget == args.budgets[-1]:
@@ -250,11 +255,11 @@ def verdict(rows: list[dict]) -> dict:
     six = [r["fid"] for r in rows if r["model"] == "teacher" and r["steps"] == 6]
     out: dict = {"best_teacher_fid": best_teacher}
     for method in ("student", "progressive"):
-        names = list(dict.fromkeys(r["model"] for r in rows if r["model"].startswith(method)))
-        if not names:
+        runs = [r for r in rows if r["model"].startswith(method)]
+        if not runs:
             continue
-        longest = names[-1].split(",")[0]  # "progressive 20 min" of "..., stop at 4" too
-        for name in [n for n in names if n.split(",")[0] == longest]:
+        longest = max(r["budget_min"] for r in runs)  # its four-round and stop-at-4 runs
+        for name in dict.fromkeys(r["model"] for r in runs if r["budget_min"] == longest):
             student = {r["steps"]: r["fid"] for r in rows if r["model"] == name}
             checks = {}
             if 4 in student:

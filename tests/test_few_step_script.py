@@ -1,0 +1,88 @@
+"""benchmarks/few_step.py's bookkeeping: the verdict on the issue's targets, and DDPM-1000's
+images kept in chunks so that its hours can be spread over several runs.
+
+The benchmark itself is hours of distillation and sampling (docs/few_step.md holds its runs);
+these tests check the parts that decide what it reports and what it draws again, on a tiny
+checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "few_step.py"
+
+
+@pytest.fixture(scope="module")
+def few_step():
+    sys.path.insert(0, str(SCRIPT.parent))  # as running the script does: its sibling modules
+    spec = importlib.util.spec_from_file_location("few_step_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(model: str, steps: int, fid: float, budget: float | None = None) -> dict:
+    row = {"model": model, "steps": steps, "fid": fid}
+    return row if budget is None else {**row, "budget_min": budget}
+
+
+def test_the_verdict_judges_the_longest_budget_runs_against_the_best_teacher(few_step):
+    rows = [
+        _row("teacher", 20, 4.2),
+        _row("teacher", 1000, 4.0),  # the best teacher FID: bounds 5.0, 6.0, 12.0
+        _row("teacher", 6, 4.6),
+        _row("teacher", 6, 4.5),  # the best 6-step solver
+        *(_row("progressive 10 min", s, f, 10) for s, f in ((4, 4.4), (2, 5.0), (1, 9.0))),
+        *(_row("progressive 20 min", s, f, 20) for s, f in ((4, 5.0), (2, 6.01), (1, 12.0))),
+        _row("progressive 20 min, stop at 4", 4, 4.49, 20),
+    ]
+    assert few_step.verdict(rows) == {
+        "best_teacher_fid": 4.0,
+        "progressive 20 min": {  # the 10-minute run's better numbers do not count
+            "4_steps_within_25%": True,  # 5.0 <= 1.25 x 4.0, on the bound
+            "2_steps_within_50%": False,  # 6.01 > 6.0
+            "1_step_within_3x": True,
+            "4_steps_beat_every_6_step_solver": False,  # 5.0 >= 4.5
+        },
+        "progressive 20 min, stop at 4": {
+            "4_steps_within_25%": True,
+            "4_steps_beat_every_6_step_solver": True,  # 4.49 < 4.5
+        },
+    }
+
+
+def test_ddpm_images_are_kept_in_chunks_and_a_later_run_draws_only_the_missing_ones(
+    few_step, tiny_checkpoint, tmp_path, one_torch_thread
+):
+    from difflab.generate import generate, load_model
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors", 0)  # an 8 px U-Net, T = 30
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), num_samples=5)
+    path, seconds, steps = few_step.ddpm_images(args, ckpt, chunk=2, compile=False)
+    folder = tmp_path / "runs" / "ddpm_30"
+    assert steps == 30 and path == folder / "images.npz" and seconds > 0
+    assert sorted(p.name for p in folder.glob("chunk_*")) == [
+        "chunk_000.npz", "chunk_001.npz", "chunk_002.npz"
+    ]  # fmt: skip
+    with np.load(path) as f:
+        images = f["images"]
+    assert images.shape == (5, 3, 8, 8) and images.min() >= -1 and images.max() <= 1
+    loaded = load_model(ckpt, "cpu")  # chunk i: DDPM in all T steps with seed 1000 + i
+    second = generate(loaded.model, loaded.config, loaded.schedule, num_images=2, seed=1001,
+                      sampler="ddpm", steps=30)  # fmt: skip
+    np.testing.assert_array_equal(images[2:4], second.numpy())
+    assert not np.array_equal(images[:2], images[2:4])  # another seed, other images
+
+    kept = (folder / "chunk_000.npz").stat().st_mtime_ns
+    (folder / "chunk_001.npz").unlink()  # as if a run had stopped before drawing it
+    path, _, _ = few_step.ddpm_images(args, ckpt, chunk=2, compile=False)
+    assert (folder / "chunk_000.npz").stat().st_mtime_ns == kept  # not drawn again
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["images"], images)  # the missing chunk, redrawn the same
