@@ -1,5 +1,9 @@
 """Shared test fixtures."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -61,3 +65,15 @@ def teacher(tmp_path_factory):
     run = tmp_path_factory.mktemp("teacher") / "run"
     assert main(["train", *TINY, "--conditional", "--out", str(run)]) == 0
     return run / "model_final.safetensors"
+
+
+def load_benchmark_script(name: str):
+    """benchmarks/NAME.py as a module, imported as running it does (its sibling modules, such as
+    ``machine``, importable), registered in ``sys.modules`` (dataclasses look their module up)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location(f"{name}_script", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,24 +6,19 @@ these tests check the parts that decide what runs and what the page says, withou
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import load_benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.py"
 
 
 @pytest.fixture(scope="module")
 def experiments():
-    sys.path.insert(0, str(SCRIPT.parent))  # as running the script does: its sibling modules
-    spec = importlib.util.spec_from_file_location("experiments_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("experiments")
 
 
 def test_the_default_arm_is_one_run_shared_by_every_experiment(experiments, tmp_path):

@@ -8,24 +8,16 @@ checkpoint."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "few_step.py"
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def few_step():
-    sys.path.insert(0, str(SCRIPT.parent))  # as running the script does: its sibling modules
-    spec = importlib.util.spec_from_file_location("few_step_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("few_step")
 
 
 def _row(model: str, steps: int, fid: float, budget: float | None = None) -> dict:
