@@ -13,8 +13,6 @@ import pytest
 
 from conftest import load_benchmark_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.py"
-
 
 @pytest.fixture(scope="module")
 def experiments():
