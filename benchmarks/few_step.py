@@ -43,6 +43,7 @@ from difflab.config import TEACHER_SOLVERS, ProgressiveConfig
 from difflab.generate import generate, load_model
 from difflab.progressive import round_plan
 from difflab.samplers import SAMPLERS
+from difflab.viz import save_grid
 from machine import matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +126,11 @@ def teacher_rows(args: argparse.Namespace, teacher: Path):
             out = Path(tmp) / "metrics.json"
             run(["evaluate", "--images", str(images), "--data", "mnist", "--data-dir",
                  args.data_dir, "--num-samples", str(args.num_samples), "--seed", "1",
-                 "--out", str(out)])  # fmt: skip
+                 "--no-progress", "--out", str(out)])  # fmt: skip
             m = json.loads(out.read_text())["metrics"]
+        with np.load(images) as kept:  # the first 64 of chunk 0 (seed 1000), not seed 0
+            GRIDS.mkdir(parents=True, exist_ok=True)
+            save_grid(kept["images"][:64], GRIDS / f"teacher_ddpm_{steps}.png")
         yield {"model": "teacher", "sampler": "ddpm", "steps": steps, "fid": round(m["fid"], 3),
                "kid": round(m["kid"], 5), "precision": round(m["precision"], 3),
                "recall": round(m["recall"], 3), "generate_s": seconds}  # fmt: skip
