@@ -61,10 +61,16 @@ def run(argv: list[str]) -> None:
 
 
 def score(args: argparse.Namespace, ckpt: Path, sampling: list[str]) -> dict:
+    return evaluated(args, ["--checkpoint", str(ckpt), *sampling])
+
+
+def evaluated(args: argparse.Namespace, source: list[str]) -> dict:
+    """A row's metric columns: ``difflab evaluate`` of ``source`` (a checkpoint and its sampling,
+    or ``--images``) at ``--num-samples``, seed 1."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "metrics.json"
-        run(["evaluate", "--checkpoint", str(ckpt), *sampling, "--num-samples",
-             str(args.num_samples), "--seed", "1", "--no-progress", "--out", str(out)])  # fmt: skip
+        run(["evaluate", *source, "--num-samples", str(args.num_samples), "--seed", "1",
+             "--no-progress", "--out", str(out)])  # fmt: skip
         report = json.loads(out.read_text())
     m = report["metrics"]
     return {"fid": round(m["fid"], 3), "kid": round(m["kid"], 5),
@@ -122,18 +128,12 @@ def ddpm_images(
 def teacher_rows(args: argparse.Namespace, teacher: Path):
     if args.ddpm:  # first: the longest, and the best teacher FID may be its
         images, seconds, steps = ddpm_images(args, teacher)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "metrics.json"
-            run(["evaluate", "--images", str(images), "--data", "mnist", "--data-dir",
-                 args.data_dir, "--num-samples", str(args.num_samples), "--seed", "1",
-                 "--no-progress", "--out", str(out)])  # fmt: skip
-            m = json.loads(out.read_text())["metrics"]
+        source = ["--images", str(images), "--data", "mnist", "--data-dir", args.data_dir]
         with np.load(images) as kept:  # the first 64 of chunk 0 (seed 1000), not seed 0
             GRIDS.mkdir(parents=True, exist_ok=True)
             save_grid(kept["images"][:64], GRIDS / f"teacher_ddpm_{steps}.png")
-        yield {"model": "teacher", "sampler": "ddpm", "steps": steps, "fid": round(m["fid"], 3),
-               "kid": round(m["kid"], 5), "precision": round(m["precision"], 3),
-               "recall": round(m["recall"], 3), "generate_s": seconds}  # fmt: skip
+        yield {"model": "teacher", "sampler": "ddpm", "steps": steps,
+               **evaluated(args, source), "generate_s": seconds}  # fmt: skip
     plans = [("dpmpp-2m-sde", 20)]
     plans += [(name, steps) for name in TRAINING_FREE for steps in (4, 6, 10)]
     for sampler, steps in plans:

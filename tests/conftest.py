@@ -71,7 +71,8 @@ def load_benchmark_script(name: str):
     """benchmarks/NAME.py as a module, imported as running it does (its sibling modules, such as
     ``machine``, importable), registered in ``sys.modules`` (dataclasses look their module up)."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    sys.path.insert(0, str(script.parent))
+    if str(script.parent) not in sys.path:
+        sys.path.insert(0, str(script.parent))
     spec = importlib.util.spec_from_file_location(f"{name}_script", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
