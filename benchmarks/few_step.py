@@ -7,7 +7,9 @@ Rows, every one scored by ``difflab evaluate`` (the project's MNIST evaluator, t
 the same N and seed):
 - the teacher (the default recipe's 10-minute model: ``difflab train --data mnist --max-minutes
   10``; ``--teacher-minutes M`` trains one first when ``--teacher`` is not given) with
-  ``dpmpp-2m-sde`` 20 steps, ``--ddpm`` adds DDPM-1000, and the training-free high-order solvers
+  ``dpmpp-2m-sde`` 20 steps, ``--ddpm`` adds DDPM-1000 (hours of a CPU: its images are kept in
+  chunks under ``--runs``, drawn over several runs, or in minutes on a GPU by ``--ddpm-images-only
+  --ddpm-device cuda`` and copied there; scored last), and the training-free high-order solvers
   that ``difflab.samplers`` has (``ipndm``, ``dpmpp-3m``, ``unipc``) at 4, 6 and 10 steps;
 - the student, ``difflab distill --teacher ...`` continued with ``--resume --max-minutes B`` to
   each budget B (its clock counts distillation steps only), at 1, 2 and 4 steps;
@@ -44,7 +46,7 @@ from difflab.generate import generate, load_model
 from difflab.progressive import round_plan
 from difflab.samplers import SAMPLERS
 from difflab.viz import save_grid
-from machine import matmul_gflops
+from machine import device_name, matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "few_step.json"
@@ -95,10 +97,13 @@ def ddpm_images(
     that the hours this takes can be spread over several runs: a run draws the chunks still
     missing. The U-Net is ``torch.compile``d (1.3x on a 2-core CPU; its outputs match eager's to
     5e-7). Returns the .npz of all the images, the seconds their chunks took, summed (over
-    runs, perhaps on different machines: each chunk records its machine's matmul rate), and T."""
+    runs, perhaps on different machines: each chunk records its device, and on a CPU its matmul
+    rate), and T. ``--ddpm-device cuda`` draws them on a GPU (minutes instead of hours): the
+    same checkpoint and sampler, another random stream (CUDA's generator), the same FID."""
     from difflab.io import atomic_path
 
-    loaded = load_model(teacher, "cpu")
+    loaded = load_model(teacher, args.ddpm_device)
+    device = loaded.device
     steps = loaded.schedule.num_timesteps
     folder = Path(args.runs) / f"ddpm_{steps}"
     model = torch.compile(loaded.model) if compile else loaded.model
@@ -108,14 +113,18 @@ def ddpm_images(
         path = folder / f"chunk_{i:03d}.npz"
         n = min(chunk, args.num_samples - i * chunk)
         if not path.exists():
-            gflops = gflops or matmul_gflops()
+            if device.type == "cpu":
+                gflops = gflops or matmul_gflops()
             start = time.perf_counter()
             images = generate(model, loaded.config, loaded.schedule, num_images=n, seed=1000 + i,
-                              sampler="ddpm", steps=steps, batch_size=250, progress=True)  # fmt: skip
+                              sampler="ddpm", steps=steps, batch_size=250 if device.type == "cpu" else chunk,
+                              progress=True)  # fmt: skip
             seconds = time.perf_counter() - start
             with atomic_path(path) as tmp, tmp.open("wb") as f:
-                np.savez(f, images=images.numpy(), seconds=seconds, gflops=gflops)
-            print(f"DDPM-{steps} chunk {i}: {n} images in {seconds:.0f} s", file=sys.stderr)
+                np.savez(f, images=images.numpy(), seconds=seconds, gflops=gflops or np.nan,
+                         device=device_name(device))  # fmt: skip
+            print(f"DDPM-{steps} chunk {i}: {n} images in {seconds:.0f} s on {device}",
+                  file=sys.stderr)  # fmt: skip
         with np.load(path) as kept:
             chunks.append((kept["images"], float(kept["seconds"])))
     images = np.concatenate([c[0] for c in chunks])
@@ -125,15 +134,19 @@ def ddpm_images(
     return everything, round(sum(c[1] for c in chunks), 1), steps
 
 
+def ddpm_row(args: argparse.Namespace, teacher: Path) -> dict:
+    """DDPM-1000's row, scored last in a run (its chunks may still be drawing elsewhere, on a GPU,
+    while the students train) and listed first."""
+    images, seconds, steps = ddpm_images(args, teacher)
+    source = ["--images", str(images), "--data", "mnist", "--data-dir", args.data_dir]
+    with np.load(images) as kept:  # the first 64 of chunk 0 (seed 1000), not seed 0
+        GRIDS.mkdir(parents=True, exist_ok=True)
+        save_grid(kept["images"][:64], GRIDS / f"teacher_ddpm_{steps}.png")
+    return {"model": "teacher", "sampler": "ddpm", "steps": steps,
+            **evaluated(args, source), "generate_s": seconds}  # fmt: skip
+
+
 def teacher_rows(args: argparse.Namespace, teacher: Path):
-    if args.ddpm:  # first: the longest, and the best teacher FID may be its
-        images, seconds, steps = ddpm_images(args, teacher)
-        source = ["--images", str(images), "--data", "mnist", "--data-dir", args.data_dir]
-        with np.load(images) as kept:  # the first 64 of chunk 0 (seed 1000), not seed 0
-            GRIDS.mkdir(parents=True, exist_ok=True)
-            save_grid(kept["images"][:64], GRIDS / f"teacher_ddpm_{steps}.png")
-        yield {"model": "teacher", "sampler": "ddpm", "steps": steps,
-               **evaluated(args, source), "generate_s": seconds}  # fmt: skip
     plans = [("dpmpp-2m-sde", 20)]
     plans += [(name, steps) for name in TRAINING_FREE for steps in (4, 6, 10)]
     for sampler, steps in plans:
@@ -319,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="only draw DDPM-1000's missing chunks, then stop (to spread them over sittings)",
     )
+    parser.add_argument(
+        "--ddpm-device", default="cpu",
+        help="where DDPM-1000's chunks are drawn (cuda: minutes instead of hours)",
+    )  # fmt: skip
     parser.add_argument("--runs", default="/tmp/few_step", help="where the runs go")
     parser.add_argument(
         "--tune-times", action="store_true", help="score candidate 2- and 4-step times first"
@@ -356,15 +373,15 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = (
         Path(args.teacher) if args.teacher else Path(args.runs) / "teacher/model_final.safetensors"
     )
-    from difflab.evaluate import default_evaluator_path
-
-    if not default_evaluator_path("mnist", 28, args.data_dir).is_file():  # evaluate needs it
-        run(["train-evaluator", "--data", "mnist", "--data-dir", args.data_dir, "--no-progress"])
-    if args.ddpm_images_only:
+    if args.ddpm_images_only:  # needs no evaluator: it may run on a machine without the data
         if not args.teacher:
             parser.error("--ddpm-images-only needs --teacher")
         print(ddpm_images(args, teacher))
         return {}
+    from difflab.evaluate import default_evaluator_path
+
+    if not default_evaluator_path("mnist", 28, args.data_dir).is_file():  # evaluate needs it
+        run(["train-evaluator", "--data", "mnist", "--data-dir", args.data_dir, "--no-progress"])
     if not args.teacher:
         run(["train", "--data", "mnist", "--data-dir", args.data_dir, "--max-minutes",
              f"{args.teacher_minutes:g}", "--sample-every", "0", "--no-progress", "--overwrite",
@@ -374,6 +391,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows += student_rows(args, teacher)
     if args.progressive:
         rows += progressive_rows(args, teacher)
+    if args.ddpm:
+        rows.insert(0, ddpm_row(args, teacher))
     student = Path(args.runs) / (  # the 1-step student of the longest distillation
         f"progressive_{args.budgets[-1]:g}/model_steps_1.safetensors"
         if args.no_consistency

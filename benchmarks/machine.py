@@ -26,3 +26,8 @@ def matmul_gflops(repeats: int = 5) -> float:
         torch.mm(a, b, out=out)
         times.append(time.perf_counter() - start)
     return 2 * MATMUL_N**3 / statistics.median(times) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    """The device's name for the record: the GPU's model, or "cpu"."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

@@ -56,7 +56,7 @@ def test_ddpm_images_are_kept_in_chunks_and_a_later_run_draws_only_the_missing_o
     from difflab.generate import generate, load_model
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors", 0)  # an 8 px U-Net, T = 30
-    args = argparse.Namespace(runs=str(tmp_path / "runs"), num_samples=5)
+    args = argparse.Namespace(runs=str(tmp_path / "runs"), num_samples=5, ddpm_device="cpu")
     path, seconds, steps = few_step.ddpm_images(args, ckpt, chunk=2, compile=False)
     folder = tmp_path / "runs" / "ddpm_30"
     assert steps == 30 and path == folder / "images.npz" and seconds > 0
@@ -65,6 +65,8 @@ def test_ddpm_images_are_kept_in_chunks_and_a_later_run_draws_only_the_missing_o
     ]  # fmt: skip
     with np.load(path) as f:
         images = f["images"]
+    with np.load(folder / "chunk_000.npz") as f:  # each chunk says where it was drawn
+        assert str(f["device"]) == "cpu" and f["gflops"] > 0 and f["seconds"] > 0
     assert images.shape == (5, 3, 8, 8) and images.min() >= -1 and images.max() <= 1
     loaded = load_model(ckpt, "cpu")  # chunk i: DDPM in all T steps with seed 1000 + i
     second = generate(loaded.model, loaded.config, loaded.schedule, num_images=2, seed=1001,
