@@ -366,9 +366,14 @@ def wait_all(procs, timeout=300):
 
 
 def run_forked(fn, args, nprocs=2, timeout=300):
-    """``fn(rank, *args)`` in ``nprocs`` forked processes; fails the test instead of hanging it."""
+    """``fn(rank, *args)`` in ``nprocs`` forked processes; fails the test instead of hanging it.
+
+    Spawned instead where this process has used CUDA (on a GPU machine an earlier test may
+    have run backward there, with ``--device auto``): autograd's CUDA threads do not survive a
+    fork, and the child's first backward fails (seen on an H200)."""
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
     ctx = torch.multiprocessing.start_processes(
-        fn, args=args, nprocs=nprocs, start_method="fork", join=False
+        fn, args=args, nprocs=nprocs, start_method=method, join=False
     )
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=max(0.0, deadline - time.monotonic())):
