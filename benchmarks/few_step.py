@@ -104,6 +104,7 @@ def ddpm_images(
 
     loaded = load_model(teacher, args.ddpm_device)
     device = loaded.device
+    on_cpu = device.type == "cpu"  # a CPU records its matmul rate and draws in smaller batches
     steps = loaded.schedule.num_timesteps
     folder = Path(args.runs) / f"ddpm_{steps}"
     model = torch.compile(loaded.model) if compile else loaded.model
@@ -113,11 +114,11 @@ def ddpm_images(
         path = folder / f"chunk_{i:03d}.npz"
         n = min(chunk, args.num_samples - i * chunk)
         if not path.exists():
-            if device.type == "cpu":
+            if on_cpu:
                 gflops = gflops or matmul_gflops()
             start = time.perf_counter()
             images = generate(model, loaded.config, loaded.schedule, num_images=n, seed=1000 + i,
-                              sampler="ddpm", steps=steps, batch_size=250 if device.type == "cpu" else chunk,
+                              sampler="ddpm", steps=steps, batch_size=250 if on_cpu else chunk,
                               progress=True)  # fmt: skip
             seconds = time.perf_counter() - start
             with atomic_path(path) as tmp, tmp.open("wb") as f:
