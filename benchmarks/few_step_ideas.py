@@ -1,0 +1,306 @@
+"""Three measured attempts to close the few-step gap that did not (docs/few_step.md), one command
+each, so that anyone can rerun them: none of them is part of difflab, because none helped enough.
+
+    .venv/bin/python benchmarks/few_step_ideas.py stochastic --checkpoint S --mode meng \\
+        --out images.npz                      # then: difflab evaluate --images images.npz ...
+    .venv/bin/python benchmarks/few_step_ideas.py adversarial --student RUN/model_steps_4.safetensors \\
+        --teacher RUN/model_steps_8.safetensors --data-dir ../shared/data/mnist --place chain \\
+        --weight 0.5 --steps 300 --out adv.safetensors   # then: difflab evaluate --checkpoint ...
+    .venv/bin/python benchmarks/few_step_ideas.py direct --teacher runs/teacher/model_final.safetensors \\
+        --like RUN/model_steps_4.safetensors --data-dir ../shared/data/mnist --substeps 4 \\
+        --minutes 20 --out direct.safetensors
+
+- ``stochastic``: draws a progressive student's images on its own grid with DDIM (``ddim``), DDIM
+  with noise (``eta0.5``, ``eta1``: Song et al. 2021, Eq. 16), or Meng et al. 2023's sampler for
+  distilled models (``meng``: a deterministic DDIM jump two grid points down, then forward noise
+  back up one, x_s = (alpha_s / alpha_u) x_u + sqrt(sigma_s^2 - (alpha_s sigma_u / alpha_u)^2) z).
+- ``adversarial``: fine-tunes a 4-step student with its last round's loss (its 8-step teacher,
+  DDIM, ``difflab.progressive``) plus a hinge GAN loss (Lim & Ye 2017) against a fresh spectrally
+  normalised discriminator (``difflab.models.gan``), weighted by VQGAN's adaptive rule (Esser et
+  al. 2021, Eq. 7: the ratio of the losses' gradient norms at the student's last layer) times
+  ``--weight``; on the x0 prediction at every grid step from noised real images (``--place x0``,
+  after Sauer et al. 2023) or on the output of the whole DDIM chain from fresh noise, gradients
+  through every evaluation (``--place chain``).
+- ``direct``: one round from the teacher straight to a 4-step student (TRACT's idea, Berthelot
+  et al. 2023): each student step spanned by ``--substeps`` DPM-Solver++(2S) steps of the
+  teacher, the target progressive distillation's x_tilde, for ``--minutes`` of wall time.
+
+The written checkpoints are ordinary progressive students (the ``--student`` / ``--like``
+checkpoint's configuration), so ``difflab sample`` and ``evaluate`` take them. Run on an otherwise
+idle machine; ``direct`` is a wall-time budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, write_checkpoint
+from difflab.config import RunConfig
+from difflab.data import load_dataset
+from difflab.diffusion import eps_and_x0, q_sample
+from difflab.generate import load_model, model_denoiser
+from difflab.harness import update_ema
+from difflab.models.gan import Discriminator
+from difflab.models.unet import UNet
+from difflab.progressive import ode_step
+from difflab.samplers import timestep_sequence
+from difflab.schedules import Schedule, make_schedule
+
+
+class Quarter:
+    """alpha and sigma of every code time, and last of the data marker T (1 and 0)."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.alpha = torch.tensor([*schedule.sqrt_alpha_bar, 1.0], dtype=torch.float32)
+        self.sigma = torch.tensor([*schedule.sqrt_one_minus_alpha_bar, 0.0], dtype=torch.float32)
+
+    def at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.alpha[t].view(-1, 1, 1, 1), self.sigma[t].view(-1, 1, 1, 1)
+
+
+def grid(schedule: Schedule, steps: int) -> torch.Tensor:
+    """The trailing grid of ``steps`` code times, then the data marker T."""
+    seq = [*timestep_sequence(schedule.num_timesteps, steps), schedule.num_timesteps]
+    return torch.tensor(seq, dtype=torch.long)
+
+
+def x_tilde(z_t: torch.Tensor, z_end: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor,
+            q: Quarter) -> torch.Tensor:  # fmt: skip
+    """The x0 that makes one DDIM step from z_t at t land on z_end at t_end (Salimans & Ho 2022,
+    Alg. 2, line 9)."""
+    (a_t, s_t), (a_e, s_e) = q.at(t), q.at(t_end)
+    r = s_e / s_t
+    return (z_end - r * z_t) / (a_e - r * a_t)
+
+
+def pd_loss(
+    x0_pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, q: Quarter
+) -> torch.Tensor:
+    """max(SNR_t, 1) ||target - x0_pred||^2 / dim, averaged over the batch."""
+    a_t, s_t = q.at(t)
+    w = torch.clamp(a_t.flatten() ** 2 / s_t.flatten() ** 2, min=1.0)
+    return (w * (x0_pred - target).pow(2).flatten(1).mean(1)).mean()
+
+
+def unet_from(ckpt: Checkpoint) -> UNet:
+    net = UNet(ckpt.config.model)
+    load_weights_into(net, ckpt.sampling_weights, str(ckpt.path))
+    return net
+
+
+def save_student(out: str, config: RunConfig, student: UNet, ema: UNet, steps: int) -> None:
+    config = replace(config, train=replace(config.train, max_steps=steps))
+    write_checkpoint(out, config, {"model": student.state_dict(), "ema": ema.state_dict()})
+    print(f"wrote {out} after {steps} steps", flush=True)
+
+
+def stochastic(args: argparse.Namespace) -> None:
+    torch.set_grad_enabled(False)
+    loaded = load_model(args.checkpoint, "cpu")
+    if loaded.config.progressive is None:
+        raise SystemExit(f"{args.checkpoint} is not a progressive student (difflab distill)")
+    steps = args.steps or loaded.config.progressive.steps
+    den = model_denoiser(loaded.model, loaded.config, loaded.schedule, None, 1.0, clip_x0=False)
+    seq = timestep_sequence(loaded.schedule.num_timesteps, steps)
+    ab = [float(loaded.schedule.alpha_bar[t]) for t in seq] + [1.0]  # the data last
+    al, sg = [a**0.5 for a in ab], [(1 - a) ** 0.5 for a in ab]
+    gen, mc = torch.Generator().manual_seed(args.seed), loaded.config.model
+    images, start = [], time.perf_counter()
+    for b0 in range(0, args.num_images, 250):
+        n = min(250, args.num_images - b0)
+        x = torch.randn((n, mc.in_channels, mc.image_size, mc.image_size), generator=gen)
+        for i, t in enumerate(seq):
+            eps, x0 = den(x, torch.full((n,), t, dtype=torch.long))
+            if i == steps - 1:
+                x = x0
+                break
+            s = i + 1
+            if args.mode == "ddim":
+                x = al[s] * x0 + sg[s] * eps
+            elif args.mode == "meng":
+                u = min(i + 2, steps)  # two grid points down (the data at most)
+                r = al[s] / al[u]
+                z = torch.randn(x.shape, generator=gen)
+                x = (
+                    r * (al[u] * x0 + sg[u] * eps)
+                    + max(sg[s] ** 2 - (r * sg[u]) ** 2, 0.0) ** 0.5 * z
+                )
+            else:  # eta<X>
+                c = float(args.mode[3:]) * ((1 - ab[s]) / (1 - ab[i]) * (1 - ab[i] / ab[s])) ** 0.5
+                z = torch.randn(x.shape, generator=gen)
+                x = al[s] * x0 + (sg[s] ** 2 - c**2) ** 0.5 * eps + c * z
+        images.append(x.clamp(-1, 1))
+    np.savez(args.out, images=torch.cat(images).numpy())
+    print(f"{args.mode}, {steps} steps: {args.num_images} images in "
+          f"{time.perf_counter() - start:.1f} s -> {args.out}")  # fmt: skip
+
+
+def adversarial(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    st_ck, te_ck = load_checkpoint(args.student), load_checkpoint(args.teacher)
+    config = st_ck.config
+    if config.progressive is None or config.model.num_classes:
+        raise SystemExit(f"{args.student} is not an unconditional progressive student")
+    n = config.progressive.steps
+    student, teacher = unet_from(st_ck).train(), unet_from(te_ck).eval().requires_grad_(False)
+    ema = copy.deepcopy(student).eval().requires_grad_(False)
+    sched = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+    q, g_n, g_2n = Quarter(sched), grid(sched, n), grid(sched, 2 * n)
+    images = torch.from_numpy(load_dataset(config.train.data, data_dir=args.data_dir).images)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    disc = Discriminator(config.model.image_size, config.model.in_channels, 64, spectral=True)
+    d_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    last = [p for name, p in student.named_parameters() if name.endswith("weight")][-1]
+    t_den = model_denoiser(teacher, config, sched, None, 1.0, clip_x0=False)
+    gen, pred, shape = (
+        torch.Generator().manual_seed(args.seed + 1),
+        config.diffusion.prediction,
+        images.shape[1:],
+    )
+
+    def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return eps_and_x0(student(z, t, None), z, t, sched, pred)
+
+    start = time.perf_counter()
+    for step in range(args.steps):
+        x0 = images[torch.randint(0, len(images), (args.batch_size,), generator=gen)]
+        k = torch.randint(0, n, (args.batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        t, t_mid, t_end = g_n[k], g_2n[2 * k + 1], g_n[k + 1]
+        z = q_sample(x0, t, eps, sched)
+        with torch.no_grad():
+            z_end = ode_step("ddim", t_den, ode_step("ddim", t_den, z, t, t_mid, q.alpha, q.sigma),
+                             t_mid, t_end, q.alpha, q.sigma)  # fmt: skip
+            target = x_tilde(z, z_end, t, t_end, q)
+        _, x0_p = denoise(z, t)
+        l_pd = pd_loss(x0_p, target, t, q)
+        if args.place == "x0":
+            fake = x0_p
+        else:  # the whole DDIM chain from fresh noise, gradients through every evaluation
+            fake = torch.randn((args.batch_size // 2, *shape), generator=gen)
+            for i in range(n):
+                e_i, x0_i = denoise(fake, torch.full((len(fake),), int(g_n[i]), dtype=torch.long))
+                a, s = q.at(g_n[i + 1 : i + 2])
+                fake = x0_i if i == n - 1 else a * x0_i + s * e_i
+        real = images[torch.randint(0, len(images), (len(fake),), generator=gen)]
+        d_loss = (torch.relu(1 - disc(real)) + torch.relu(1 + disc(fake.detach()))).mean()
+        d_opt.zero_grad()
+        d_loss.backward()
+        d_opt.step()
+        l_adv = -disc(fake).mean()
+        g_pd = torch.autograd.grad(l_pd, last, retain_graph=True)[0].norm()
+        g_adv = torch.autograd.grad(l_adv, last, retain_graph=True)[0].norm()
+        balance = (g_pd / (g_adv + 1e-8)).clamp(max=1e4).detach()
+        opt.zero_grad()
+        (l_pd + args.weight * balance * l_adv).backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        update_ema(ema, student, config.train.ema_decay, step)
+        if step % 25 == 0:
+            print(f"step {step}: pd {l_pd.item():.4f}, D hinge {d_loss.item():.3f}, G "
+                  f"{l_adv.item():.3f}, balance {balance.item():.3g}, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+    save_student(args.out, config, student, ema, args.steps)
+
+
+def direct(args: argparse.Namespace) -> None:
+    torch.manual_seed(args.seed)
+    config = load_checkpoint(args.like).config
+    if config.progressive is None or config.progressive.steps != 4:
+        raise SystemExit(f"--like {args.like} must be a 4-step progressive student")
+    teacher = unet_from(load_checkpoint(args.teacher)).eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    ema = copy.deepcopy(teacher).eval()
+    sched = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+    q, g4, gs, sub = Quarter(sched), grid(sched, 4), grid(sched, 4 * args.substeps), args.substeps
+    assert torch.equal(gs[::sub], g4), "the fine grid must hold the student's"
+    images = torch.from_numpy(load_dataset(config.train.data, data_dir=args.data_dir).images)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    t_den = model_denoiser(teacher, config, sched, None, 1.0, clip_x0=False)
+    gen, pred, start, step = (
+        torch.Generator().manual_seed(args.seed + 1),
+        config.diffusion.prediction,
+        time.perf_counter(),
+        0,
+    )
+    while time.perf_counter() - start < args.minutes * 60:
+        for group in opt.param_groups:  # the harness's linear warm-up over 100 steps
+            group["lr"] = args.lr * min(1.0, (step + 1) / 100)
+        x0 = images[torch.randint(0, len(images), (args.batch_size,), generator=gen)]
+        k = torch.randint(0, 4, (args.batch_size,), generator=gen)
+        t, t_end = g4[k], g4[k + 1]
+        z = q_sample(x0, t, torch.randn(x0.shape, generator=gen), sched)
+        with torch.no_grad():
+            x = z
+            for j in range(sub):
+                x = ode_step(
+                    "dpmpp-2s", t_den, x, gs[sub * k + j], gs[sub * k + j + 1], q.alpha, q.sigma
+                )
+            target = x_tilde(z, x, t, t_end, q)
+        loss = pd_loss(eps_and_x0(student(z, t, None), z, t, sched, pred)[1], target, t, q)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        update_ema(ema, student, config.train.ema_decay, step)
+        if step % 50 == 0:
+            print(
+                f"step {step}: loss {loss.item():.4f}, {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+        step += 1
+    save_student(args.out, config, student, ema, step)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stochastic", help="draw a progressive student's images with noise")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--mode", default="meng", help="ddim, meng or eta<X> (default meng)")
+    p.add_argument("--steps", type=int, default=None, help="default: the student's")
+    p.add_argument("--num-images", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True, help="an .npz for difflab evaluate --images")
+    p = sub.add_parser("adversarial", help="fine-tune a student with a GAN loss added")
+    p.add_argument("--student", required=True, help="a progressive student (model_steps_N)")
+    p.add_argument("--teacher", required=True, help="its teacher, the 2N-step student")
+    p.add_argument("--place", choices=("x0", "chain"), default="chain")
+    p.add_argument("--weight", type=float, default=0.5, help="times the adaptive balance")
+    p.add_argument("--steps", type=int, default=300)
+    p = sub.add_parser("direct", help="one round from the teacher to a 4-step student")
+    p.add_argument("--teacher", required=True, help="a trained diffusion checkpoint")
+    p.add_argument("--like", required=True, help="a 4-step student whose configuration to write")
+    p.add_argument("--substeps", type=int, default=4, help="teacher steps per student step")
+    p.add_argument("--minutes", type=float, default=20.0)
+    for p in sub.choices.values():
+        if p.prog.endswith(("adversarial", "direct")):
+            p.add_argument("--data-dir", required=True)
+            p.add_argument("--lr", type=float, default=3e-4)
+            p.add_argument("--batch-size", type=int, default=64)
+            p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--out", required=True, help="the student's .safetensors")
+    args = parser.parse_args(argv)
+    if args.command == "stochastic" and args.mode not in ("ddim", "meng"):
+        try:
+            eta = float(args.mode.removeprefix("eta")) if args.mode.startswith("eta") else -1.0
+        except ValueError:
+            eta = -1.0
+        if not 0.0 <= eta <= 1.0:
+            parser.error(f"--mode {args.mode}: expected ddim, meng or eta<X> with X in [0, 1]")
+    if Path(args.out).exists():
+        parser.error(f"--out {args.out} exists; choose another path")
+    {"stochastic": stochastic, "adversarial": adversarial, "direct": direct}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
