@@ -50,44 +50,9 @@ from difflab.generate import load_model, model_denoiser
 from difflab.harness import update_ema
 from difflab.models.gan import Discriminator
 from difflab.models.unet import UNet
-from difflab.progressive import ode_step
+from difflab.progressive import alpha_sigma, ode_step, step_grid, truncated_snr_loss, x0_target
 from difflab.samplers import timestep_sequence
-from difflab.schedules import Schedule, make_schedule
-
-
-class Quarter:
-    """alpha and sigma of every code time, and last of the data marker T (1 and 0)."""
-
-    def __init__(self, schedule: Schedule) -> None:
-        self.alpha = torch.tensor([*schedule.sqrt_alpha_bar, 1.0], dtype=torch.float32)
-        self.sigma = torch.tensor([*schedule.sqrt_one_minus_alpha_bar, 0.0], dtype=torch.float32)
-
-    def at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.alpha[t].view(-1, 1, 1, 1), self.sigma[t].view(-1, 1, 1, 1)
-
-
-def grid(schedule: Schedule, steps: int) -> torch.Tensor:
-    """The trailing grid of ``steps`` code times, then the data marker T."""
-    seq = [*timestep_sequence(schedule.num_timesteps, steps), schedule.num_timesteps]
-    return torch.tensor(seq, dtype=torch.long)
-
-
-def x_tilde(z_t: torch.Tensor, z_end: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor,
-            q: Quarter) -> torch.Tensor:  # fmt: skip
-    """The x0 that makes one DDIM step from z_t at t land on z_end at t_end (Salimans & Ho 2022,
-    Alg. 2, line 9)."""
-    (a_t, s_t), (a_e, s_e) = q.at(t), q.at(t_end)
-    r = s_e / s_t
-    return (z_end - r * z_t) / (a_e - r * a_t)
-
-
-def pd_loss(
-    x0_pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, q: Quarter
-) -> torch.Tensor:
-    """max(SNR_t, 1) ||target - x0_pred||^2 / dim, averaged over the batch."""
-    a_t, s_t = q.at(t)
-    w = torch.clamp(a_t.flatten() ** 2 / s_t.flatten() ** 2, min=1.0)
-    return (w * (x0_pred - target).pow(2).flatten(1).mean(1)).mean()
+from difflab.schedules import make_schedule
 
 
 def unet_from(ckpt: Checkpoint) -> UNet:
@@ -153,7 +118,11 @@ def adversarial(args: argparse.Namespace) -> None:
     student, teacher = unet_from(st_ck).train(), unet_from(te_ck).eval().requires_grad_(False)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     sched = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
-    q, g_n, g_2n = Quarter(sched), grid(sched, n), grid(sched, 2 * n)
+    (alpha, sigma), g_n, g_2n = (
+        alpha_sigma(sched, "cpu"),
+        step_grid(sched, n, "cpu"),
+        step_grid(sched, 2 * n, "cpu"),
+    )
     images = torch.from_numpy(load_dataset(config.train.data, data_dir=args.data_dir).images)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     disc = Discriminator(config.model.image_size, config.model.in_channels, 64, spectral=True)
@@ -177,19 +146,19 @@ def adversarial(args: argparse.Namespace) -> None:
         t, t_mid, t_end = g_n[k], g_2n[2 * k + 1], g_n[k + 1]
         z = q_sample(x0, t, eps, sched)
         with torch.no_grad():
-            z_end = ode_step("ddim", t_den, ode_step("ddim", t_den, z, t, t_mid, q.alpha, q.sigma),
-                             t_mid, t_end, q.alpha, q.sigma)  # fmt: skip
-            target = x_tilde(z, z_end, t, t_end, q)
+            z_end = ode_step("ddim", t_den, ode_step("ddim", t_den, z, t, t_mid, alpha, sigma),
+                             t_mid, t_end, alpha, sigma)  # fmt: skip
+            target = x0_target(z, z_end, t, t_end, alpha, sigma)
         _, x0_p = denoise(z, t)
-        l_pd = pd_loss(x0_p, target, t, q)
+        l_pd = truncated_snr_loss(x0_p, target, t, alpha, sigma).mean()
         if args.place == "x0":
             fake = x0_p
         else:  # the whole DDIM chain from fresh noise, gradients through every evaluation
             fake = torch.randn((args.batch_size // 2, *shape), generator=gen)
             for i in range(n):
                 e_i, x0_i = denoise(fake, torch.full((len(fake),), int(g_n[i]), dtype=torch.long))
-                a, s = q.at(g_n[i + 1 : i + 2])
-                fake = x0_i if i == n - 1 else a * x0_i + s * e_i
+                nxt = g_n[i + 1]  # the data marker after the last step: alpha 1, sigma 0
+                fake = alpha[nxt] * x0_i + sigma[nxt] * e_i
         real = images[torch.randint(0, len(images), (len(fake),), generator=gen)]
         d_loss = (torch.relu(1 - disc(real)) + torch.relu(1 + disc(fake.detach()))).mean()
         d_opt.zero_grad()
@@ -220,7 +189,12 @@ def direct(args: argparse.Namespace) -> None:
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     ema = copy.deepcopy(teacher).eval()
     sched = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
-    q, g4, gs, sub = Quarter(sched), grid(sched, 4), grid(sched, 4 * args.substeps), args.substeps
+    alpha, sigma = alpha_sigma(sched, "cpu")
+    g4, gs, sub = (
+        step_grid(sched, 4, "cpu"),
+        step_grid(sched, 4 * args.substeps, "cpu"),
+        args.substeps,
+    )
     assert torch.equal(gs[::sub], g4), "the fine grid must hold the student's"
     images = torch.from_numpy(load_dataset(config.train.data, data_dir=args.data_dir).images)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
@@ -242,10 +216,11 @@ def direct(args: argparse.Namespace) -> None:
             x = z
             for j in range(sub):
                 x = ode_step(
-                    "dpmpp-2s", t_den, x, gs[sub * k + j], gs[sub * k + j + 1], q.alpha, q.sigma
+                    "dpmpp-2s", t_den, x, gs[sub * k + j], gs[sub * k + j + 1], alpha, sigma
                 )
-            target = x_tilde(z, x, t, t_end, q)
-        loss = pd_loss(eps_and_x0(student(z, t, None), z, t, sched, pred)[1], target, t, q)
+            target = x0_target(z, x, t, t_end, alpha, sigma)
+        x0_p = eps_and_x0(student(z, t, None), z, t, sched, pred)[1]
+        loss = truncated_snr_loss(x0_p, target, t, alpha, sigma).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

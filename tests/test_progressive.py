@@ -15,7 +15,7 @@ from difflab.cli import main
 from difflab.config import run_config_from_dict, to_dict
 from difflab.generate import load_model
 from difflab.harness import latest_checkpoint
-from difflab.progressive import _grid, ode_step, round_plan
+from difflab.progressive import alpha_sigma, ode_step, round_plan, step_grid, x0_target
 from difflab.samplers import ddim_step
 from difflab.schedules import make_schedule
 from test_distill import exact_ode, gaussian_denoiser
@@ -40,7 +40,7 @@ def test_rounds_halve_the_steps():
 def test_two_teacher_steps_span_one_student_step(num_timesteps):
     schedule = make_schedule("cosine", num_timesteps)
     for n in (1, 2, 4, 8, 16):
-        student, teacher = _grid(schedule, n, "cpu"), _grid(schedule, 2 * n, "cpu")
+        student, teacher = step_grid(schedule, n, "cpu"), step_grid(schedule, 2 * n, "cpu")
         assert torch.equal(teacher[::2], student)
         assert student[0] == num_timesteps - 1 and student[-1] == num_timesteps  # T: the data
 
@@ -243,3 +243,21 @@ def test_cosine_decay_restarts_the_learning_rate_each_round(student):
     obj.config = replace(config, progressive=pc, train=constant)
     for step in (0, 5, 50, 150, 299):
         assert obj.lr_clock(step, total) == (step, total)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_x_tilde_makes_one_ddim_step_land_where_the_teacher_did(schedule):
+    sched = make_schedule(schedule, 1000)
+    (alpha, sigma), grid = alpha_sigma(sched, "cpu"), step_grid(sched, 4, "cpu")
+    assert grid.tolist()[-1] == 1000 and len(grid) == 5  # four code times, then the data
+    gen = torch.Generator().manual_seed(0)
+    k = torch.tensor([0, 1, 2, 3])
+    t, t_end = grid[k], grid[k + 1]
+    z_t, z_end = torch.randn((4, 1, 3, 3), generator=gen), torch.randn((4, 1, 3, 3), generator=gen)
+    x0 = x0_target(z_t, z_end, t, t_end, alpha, sigma).double()
+    a_t, s_t = alpha[t].view(-1, 1, 1, 1), sigma[t].view(-1, 1, 1, 1)
+    a_e, s_e = alpha[t_end].view(-1, 1, 1, 1), sigma[t_end].view(-1, 1, 1, 1)
+    eps = (z_t.double() - a_t.double() * x0) / s_t.double()  # DDIM's eps for that x0
+    landed = a_e.double() * x0 + s_e.double() * eps  # Song et al. 2021, Eq. 12, eta = 0
+    torch.testing.assert_close(landed, z_end.double(), rtol=0, atol=1e-4)
+    torch.testing.assert_close(x0[3], z_end[3].double())  # the last step's target is its end

@@ -90,10 +90,37 @@ def student_config(
                    backend="torch")  # fmt: skip
 
 
-def _grid(schedule: Schedule, steps: int, device: torch.device) -> torch.Tensor:
+def step_grid(schedule: Schedule, steps: int, device: torch.device | str) -> torch.Tensor:
     """The trailing N-step grid with the data marker T after its last timestep: (N + 1,)."""
     seq = [*timestep_sequence(schedule.num_timesteps, steps), schedule.num_timesteps]
     return torch.tensor(seq, dtype=torch.long, device=device)
+
+
+def alpha_sigma(
+    schedule: Schedule, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha and sigma at each code time, and last at the data marker T (alpha 1, sigma 0)."""
+    alpha = torch.tensor([*schedule.sqrt_alpha_bar, 1.0], dtype=torch.float32, device=device)
+    sigma = torch.tensor([*schedule.sqrt_one_minus_alpha_bar, 0.0], dtype=torch.float32,
+                         device=device)  # fmt: skip
+    return alpha, sigma
+
+
+def x0_target(z_t: torch.Tensor, z_end: torch.Tensor, t: torch.Tensor, t_end: torch.Tensor,
+              alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """x_tilde: the x0 that makes one DDIM step from z_t at t land on z_end at t_end (Alg. 2,
+    line 9); at the data marker (sigma 0, alpha 1) it is z_end itself."""
+    a_t, s_t = alpha[t].view(-1, 1, 1, 1), sigma[t].view(-1, 1, 1, 1)
+    a_e, s_e = alpha[t_end].view(-1, 1, 1, 1), sigma[t_end].view(-1, 1, 1, 1)
+    ratio = s_e / s_t
+    return (z_end - ratio * z_t) / (a_e - ratio * a_t)
+
+
+def truncated_snr_loss(x0_pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                       alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """max(SNR_t, 1) ||target - x0_pred||^2 / dim per sample: (B,)."""
+    weight = torch.clamp(alpha[t] ** 2 / sigma[t] ** 2, min=1.0)
+    return weight * (x0_pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
 
 def ode_step(solver: str, denoiser: Any, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
@@ -156,14 +183,11 @@ class ProgressiveDistillation(Objective):
         self.phases = (Phase("distill", network="model", optimizer="optim", lr=cfg.lr),)
         self.schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
         self.plan = round_plan(pc.start_steps, pc.steps, self.schedule.num_timesteps)
-        self.grids = {n: _grid(self.schedule, n, ctx.device) for n in [pc.start_steps, *self.plan]}
+        self.grids = {n: step_grid(self.schedule, n, ctx.device)
+                      for n in [pc.start_steps, *self.plan]}  # fmt: skip
         for n in self.plan:  # two teacher steps span one student step
             assert torch.equal(self.grids[2 * n][::2], self.grids[n]), n
-        # alpha and sigma at each code t, and at the data marker T (alpha 1, sigma 0).
-        s = self.schedule
-        self.alpha = torch.tensor([*s.sqrt_alpha_bar, 1.0], dtype=torch.float32, device=ctx.device)
-        self.sigma = torch.tensor([*s.sqrt_one_minus_alpha_bar, 0.0], dtype=torch.float32,
-                                  device=ctx.device)  # fmt: skip
+        self.alpha, self.sigma = alpha_sigma(self.schedule, ctx.device)
         self.images = torch.from_numpy(dataset.images).to(ctx.device)  # (N, C, H, W) in [-1, 1]
         self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
         self.num_items = len(self.images)
@@ -238,14 +262,10 @@ class ProgressiveDistillation(Objective):
         with torch.no_grad():
             z_mid = self._teacher_step(z_t, t, t_mid, y, guidance)
             z_end = self._teacher_step(z_mid, t_mid, t_end, y, guidance)
-            a_t, s_t = self.alpha[t].view(-1, 1, 1, 1), self.sigma[t].view(-1, 1, 1, 1)
-            a_e, s_e = self.alpha[t_end].view(-1, 1, 1, 1), self.sigma[t_end].view(-1, 1, 1, 1)
-            ratio = s_e / s_t
-            x_tilde = (z_end - ratio * z_t) / (a_e - ratio * a_t)  # Alg. 2, line 9
+            x_tilde = x0_target(z_t, z_end, t, t_end, self.alpha, self.sigma)
         _, x0_pred = eps_and_x0(nets["model"](z_t, t, y), z_t, t, self.schedule,
                                 self.config.diffusion.prediction)  # fmt: skip
-        weight = torch.clamp(a_t.flatten() ** 2 / s_t.flatten() ** 2, min=1.0)  # max(SNR, 1)
-        return weight * (x0_pred.float() - x_tilde.float()).pow(2).flatten(1).mean(dim=1)
+        return truncated_snr_loss(x0_pred, x_tilde, t, self.alpha, self.sigma)
 
     def state_dict(self) -> dict[str, Any]:
         return {"round": self.round}
