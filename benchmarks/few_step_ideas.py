@@ -6,6 +6,9 @@ each, so that anyone can rerun them: none of them is part of difflab, because no
     .venv/bin/python benchmarks/few_step_ideas.py adversarial --student RUN/model_steps_4.safetensors \\
         --teacher RUN/model_steps_8.safetensors --data-dir ../shared/data/mnist --place chain \\
         --weight 0.5 --steps 300 --out adv.safetensors   # then: difflab evaluate --checkpoint ...
+    .venv/bin/python benchmarks/few_step_ideas.py adversarial ... \\
+        --features runs/teacher/model_final.safetensors --d-t-max 0 --d-lr 1e-3 \\
+        --d-warmup 300 --weight 0.5 --steps 300 --out ladd.safetensors
     .venv/bin/python benchmarks/few_step_ideas.py direct --teacher runs/teacher/model_final.safetensors \\
         --like RUN/model_steps_4.safetensors --data-dir ../shared/data/mnist --substeps 4 \\
         --minutes 20 --out direct.safetensors
@@ -20,7 +23,10 @@ each, so that anyone can rerun them: none of them is part of difflab, because no
   al. 2021, Eq. 7: the ratio of the losses' gradient norms at the student's last layer) times
   ``--weight``; on the x0 prediction at every grid step from noised real images (``--place x0``,
   after Sauer et al. 2023) or on the output of the whole DDIM chain from fresh noise, gradients
-  through every evaluation (``--place chain``).
+  through every evaluation (``--place chain``). ``--features CKPT`` swaps the discriminator for
+  LADD's (Sauer et al. 2024): the frozen encoder of the diffusion model CKPT, on the images noised
+  to t <= ``--d-t-max`` (T - 1), with a trainable head per resolution; ``--d-warmup`` trains it
+  alone first, on the student as it is.
 - ``direct``: one round from the teacher straight to a 4-step student (TRACT's idea, Berthelot
   et al. 2023): each student step spanned by ``--substeps`` DPM-Solver++(2S) steps of the
   teacher, the target progressive distillation's x_tilde, for ``--minutes`` of wall time.
@@ -49,10 +55,10 @@ from difflab.diffusion import eps_and_x0, q_sample
 from difflab.generate import load_model, model_denoiser
 from difflab.harness import update_ema
 from difflab.models.gan import Discriminator
-from difflab.models.unet import UNet
+from difflab.models.unet import Block, Downsample, UNet
 from difflab.progressive import alpha_sigma, ode_step, step_grid, truncated_snr_loss, x0_target
 from difflab.samplers import timestep_sequence
-from difflab.schedules import make_schedule
+from difflab.schedules import Schedule, make_schedule
 
 
 def unet_from(ckpt: Checkpoint) -> UNet:
@@ -65,6 +71,44 @@ def save_student(out: str, config: RunConfig, student: UNet, ema: UNet, steps: i
     config = replace(config, train=replace(config.train, max_steps=steps))
     write_checkpoint(out, config, {"model": student.state_dict(), "ema": ema.state_dict()})
     print(f"wrote {out} after {steps} steps", flush=True)
+
+
+class FeatureDiscriminator(torch.nn.Module):
+    """LADD's discriminator (Sauer et al. 2024): a frozen diffusion model's encoder, run on the
+    images noised to a random level t, with a small trainable head on the features at every
+    resolution (before each downsampling, and after the middle blocks); logits per position."""
+
+    def __init__(self, trunk: UNet, t_max: int) -> None:
+        super().__init__()
+        self.trunk, self.t_max = trunk.eval().requires_grad_(False), t_max
+        mc = trunk.config
+        widths = [mc.base_channels * m for m in mc.channel_mults]
+        self.heads = torch.nn.ModuleList(  # no spectral norm: with it they learned too slowly
+            torch.nn.Sequential(
+                torch.nn.Conv2d(c, c, 3, padding=1),
+                torch.nn.LeakyReLU(0.2),
+                torch.nn.Conv2d(c, 1, 1),
+            )
+            for c in widths  # before each downsampling, then the middle
+        )
+
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        net, emb = self.trunk, self.trunk.embed(t, None)
+        h, feats = net.conv_in(x), []
+        for module in net.down:
+            if isinstance(module, Downsample):
+                feats.append(h)
+            h = module(h, emb) if isinstance(module, Block) else module(h)
+        feats.append(net.mid2(net.mid1(h, emb), emb))
+        return feats
+
+    def forward(self, x: torch.Tensor, sched: Schedule, gen: torch.Generator) -> torch.Tensor:
+        t = torch.randint(0, self.t_max + 1, (len(x),), generator=gen)
+        z = q_sample(x, t, torch.randn(x.shape, generator=gen), sched)
+        return torch.cat(
+            [head(f).flatten(1) for head, f in zip(self.heads, self.features(z, t), strict=True)],
+            dim=1,
+        )  # (B, positions over every level)
 
 
 def stochastic(args: argparse.Namespace) -> None:
@@ -125,8 +169,18 @@ def adversarial(args: argparse.Namespace) -> None:
     )
     images = torch.from_numpy(load_dataset(config.train.data, data_dir=args.data_dir).images)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
-    disc = Discriminator(config.model.image_size, config.model.in_channels, 64, spectral=True)
-    d_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    if args.features:
+        trunk = unet_from(load_checkpoint(args.features))
+        fdisc = FeatureDiscriminator(trunk, int(args.d_t_max * (sched.num_timesteps - 1)))
+
+        def disc(x: torch.Tensor) -> torch.Tensor:
+            return fdisc(x, sched, gen)
+
+        d_params = list(fdisc.heads.parameters())
+    else:
+        pixel = Discriminator(config.model.image_size, config.model.in_channels, 64, spectral=True)
+        disc, d_params = pixel, list(pixel.parameters())
+    d_opt = torch.optim.Adam(d_params, lr=args.d_lr, betas=(0.5, 0.999))
     last = [p for name, p in student.named_parameters() if name.endswith("weight")][-1]
     t_den = model_denoiser(teacher, config, sched, None, 1.0, clip_x0=False)
     gen, pred, shape = (
@@ -138,7 +192,39 @@ def adversarial(args: argparse.Namespace) -> None:
     def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return eps_and_x0(student(z, t, None), z, t, sched, pred)
 
+    def chain(count: int) -> torch.Tensor:  # the whole DDIM chain from fresh noise
+        x = torch.randn((count, *shape), generator=gen)
+        for i in range(n):
+            e_i, x0_i = denoise(x, torch.full((count,), int(g_n[i]), dtype=torch.long))
+            nxt = g_n[i + 1]  # the data marker after the last step: alpha 1, sigma 0
+            x = alpha[nxt] * x0_i + sigma[nxt] * e_i
+        return x
+
+    def noised_reals() -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = images[torch.randint(0, len(images), (args.batch_size,), generator=gen)]
+        t = g_n[torch.randint(0, n, (args.batch_size,), generator=gen)]
+        return q_sample(x0, t, torch.randn(x0.shape, generator=gen), sched), t
+
+    def train_disc(fake: torch.Tensor) -> torch.Tensor:
+        real = images[torch.randint(0, len(images), (len(fake),), generator=gen)]
+        d_loss = (torch.relu(1 - disc(real)) + torch.relu(1 + disc(fake.detach()))).mean()
+        d_opt.zero_grad()
+        d_loss.backward()
+        d_opt.step()
+        return d_loss
+
     start = time.perf_counter()
+    for step in range(args.d_warmup):  # the discriminator alone, on the student as it is
+        with torch.no_grad():
+            fake = (
+                chain(args.batch_size // 2)
+                if args.place == "chain"
+                else denoise(*noised_reals())[1]
+            )
+        d_loss = train_disc(fake)
+        if step % 25 == 0:
+            print(f"warm-up {step}: D hinge {d_loss.item():.3f}, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
     for step in range(args.steps):
         x0 = images[torch.randint(0, len(images), (args.batch_size,), generator=gen)]
         k = torch.randint(0, n, (args.batch_size,), generator=gen)
@@ -151,19 +237,8 @@ def adversarial(args: argparse.Namespace) -> None:
             target = x0_target(z, z_end, t, t_end, alpha, sigma)
         _, x0_p = denoise(z, t)
         l_pd = truncated_snr_loss(x0_p, target, t, alpha, sigma).mean()
-        if args.place == "x0":
-            fake = x0_p
-        else:  # the whole DDIM chain from fresh noise, gradients through every evaluation
-            fake = torch.randn((args.batch_size // 2, *shape), generator=gen)
-            for i in range(n):
-                e_i, x0_i = denoise(fake, torch.full((len(fake),), int(g_n[i]), dtype=torch.long))
-                nxt = g_n[i + 1]  # the data marker after the last step: alpha 1, sigma 0
-                fake = alpha[nxt] * x0_i + sigma[nxt] * e_i
-        real = images[torch.randint(0, len(images), (len(fake),), generator=gen)]
-        d_loss = (torch.relu(1 - disc(real)) + torch.relu(1 + disc(fake.detach()))).mean()
-        d_opt.zero_grad()
-        d_loss.backward()
-        d_opt.step()
+        fake = x0_p if args.place == "x0" else chain(args.batch_size // 2)
+        d_loss = train_disc(fake)
         l_adv = -disc(fake).mean()
         g_pd = torch.autograd.grad(l_pd, last, retain_graph=True)[0].norm()
         g_adv = torch.autograd.grad(l_adv, last, retain_graph=True)[0].norm()
@@ -252,6 +327,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--place", choices=("x0", "chain"), default="chain")
     p.add_argument("--weight", type=float, default=0.5, help="times the adaptive balance")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--features", default=None, help="a diffusion checkpoint: LADD's discriminator "
+                   "on its encoder's features (default: a fresh pixel discriminator)")  # fmt: skip
+    p.add_argument("--d-warmup", type=int, default=0, help="discriminator-only steps first")
+    p.add_argument("--d-lr", type=float, default=2e-4, help="the discriminator's learning rate")
+    p.add_argument("--d-t-max", type=float, default=0.5,
+                   help="--features: noise the images to t up to this fraction of T - 1")  # fmt: skip
     p = sub.add_parser("direct", help="one round from the teacher to a 4-step student")
     p.add_argument("--teacher", required=True, help="a trained diffusion checkpoint")
     p.add_argument("--like", required=True, help="a 4-step student whose configuration to write")
@@ -272,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
             eta = -1.0
         if not 0.0 <= eta <= 1.0:
             parser.error(f"--mode {args.mode}: expected ddim, meng or eta<X> with X in [0, 1]")
+    if args.command == "adversarial" and not 0.0 <= args.d_t_max <= 1.0:
+        parser.error(f"--d-t-max {args.d_t_max:g}: expected a fraction of T - 1 in [0, 1]")
     if Path(args.out).exists():
         parser.error(f"--out {args.out} exists; choose another path")
     {"stochastic": stochastic, "adversarial": adversarial, "direct": direct}[args.command](args)

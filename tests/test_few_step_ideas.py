@@ -1,13 +1,18 @@
 """benchmarks/few_step_ideas.py (the measured attempts of docs/few_step.md that did not help):
-its refusal of bad input. Its runs themselves are minutes of training on MNIST (docs/few_step.md
+its refusal of bad input, and that the feature discriminator reads the diffusion model's own
+encoder features. Its runs themselves are minutes of training on MNIST (docs/few_step.md
 has them); the distillation target they share with progressive distillation is tested in
 test_progressive.py."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import load_benchmark_script
+from difflab.config import ModelConfig
+from difflab.models.unet import Downsample, UNet
+from difflab.schedules import make_schedule
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +31,43 @@ def test_a_bad_sampler_mode_is_one_line_and_writes_nothing(ideas, mode, tmp_path
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--mode {mode}: expected ddim, meng or eta<X> with X in [0, 1]" in err
     assert not out.exists()
+
+
+def test_a_noise_level_beyond_the_schedule_is_one_line_and_writes_nothing(ideas, tmp_path, capsys):
+    out = tmp_path / "ladd.safetensors"
+    with pytest.raises(SystemExit) as stop:
+        ideas.main(["adversarial", "--student", "s.safetensors", "--teacher", "t.safetensors",
+                    "--data-dir", str(tmp_path), "--d-t-max", "1.5", "--out", str(out)])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--d-t-max 1.5: expected a fraction of T - 1 in [0, 1]" in err
+    assert not out.exists()
+
+
+def test_the_feature_discriminator_reads_the_unets_own_encoder(ideas):
+    """Its features are the tensors the U-Net's forward pass computes (caught by hooks): the input
+    of each downsampling, then the middle blocks' output; with t_max 0 the images are not
+    noised, and the trunk stays frozen while the heads learn."""
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=16, in_channels=1, base_channels=8, channel_mults=(1, 2, 4),
+                         num_res_blocks=1, norm_groups=4)  # fmt: skip
+    net = UNet(config).eval()
+    disc = ideas.FeatureDiscriminator(net, t_max=0)
+    x, t = torch.randn(3, 1, 16, 16), torch.zeros(3, dtype=torch.long)
+    caught = []
+    hooks = [m.register_forward_hook(lambda m, i, o: caught.append(i[0])) for m in net.down
+             if isinstance(m, Downsample)]  # fmt: skip
+    hooks.append(net.mid2.register_forward_hook(lambda m, i, o: caught.append(o)))
+    with torch.no_grad():
+        net(x, t)
+        for hook in hooks:
+            hook.remove()
+        feats = disc.features(x, t)
+    assert [f.shape[1:] for f in feats] == [(8, 16, 16), (16, 8, 8), (32, 4, 4)]
+    for mine, its in zip(feats, caught, strict=True):
+        torch.testing.assert_close(mine, its, rtol=0, atol=0)
+    logits = disc(x, make_schedule("cosine", 100), torch.Generator().manual_seed(0))
+    assert logits.shape == (3, 16 * 16 + 8 * 8 + 4 * 4)
+    logits.mean().backward()
+    assert all(p.grad is None for p in net.parameters())
+    assert all(p.grad is not None for p in disc.heads.parameters())
