@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -366,12 +367,17 @@ def wait_all(procs, timeout=300):
 
 
 def run_forked(fn, args, nprocs=2, timeout=300):
-    """``fn(rank, *args)`` in ``nprocs`` forked processes; fails the test instead of hanging it.
+    """``fn(rank, *args)`` in ``nprocs`` child processes; fails the test instead of hanging it.
 
     Spawned instead where this process has used CUDA (on a GPU machine an earlier test may
     have run backward there, with ``--device auto``): autograd's CUDA threads do not survive a
-    fork, and the child's first backward fails (seen on an H200)."""
-    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    fork, and the child's first backward fails (seen on an H200). Spawned too where this process
+    runs another thread (an earlier test's progress bar leaves tqdm's monitor thread): a fork
+    copies any lock such a thread holds at that moment, and nothing in the child releases it.
+    That is the likely cause of a hang seen once in the full slow run, where the resumed
+    two-process run below finished training and then never exited."""
+    threads = threading.active_count() > 1
+    method = "spawn" if torch.cuda.is_initialized() or threads else "fork"
     ctx = torch.multiprocessing.start_processes(
         fn, args=args, nprocs=nprocs, start_method=method, join=False
     )
@@ -380,7 +386,7 @@ def run_forked(fn, args, nprocs=2, timeout=300):
         if time.monotonic() >= deadline:
             for proc in ctx.processes:
                 proc.kill()
-            pytest.fail(f"{nprocs} forked processes still ran after {timeout} s")
+            pytest.fail(f"{nprocs} {method}ed processes still ran after {timeout} s")
 
 
 # 21 images in batches of 8: the last batch of 5 splits 3 + 2 between the two processes.
