@@ -1,5 +1,5 @@
-"""Three measured attempts to close the few-step gap that did not (docs/few_step.md), one command
-each, so that anyone can rerun them: none of them is part of difflab, because none helped enough.
+"""Measured attempts to close the few-step gap that did not (docs/few_step.md), one command each,
+so that anyone can rerun them: none of them is part of difflab, because none helped enough.
 
     .venv/bin/python benchmarks/few_step_ideas.py stochastic --checkpoint S --mode meng \\
         --out images.npz                      # then: difflab evaluate --images images.npz ...
@@ -9,6 +9,9 @@ each, so that anyone can rerun them: none of them is part of difflab, because no
     .venv/bin/python benchmarks/few_step_ideas.py adversarial ... \\
         --features runs/teacher/model_final.safetensors --d-t-max 0 --d-lr 1e-3 \\
         --d-warmup 300 --weight 0.5 --steps 300 --out ladd.safetensors
+    .venv/bin/python benchmarks/few_step_ideas.py dmd --student RUN/model_steps_4.safetensors \\
+        --teacher RUN/model_steps_8.safetensors --real runs/teacher/model_final.safetensors \\
+        --data-dir ../shared/data/mnist --weight 0.005 --steps 300 --out dmd.safetensors
     .venv/bin/python benchmarks/few_step_ideas.py direct --teacher runs/teacher/model_final.safetensors \\
         --like RUN/model_steps_4.safetensors --data-dir ../shared/data/mnist --substeps 4 \\
         --minutes 20 --out direct.safetensors
@@ -27,6 +30,12 @@ each, so that anyone can rerun them: none of them is part of difflab, because no
   LADD's (Sauer et al. 2024): the frozen encoder of the diffusion model CKPT, on the images noised
   to t <= ``--d-t-max`` (T - 1), with a trainable head per resolution; ``--d-warmup`` trains it
   alone first, on the student as it is.
+- ``dmd``: the same fine-tuning with distribution matching distillation's loss (Yin et al. 2024,
+  DMD; DMD2's two time scales with ``--fake-steps``) in place of the GAN: the images of the whole
+  chain are noised to a random t in [``--t-min``, ``--t-max``] (T - 1), and moved against the
+  difference of two denoisers' x0 predictions there, a "fake" one that keeps learning the
+  student's images (from a copy of ``--real``) minus the real one (``--real``, frozen), that is
+  along s_real - s_fake; ``--weight`` times that loss is added to the last round's.
 - ``direct``: one round from the teacher straight to a 4-step student (TRACT's idea, Berthelot
   et al. 2023): each student step spanned by ``--substeps`` DPM-Solver++(2S) steps of the
   teacher, the target progressive distillation's x_tilde, for ``--minutes`` of wall time.
@@ -51,11 +60,11 @@ import torch
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, write_checkpoint
 from difflab.config import RunConfig
 from difflab.data import load_dataset
-from difflab.diffusion import eps_and_x0, q_sample
+from difflab.diffusion import diffusion_loss, eps_and_x0, q_sample
 from difflab.generate import load_model, model_denoiser
 from difflab.harness import update_ema
 from difflab.models.gan import Discriminator
-from difflab.models.unet import Block, Downsample, UNet
+from difflab.models.unet import Downsample, UNet
 from difflab.progressive import alpha_sigma, ode_step, step_grid, truncated_snr_loss, x0_target
 from difflab.samplers import timestep_sequence
 from difflab.schedules import Schedule, make_schedule
@@ -93,14 +102,9 @@ class FeatureDiscriminator(torch.nn.Module):
         )
 
     def features(self, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
-        net, emb = self.trunk, self.trunk.embed(t, None)
-        h, feats = net.conv_in(x), []
-        for module in net.down:
-            if isinstance(module, Downsample):
-                feats.append(h)
-            h = module(h, emb) if isinstance(module, Block) else module(h)
-        feats.append(net.mid2(net.mid1(h, emb), emb))
-        return feats
+        low, skips = self.trunk.encode(x, self.trunk.embed(t, None))
+        down = self.trunk.down  # skips[j] is the input of down[j]
+        return [skips[j] for j, m in enumerate(down) if isinstance(m, Downsample)] + [low]
 
     def forward(self, x: torch.Tensor, sched: Schedule, gen: torch.Generator) -> torch.Tensor:
         t = torch.randint(0, self.t_max + 1, (len(x),), generator=gen)
@@ -152,107 +156,204 @@ def stochastic(args: argparse.Namespace) -> None:
           f"{time.perf_counter() - start:.1f} s -> {args.out}")  # fmt: skip
 
 
+class FineTune:
+    """What ``adversarial`` and ``dmd`` share: an N-step progressive student, fine-tuned with its
+    last round's loss (its 2N-step teacher, DDIM) plus another loss on what it draws."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        torch.manual_seed(args.seed)
+        st_ck, te_ck = load_checkpoint(args.student), load_checkpoint(args.teacher)
+        self.config = config = st_ck.config
+        if config.progressive is None or config.model.num_classes:
+            raise SystemExit(f"{args.student} is not an unconditional progressive student")
+        self.n, self.batch_size = config.progressive.steps, args.batch_size
+        self.student = unet_from(st_ck).train()
+        teacher = unet_from(te_ck).eval().requires_grad_(False)
+        self.ema = copy.deepcopy(self.student).eval().requires_grad_(False)
+        self.sched = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+        (self.alpha, self.sigma), self.g_n, self.g_2n = (
+            alpha_sigma(self.sched, "cpu"),
+            step_grid(self.sched, self.n, "cpu"),
+            step_grid(self.sched, 2 * self.n, "cpu"),
+        )
+        self.images = torch.from_numpy(
+            load_dataset(config.train.data, data_dir=args.data_dir).images
+        )
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=args.lr, weight_decay=0.0)
+        self.last = [p for name, p in self.student.named_parameters() if name.endswith("weight")][
+            -1
+        ]
+        self.t_den = model_denoiser(teacher, config, self.sched, None, 1.0, clip_x0=False)
+        self.gen = torch.Generator().manual_seed(args.seed + 1)
+        self.start, self.updates = time.perf_counter(), 0
+
+    def denoise(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.student(z, t, None)
+        return eps_and_x0(output, z, t, self.sched, self.config.diffusion.prediction)
+
+    def reals(self, count: int) -> torch.Tensor:
+        return self.images[torch.randint(0, len(self.images), (count,), generator=self.gen)]
+
+    def chain(self, count: int) -> torch.Tensor:
+        """The student's whole DDIM chain from fresh noise, with gradients unless disabled."""
+        x = torch.randn((count, *self.images.shape[1:]), generator=self.gen)
+        for i in range(self.n):
+            e_i, x0_i = self.denoise(x, torch.full((count,), int(self.g_n[i]), dtype=torch.long))
+            nxt = self.g_n[i + 1]  # the data marker after the last step: alpha 1, sigma 0
+            x = self.alpha[nxt] * x0_i + self.sigma[nxt] * e_i
+        return x
+
+    def noised_reals(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real images noised to the levels of the student's grid, with those levels."""
+        x0 = self.reals(self.batch_size)
+        t = self.g_n[torch.randint(0, self.n, (self.batch_size,), generator=self.gen)]
+        return q_sample(x0, t, torch.randn(x0.shape, generator=self.gen), self.sched), t
+
+    def pd_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last round's loss (Salimans & Ho 2022, Alg. 2) and the x0 predictions it scored."""
+        gen, alpha, sigma = self.gen, self.alpha, self.sigma
+        x0 = self.reals(self.batch_size)
+        k = torch.randint(0, self.n, (self.batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        t, t_mid, t_end = self.g_n[k], self.g_2n[2 * k + 1], self.g_n[k + 1]
+        z = q_sample(x0, t, eps, self.sched)
+        with torch.no_grad():
+            z_mid = ode_step("ddim", self.t_den, z, t, t_mid, alpha, sigma)
+            z_end = ode_step("ddim", self.t_den, z_mid, t_mid, t_end, alpha, sigma)
+            target = x0_target(z, z_end, t, t_end, alpha, sigma)
+        _, x0_p = self.denoise(z, t)
+        return truncated_snr_loss(x0_p, target, t, alpha, sigma).mean(), x0_p
+
+    def grad_norm(self, loss: torch.Tensor) -> torch.Tensor:
+        """The norm of the loss's gradient at the student's last layer (VQGAN's yardstick)."""
+        return torch.autograd.grad(loss, self.last, retain_graph=True)[0].norm()
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        self.opt.step()
+        update_ema(self.ema, self.student, self.config.train.ema_decay, self.updates)
+        self.updates += 1
+
+    def log(self, message: str) -> None:
+        print(f"{message}, {time.perf_counter() - self.start:.0f} s", flush=True)
+
+    def save(self, out: str) -> None:
+        save_student(out, self.config, self.student, self.ema, self.updates)
+
+
 def adversarial(args: argparse.Namespace) -> None:
-    torch.manual_seed(args.seed)
-    st_ck, te_ck = load_checkpoint(args.student), load_checkpoint(args.teacher)
-    config = st_ck.config
-    if config.progressive is None or config.model.num_classes:
-        raise SystemExit(f"{args.student} is not an unconditional progressive student")
-    n = config.progressive.steps
-    student, teacher = unet_from(st_ck).train(), unet_from(te_ck).eval().requires_grad_(False)
-    ema = copy.deepcopy(student).eval().requires_grad_(False)
-    sched = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
-    (alpha, sigma), g_n, g_2n = (
-        alpha_sigma(sched, "cpu"),
-        step_grid(sched, n, "cpu"),
-        step_grid(sched, 2 * n, "cpu"),
-    )
-    images = torch.from_numpy(load_dataset(config.train.data, data_dir=args.data_dir).images)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    ft = FineTune(args)
     if args.features:
         trunk = unet_from(load_checkpoint(args.features))
-        fdisc = FeatureDiscriminator(trunk, int(args.d_t_max * (sched.num_timesteps - 1)))
+        fdisc = FeatureDiscriminator(trunk, int(args.d_t_max * (ft.sched.num_timesteps - 1)))
 
         def disc(x: torch.Tensor) -> torch.Tensor:
-            return fdisc(x, sched, gen)
+            return fdisc(x, ft.sched, ft.gen)
 
         d_params = list(fdisc.heads.parameters())
     else:
-        pixel = Discriminator(config.model.image_size, config.model.in_channels, 64, spectral=True)
+        mc = ft.config.model
+        pixel = Discriminator(mc.image_size, mc.in_channels, 64, spectral=True)
         disc, d_params = pixel, list(pixel.parameters())
     d_opt = torch.optim.Adam(d_params, lr=args.d_lr, betas=(0.5, 0.999))
-    last = [p for name, p in student.named_parameters() if name.endswith("weight")][-1]
-    t_den = model_denoiser(teacher, config, sched, None, 1.0, clip_x0=False)
-    gen, pred, shape = (
-        torch.Generator().manual_seed(args.seed + 1),
-        config.diffusion.prediction,
-        images.shape[1:],
-    )
-
-    def denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return eps_and_x0(student(z, t, None), z, t, sched, pred)
-
-    def chain(count: int) -> torch.Tensor:  # the whole DDIM chain from fresh noise
-        x = torch.randn((count, *shape), generator=gen)
-        for i in range(n):
-            e_i, x0_i = denoise(x, torch.full((count,), int(g_n[i]), dtype=torch.long))
-            nxt = g_n[i + 1]  # the data marker after the last step: alpha 1, sigma 0
-            x = alpha[nxt] * x0_i + sigma[nxt] * e_i
-        return x
-
-    def noised_reals() -> tuple[torch.Tensor, torch.Tensor]:
-        x0 = images[torch.randint(0, len(images), (args.batch_size,), generator=gen)]
-        t = g_n[torch.randint(0, n, (args.batch_size,), generator=gen)]
-        return q_sample(x0, t, torch.randn(x0.shape, generator=gen), sched), t
 
     def train_disc(fake: torch.Tensor) -> torch.Tensor:
-        real = images[torch.randint(0, len(images), (len(fake),), generator=gen)]
+        real = ft.reals(len(fake))
         d_loss = (torch.relu(1 - disc(real)) + torch.relu(1 + disc(fake.detach()))).mean()
         d_opt.zero_grad()
         d_loss.backward()
         d_opt.step()
         return d_loss
 
-    start = time.perf_counter()
     for step in range(args.d_warmup):  # the discriminator alone, on the student as it is
         with torch.no_grad():
             fake = (
-                chain(args.batch_size // 2)
+                ft.chain(args.batch_size // 2)
                 if args.place == "chain"
-                else denoise(*noised_reals())[1]
+                else ft.denoise(*ft.noised_reals())[1]
             )
         d_loss = train_disc(fake)
         if step % 25 == 0:
-            print(f"warm-up {step}: D hinge {d_loss.item():.3f}, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
+            ft.log(f"warm-up {step}: D hinge {d_loss.item():.3f}")
     for step in range(args.steps):
-        x0 = images[torch.randint(0, len(images), (args.batch_size,), generator=gen)]
-        k = torch.randint(0, n, (args.batch_size,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        t, t_mid, t_end = g_n[k], g_2n[2 * k + 1], g_n[k + 1]
-        z = q_sample(x0, t, eps, sched)
-        with torch.no_grad():
-            z_end = ode_step("ddim", t_den, ode_step("ddim", t_den, z, t, t_mid, alpha, sigma),
-                             t_mid, t_end, alpha, sigma)  # fmt: skip
-            target = x0_target(z, z_end, t, t_end, alpha, sigma)
-        _, x0_p = denoise(z, t)
-        l_pd = truncated_snr_loss(x0_p, target, t, alpha, sigma).mean()
-        fake = x0_p if args.place == "x0" else chain(args.batch_size // 2)
+        l_pd, x0_p = ft.pd_loss()
+        fake = x0_p if args.place == "x0" else ft.chain(args.batch_size // 2)
         d_loss = train_disc(fake)
         l_adv = -disc(fake).mean()
-        g_pd = torch.autograd.grad(l_pd, last, retain_graph=True)[0].norm()
-        g_adv = torch.autograd.grad(l_adv, last, retain_graph=True)[0].norm()
-        balance = (g_pd / (g_adv + 1e-8)).clamp(max=1e4).detach()
-        opt.zero_grad()
-        (l_pd + args.weight * balance * l_adv).backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        update_ema(ema, student, config.train.ema_decay, step)
+        balance = (ft.grad_norm(l_pd) / (ft.grad_norm(l_adv) + 1e-8)).clamp(max=1e4).detach()
+        ft.update(l_pd + args.weight * balance * l_adv)
         if step % 25 == 0:
-            print(f"step {step}: pd {l_pd.item():.4f}, D hinge {d_loss.item():.3f}, G "
-                  f"{l_adv.item():.3f}, balance {balance.item():.3g}, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-    save_student(args.out, config, student, ema, args.steps)
+            ft.log(f"step {step}: pd {l_pd.item():.4f}, D hinge {d_loss.item():.3f}, "
+                   f"G {l_adv.item():.3f}, balance {balance.item():.3g}")  # fmt: skip
+    ft.save(args.out)
+
+
+def dmd_direction(
+    x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, real: UNet, fake: UNet,
+    sched: Schedule, prediction: str,
+) -> torch.Tensor:  # fmt: skip
+    """Distribution matching distillation's gradient on generated images x (Yin et al. 2024, Eq.
+    7-8): noise them to t, and take the fake model's x0 prediction minus the real one's, that is
+    (s_fake - s_real) sigma_t^2 / alpha_t, divided per image by the mean |x - x0_real| so that its
+    scale does not depend on t. It is the loss's gradient: descent moves x along s_real - s_fake."""
+    with torch.no_grad():
+        x_t = q_sample(x, t, noise, sched)
+        x0_real = eps_and_x0(real(x_t, t, None), x_t, t, sched, prediction)[1]
+        x0_fake = eps_and_x0(fake(x_t, t, None), x_t, t, sched, prediction)[1]
+        scale = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
+        return (x0_fake - x0_real) / scale
+
+
+def dmd(args: argparse.Namespace) -> None:
+    ft = FineTune(args)
+    real_ck = load_checkpoint(args.real)
+    real = unet_from(real_ck).eval().requires_grad_(False)
+    fake = copy.deepcopy(real).train().requires_grad_(True)  # starts as the real score
+    f_opt = torch.optim.AdamW(fake.parameters(), lr=args.fake_lr, weight_decay=0.0)
+    pred, gamma = real_ck.config.diffusion.prediction, real_ck.config.diffusion.min_snr_gamma
+    last_t = ft.sched.num_timesteps - 1
+    lo, hi = int(args.t_min * last_t), int(args.t_max * last_t)
+    count = args.batch_size // 2
+
+    def noise_levels() -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.randint(lo, hi + 1, (count,), generator=ft.gen)
+        return t, torch.randn((count, *ft.images.shape[1:]), generator=ft.gen)
+
+    def train_fake(x: torch.Tensor) -> torch.Tensor:
+        """The fake score learns the student's images by the teacher's own diffusion loss."""
+        t, noise = noise_levels()
+        loss = diffusion_loss(lambda z, s: fake(z, s, None), x.detach(), t, noise, ft.sched,
+                              pred, gamma).mean()  # fmt: skip
+        f_opt.zero_grad()
+        loss.backward()
+        f_opt.step()
+        return loss
+
+    for step in range(args.fake_warmup):  # the fake score alone, on the student as it is
+        with torch.no_grad():
+            x = ft.chain(count)
+        f_loss = train_fake(x)
+        if step % 25 == 0:
+            ft.log(f"warm-up {step}: fake loss {f_loss.item():.4f}")
+    for step in range(args.steps):
+        l_pd, _ = ft.pd_loss()
+        x = ft.chain(count)
+        direction = dmd_direction(x, *noise_levels(), real, fake, ft.sched, pred)
+        l_dmd = 0.5 * (x - (x - direction).detach()).pow(2).mean()  # its gradient: direction / size
+        if step % 25 == 0:
+            ratio = (ft.grad_norm(l_dmd) / ft.grad_norm(l_pd)).item()
+        ft.update(l_pd + args.weight * l_dmd)
+        f_loss = train_fake(x)
+        for _ in range(args.fake_steps - 1):  # two time scales (DMD2): more, on fresh images
+            with torch.no_grad():
+                x = ft.chain(count)
+            f_loss = train_fake(x)
+        if step % 25 == 0:
+            ft.log(f"step {step}: pd {l_pd.item():.4f}, dmd {l_dmd.item():.3g} (gradient "
+                   f"{ratio:.3g} x pd's), fake loss {f_loss.item():.4f}")  # fmt: skip
+    ft.save(args.out)
 
 
 def direct(args: argparse.Namespace) -> None:
@@ -331,15 +432,27 @@ def main(argv: list[str] | None = None) -> None:
                    "on its encoder's features (default: a fresh pixel discriminator)")  # fmt: skip
     p.add_argument("--d-warmup", type=int, default=0, help="discriminator-only steps first")
     p.add_argument("--d-lr", type=float, default=2e-4, help="the discriminator's learning rate")
-    p.add_argument("--d-t-max", type=float, default=0.5,
+    p.add_argument("--d-t-max", type=float, default=0.0,
                    help="--features: noise the images to t up to this fraction of T - 1")  # fmt: skip
+    p = sub.add_parser("dmd", help="fine-tune a student with distribution matching added")
+    p.add_argument("--student", required=True, help="a progressive student (model_steps_N)")
+    p.add_argument("--teacher", required=True, help="its teacher, the 2N-step student")
+    p.add_argument("--real", required=True, help="the diffusion model whose distribution to "
+                   "match (the first teacher); the fake score starts as a copy")  # fmt: skip
+    p.add_argument("--weight", type=float, default=1.0, help="the DMD loss's weight")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--fake-warmup", type=int, default=100, help="fake-score-only steps first")
+    p.add_argument("--fake-steps", type=int, default=1, help="fake score steps per student step")
+    p.add_argument("--fake-lr", type=float, default=1e-4)
+    p.add_argument("--t-min", type=float, default=0.02, help="noise levels, fractions of T - 1")
+    p.add_argument("--t-max", type=float, default=0.98)
     p = sub.add_parser("direct", help="one round from the teacher to a 4-step student")
     p.add_argument("--teacher", required=True, help="a trained diffusion checkpoint")
     p.add_argument("--like", required=True, help="a 4-step student whose configuration to write")
     p.add_argument("--substeps", type=int, default=4, help="teacher steps per student step")
     p.add_argument("--minutes", type=float, default=20.0)
     for p in sub.choices.values():
-        if p.prog.endswith(("adversarial", "direct")):
+        if p.prog.endswith(("adversarial", "dmd", "direct")):
             p.add_argument("--data-dir", required=True)
             p.add_argument("--lr", type=float, default=3e-4)
             p.add_argument("--batch-size", type=int, default=64)
@@ -355,9 +468,13 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--mode {args.mode}: expected ddim, meng or eta<X> with X in [0, 1]")
     if args.command == "adversarial" and not 0.0 <= args.d_t_max <= 1.0:
         parser.error(f"--d-t-max {args.d_t_max:g}: expected a fraction of T - 1 in [0, 1]")
+    if args.command == "dmd" and not 0.0 <= args.t_min <= args.t_max <= 1.0:
+        parser.error(f"--t-min {args.t_min:g} --t-max {args.t_max:g}: expected "
+                     "0 <= t-min <= t-max <= 1, fractions of T - 1")  # fmt: skip
     if Path(args.out).exists():
         parser.error(f"--out {args.out} exists; choose another path")
-    {"stochastic": stochastic, "adversarial": adversarial, "direct": direct}[args.command](args)
+    commands = {"stochastic": stochastic, "adversarial": adversarial, "dmd": dmd, "direct": direct}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -169,16 +169,21 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y)
         return emb
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        emb = self.embed(t, y)  # (B, E)
+    def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The down path and the middle blocks: the lowest-resolution features, and the skips (the
+        input of every down module, then the last one's output) that the up path consumes."""
         h = self.conv_in(x)  # (B, base, H, W)
         skips = [h]
         for module in self.down:
             h = module(h, emb) if isinstance(module, Block) else module(h)
             skips.append(h)  # (B, C_level, H / 2^level, W / 2^level)
-        h = self.mid2(self.mid1(h, emb), emb)  # (B, C_low, H_low, W_low)
+        return self.mid2(self.mid1(h, emb), emb), skips  # (B, C_low, H_low, W_low)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = self.embed(t, y)  # (B, E)
+        h, skips = self.encode(x, emb)
         for module in self.up:
             if isinstance(module, Block):
                 h = module(torch.cat([h, skips.pop()], dim=1), emb)  # concat skip on channels
