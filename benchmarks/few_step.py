@@ -18,7 +18,10 @@ the same N and seed):
   ``--teacher-solver``) at each budget B, a run of its own: 1-minute calibration runs measure the
   steps per second of the first round and of the others, and the rounds are sized to fill B
   (``--round-steps``); its 4-, 2- and 1-step students are scored. ``--pd-steps 1,4`` adds, at
-  each budget, a run that stops at 4 steps (two rounds, sized the same way; its 4-step student).
+  each budget, a run that stops at 4 steps (two rounds, sized the same way; its 4-step student);
+  ``--pd-dmd-steps S`` ends that run with S steps of distribution matching (``difflab distill
+  --dmd-steps``, after its warm-up; a probe measures the stage's rate, and the rounds fill the
+  rest of the budget), and scores both its 4-step students, before the stage and after.
 
 Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
 in this process, alternating, median of 5. Writes ``docs/few_step.json``, the table in
@@ -184,39 +187,74 @@ def student_rows(args: argparse.Namespace, teacher: Path):
                 grid(ckpt, sampling, f"student_{budget:g}min_{steps}step")
 
 
+def steps_per_second(argv: list[str], probe: Path) -> float:
+    """A 1-minute run of ``argv`` into ``probe``: its distillation steps per second."""
+    run([*argv, "--max-minutes", "1", "--out", str(probe)])
+    last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
+    return last["step"] / last["elapsed_s"]
+
+
+def round_steps_for(budget_min: float, seconds_per_round_step: float, stage_s: float) -> int:
+    """Steps per round that fill 97% of the budget, after the DMD stage's ``stage_s`` seconds
+    (the runs overran by up to 11% when sized to fill all of it: the machines slow down)."""
+    rounds_s = 0.97 * budget_min * 60 - stage_s
+    if rounds_s < seconds_per_round_step:
+        raise SystemExit(f"the DMD stage alone takes {stage_s / 60:.1f} min here: no time is "
+                         f"left for the rounds in a {budget_min:g}-min budget")  # fmt: skip
+    return int(rounds_s / seconds_per_round_step)
+
+
 def progressive_rows(args: argparse.Namespace, teacher: Path):
     """Progressive distillation's 4-, 2- and 1-step students, a run per budget sized to fill it;
-    with ``--pd-steps 1,4`` also runs that stop at 4 steps (fewer rounds, each longer)."""
+    with ``--pd-steps 1,4`` also runs that stop at 4 steps (fewer rounds, each longer), which
+    with ``--pd-dmd-steps`` end with the distribution-matching stage inside the same budget."""
     base = ["distill", "--method", "progressive", "--teacher", str(teacher), "--data-dir",
-            args.data_dir, "--start-steps", str(args.pd_start_steps), "--sample-every", "0",
-            "--no-progress", "--overwrite"]  # fmt: skip
+            args.data_dir, "--sample-every", "0", "--no-progress", "--overwrite"]  # fmt: skip
+    start = ["--start-steps", str(args.pd_start_steps)]
     rate = {}  # distillation steps per second on this machine: the first round's, the others'
     for solver in sorted({args.teacher_solver, "ddim"}):
-        probe = Path(args.runs) / f"progressive_probe_{solver}"
-        run([*base, "--steps", "1", "--teacher-solver", solver, "--round-steps", "100000",
-             "--max-minutes", "1", "--out", str(probe)])  # fmt: skip
-        last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
-        rate[solver] = last["step"] / last["elapsed_s"]
-    base += ["--teacher-solver", args.teacher_solver]
+        rate[solver] = steps_per_second(
+            [*base, *start, "--steps", "1", "--teacher-solver", solver, "--round-steps", "100000"],
+            Path(args.runs) / f"progressive_probe_{solver}",
+        )  # fmt: skip
+    dmd = ["--dmd-steps", str(args.pd_dmd_steps), "--dmd-weight", f"{args.pd_dmd_weight:g}"]
+    for stop in [n for n in args.pd_steps if n > 1 and args.pd_dmd_steps]:
+        # The stage's rate for this student (its chain has `stop` evaluations): one 1-step
+        # round, then the stage without its warm-up (the warm-up's steps are cheaper).
+        rate[f"dmd{stop}"] = steps_per_second(
+            [*base, "--start-steps", str(2 * stop), "--steps", str(stop), "--round-steps", "1",
+             "--teacher-solver", "ddim", "--dmd-steps", "100000", "--dmd-warmup", "0"],
+            Path(args.runs) / f"progressive_probe_dmd{stop}",
+        )  # fmt: skip
+    base += [*start, "--teacher-solver", args.teacher_solver]
     for stop in args.pd_steps:
         rounds = len(round_plan(args.pd_start_steps, stop, args.pd_start_steps))
         seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
-        suffix = "" if stop == 1 else f"_stop{stop}"
+        with_dmd = stop > 1 and args.pd_dmd_steps > 0
+        stage_steps = ProgressiveConfig.dmd_warmup + args.pd_dmd_steps if with_dmd else 0
+        stage_s = stage_steps / rate[f"dmd{stop}"] if with_dmd else 0.0
+        suffix = "" if stop == 1 else f"_stop{stop}" + ("_dmd" if with_dmd else "")
         for budget in args.budgets:
-            round_steps = max(1, int(0.97 * budget * 60 / seconds_per_round_step))
+            round_steps = round_steps_for(budget, seconds_per_round_step, stage_s)
             run_dir = Path(args.runs) / f"progressive_{budget:g}{suffix}"
             run([*base, "--steps", str(stop), "--round-steps", str(round_steps), "--max-minutes",
-                 f"{1.5 * budget:g}", "--out", str(run_dir)])  # fmt: skip
+                 f"{1.5 * budget:g}", *(dmd if with_dmd else []), "--out", str(run_dir)])  # fmt: skip
             log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             last = [r for r in log if r.get("loss") is not None][-1]
             model = f"progressive {budget:g} min" + ("" if stop == 1 else f", stop at {stop}")
-            for steps in [s for s in (1, 2, 4) if s >= stop]:
-                ckpt = run_dir / f"model_steps_{steps}.safetensors"
-                yield {"model": model, "sampler": "ddim", "steps": steps, "budget_min": budget,
+            students = [(model, f"model_steps_{s}", s) for s in (1, 2, 4) if s >= stop]
+            if with_dmd:  # the rounds' student (a share of the budget), then the stage's
+                students = [(f"{model}, before DMD", f"model_steps_{stop}", stop),
+                            (f"{model} + DMD", f"model_steps_{stop}_dmd", stop)]  # fmt: skip
+            for name, file, steps in students:
+                ckpt = run_dir / f"{file}.safetensors"
+                yield {"model": name, "sampler": "ddim", "steps": steps, "budget_min": budget,
                        "distill_steps": last["step"], "distill_s": last["elapsed_s"],
-                       "round_steps": round_steps, **score(args, ckpt, [])}  # fmt: skip
+                       "round_steps": round_steps, "stage_steps": stage_steps,
+                       **score(args, ckpt, [])}  # fmt: skip
                 if budget == args.budgets[-1]:
-                    grid(ckpt, [], f"progressive_{budget:g}min_{steps}step{suffix}")
+                    grid(ckpt, [], f"progressive_{budget:g}min_{steps}step{suffix}"
+                         + ("_before" if file == f"model_steps_{stop}" and with_dmd else ""))  # fmt: skip
 
 
 # Candidate times (fractions of T - 1) for multistep consistency sampling, measured at N = 1000.
@@ -355,6 +393,15 @@ def main(argv: list[str] | None = None) -> dict:
         help="progressive: the last students' steps, a run each (1,4: also runs that stop at 4)",
     )  # fmt: skip
     parser.add_argument(
+        "--pd-dmd-steps", type=int, default=0,
+        help="progressive: end the runs that stop above 1 step with this many steps of "
+        "distribution matching (difflab distill --dmd-steps), sized into the same budget",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pd-dmd-weight", type=float, default=ProgressiveConfig.dmd_weight,
+        help="progressive: the DMD loss's weight (--dmd-weight)",
+    )  # fmt: skip
+    parser.add_argument(
         "--teacher-solver", default="dpmpp-2s", choices=TEACHER_SOLVERS,
         help="progressive: the first teacher's ODE step",
     )  # fmt: skip
@@ -366,6 +413,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.pd_steps = [int(n) for n in args.pd_steps.split(",")]
     if 1 not in args.pd_steps:  # the timing row draws with the 1-step student
         parser.error(f"--pd-steps {','.join(map(str, args.pd_steps))} must include 1")
+    if args.pd_dmd_steps < 0 or not args.pd_dmd_weight > 0:
+        parser.error(f"--pd-dmd-steps {args.pd_dmd_steps} --pd-dmd-weight {args.pd_dmd_weight:g}: "
+                     "expected steps >= 0 and a weight > 0")  # fmt: skip
     for stop in args.pd_steps:  # before the teacher's rows, not after them
         try:
             round_plan(args.pd_start_steps, stop, args.pd_start_steps)

@@ -65,7 +65,14 @@ from difflab.generate import load_model, model_denoiser
 from difflab.harness import update_ema
 from difflab.models.gan import Discriminator
 from difflab.models.unet import Downsample, UNet
-from difflab.progressive import alpha_sigma, ode_step, step_grid, truncated_snr_loss, x0_target
+from difflab.progressive import (
+    alpha_sigma,
+    dmd_direction,
+    ode_step,
+    step_grid,
+    truncated_snr_loss,
+    x0_target,
+)
 from difflab.samplers import timestep_sequence
 from difflab.schedules import Schedule, make_schedule
 
@@ -288,22 +295,6 @@ def adversarial(args: argparse.Namespace) -> None:
             ft.log(f"step {step}: pd {l_pd.item():.4f}, D hinge {d_loss.item():.3f}, "
                    f"G {l_adv.item():.3f}, balance {balance.item():.3g}")  # fmt: skip
     ft.save(args.out)
-
-
-def dmd_direction(
-    x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, real: UNet, fake: UNet,
-    sched: Schedule, prediction: str,
-) -> torch.Tensor:  # fmt: skip
-    """Distribution matching distillation's gradient on generated images x (Yin et al. 2024, Eq.
-    7-8): noise them to t, and take the fake model's x0 prediction minus the real one's, that is
-    (s_fake - s_real) sigma_t^2 / alpha_t, divided per image by the mean |x - x0_real| so that its
-    scale does not depend on t. It is the loss's gradient: descent moves x along s_real - s_fake."""
-    with torch.no_grad():
-        x_t = q_sample(x, t, noise, sched)
-        x0_real = eps_and_x0(real(x_t, t, None), x_t, t, sched, prediction)[1]
-        x0_fake = eps_and_x0(fake(x_t, t, None), x_t, t, sched, prediction)[1]
-        scale = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
-        return (x0_fake - x0_real) / scale
 
 
 def dmd(args: argparse.Namespace) -> None:

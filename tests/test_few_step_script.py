@@ -80,3 +80,19 @@ def test_ddpm_images_are_kept_in_chunks_and_a_later_run_draws_only_the_missing_o
     assert (folder / "chunk_000.npz").stat().st_mtime_ns == kept  # not drawn again
     with np.load(path) as f:
         np.testing.assert_array_equal(f["images"], images)  # the missing chunk, redrawn the same
+
+
+def test_the_rounds_fill_what_the_dmd_stage_leaves_of_the_budget(few_step):
+    # 97% of 10 minutes is 582 s: 1164 round steps of 0.5 s alone, 1044 after a 60-s stage.
+    assert few_step.round_steps_for(10, 0.5, 0.0) == 1164
+    assert few_step.round_steps_for(10, 0.5, 60.0) == 1044
+    with pytest.raises(SystemExit, match="no time is left for the rounds in a 10-min budget"):
+        few_step.round_steps_for(10, 0.5, 600.0)
+
+
+def test_bad_dmd_settings_are_one_line(few_step, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        few_step.main(["--data-dir", str(tmp_path), "--pd-dmd-steps", "-1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--pd-dmd-steps -1 --pd-dmd-weight 0.2: expected steps >= 0 and a weight > 0" in err

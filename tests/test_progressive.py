@@ -15,7 +15,14 @@ from difflab.cli import main
 from difflab.config import run_config_from_dict, to_dict
 from difflab.generate import load_model
 from difflab.harness import latest_checkpoint
-from difflab.progressive import alpha_sigma, ode_step, round_plan, step_grid, x0_target
+from difflab.progressive import (
+    alpha_sigma,
+    dmd_direction,
+    ode_step,
+    round_plan,
+    step_grid,
+    x0_target,
+)
 from difflab.samplers import ddim_step
 from difflab.schedules import make_schedule
 from test_distill import exact_ode, gaussian_denoiser
@@ -261,3 +268,146 @@ def test_x_tilde_makes_one_ddim_step_land_where_the_teacher_did(schedule):
     landed = a_e.double() * x0 + s_e.double() * eps  # Song et al. 2021, Eq. 12, eta = 0
     torch.testing.assert_close(landed, z_end.double(), rtol=0, atol=1e-4)
     torch.testing.assert_close(x0[3], z_end[3].double())  # the last step's target is its end
+
+
+def gaussian_v_model(std: float, sched):
+    """The exact v-predicting denoiser of data N(0, std^2 I): E[x0 | x_t] is a scaling of x_t."""
+    alpha_bar = torch.as_tensor(sched.alpha_bar, dtype=torch.float64)
+
+    def model(x_t: torch.Tensor, t: torch.Tensor, y: None) -> torch.Tensor:
+        a = alpha_bar[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alpha_bar[t]).sqrt().view(-1, 1, 1, 1)
+        x0 = a * std**2 / (a**2 * std**2 + s**2) * x_t
+        eps = (x_t - a * x0) / s
+        return a * eps - s * x0
+
+    return model
+
+
+def test_the_dmd_direction_vanishes_when_the_two_scores_agree():
+    sched = make_schedule("cosine", 100)
+    x = torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    t, noise = torch.randint(1, 100, (8,)), torch.randn(8, 1, 4, 4, dtype=torch.float64)
+    same = gaussian_v_model(0.7, sched)
+    assert torch.equal(dmd_direction(x, t, noise, same, same, sched, "v"), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("start", [1.6, 0.5])
+def test_dmd_steps_move_a_gaussian_generator_onto_the_real_distribution(start):
+    """Yin et al. 2024's gradient with exact scores: a generator x = a z, z ~ N(0, I), against
+    real data N(0, 1), with the fake score that of N(0, a^2) (the one a fake model trained to
+    convergence on the generator's images would give). Descent on the DMD loss drives a to 1,
+    from either side, and every step moves it the right way."""
+    sched = make_schedule("cosine", 100)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(512, 1, 4, 4, generator=gen, dtype=torch.float64)
+    a = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    real, history = gaussian_v_model(1.0, sched), [start]
+    for _ in range(60):
+        x = a * z
+        t = torch.randint(2, 98, (512,), generator=gen)
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        fake = gaussian_v_model(a.item(), sched)
+        direction = dmd_direction(x, t, noise, real, fake, sched, "v")
+        loss = 0.5 * (x - (x - direction).detach()).pow(2).mean()
+        (grad,) = torch.autograd.grad(loss, a)
+        with torch.no_grad():
+            a -= 0.5 * grad
+        history.append(a.item())
+    assert abs(history[-1] - 1.0) < 0.02
+    steps = torch.tensor(history).diff()
+    assert ((steps < 0) if start > 1 else (steps > 0))[:20].all()
+
+
+# --- the distribution-matching stage (--dmd-steps) -------------------------------------------------
+
+DMD = [*PD, "--dmd-steps", "3", "--dmd-warmup", "2"]
+
+
+@pytest.fixture(scope="module")
+def plain_teacher(tmp_path_factory):
+    """A tiny unconditional emoji model: the stage refuses class-conditional teachers."""
+    from test_train_robust import TINY
+
+    run = tmp_path_factory.mktemp("plain") / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    return run / "model_final.safetensors"
+
+
+@pytest.fixture(scope="module")
+def dmd_run(plain_teacher, tmp_path_factory):
+    run = tmp_path_factory.mktemp("dmd") / "run"
+    assert main(["distill", "--teacher", str(plain_teacher), *DMD, "--out", str(run)]) == 0
+    return run
+
+
+def test_the_dmd_stage_follows_the_rounds_and_writes_a_student_of_its_own(
+    plain_teacher, dmd_run, tmp_path
+):
+    # The rounds are those of a run without the stage, bit for bit: the stage draws nothing
+    # before it starts, and its fake score does not move.
+    plain = tmp_path / "plain"
+    assert main(["distill", "--teacher", str(plain_teacher), *PD, "--out", str(plain)]) == 0
+    for n in (4, 2, 1):
+        name = f"model_steps_{n}.safetensors"
+        assert_bitwise_equal(tensors(plain / name), tensors(dmd_run / name))
+    final = load_checkpoint(latest_checkpoint(dmd_run))
+    assert final.state["step"] == 12 + 2 + 3  # three rounds of 4, the warm-up, the DMD steps
+    first = load_checkpoint(plain_teacher).sampling_weights
+    assert_bitwise_equal(final.networks["real"], first)  # the real score: the first teacher
+    assert not all(torch.equal(first[k], final.networks["fake"][k]) for k in first)
+    # The stage goes on with the last round's loss: its teacher stays the 2-step student.
+    last_teacher = load_checkpoint(dmd_run / "model_steps_2.safetensors").networks["ema"]
+    assert_bitwise_equal(final.networks["teacher"], last_teacher)
+    # Its student started from the 1-step student's EMA, moved, and knows what it is.
+    dmd = load_checkpoint(dmd_run / "model_steps_1_dmd.safetensors")
+    pc = dmd.config.progressive
+    assert pc.steps == 1 and (pc.dmd_steps, pc.dmd_warmup, pc.dmd_weight) == (3, 2, 0.2)
+    start = load_checkpoint(dmd_run / "model_steps_1.safetensors").networks["ema"]
+    assert not all(torch.equal(start[k], dmd.networks["ema"][k]) for k in start)
+    log = [json.loads(x) for x in (dmd_run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss_fake" in r]
+    assert all(r["loss_fake"] == 0 for r in steps if r["step"] <= 12)  # no fake update before
+    assert all(r["loss_fake"] > 0 for r in steps if r["step"] > 12)
+
+
+def test_the_dmd_student_samples_in_its_steps(dmd_run, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    ckpt = str(dmd_run / "model_steps_1_dmd.safetensors")
+    assert main(["sample", "--checkpoint", ckpt, "--num-images", "4", "--out", str(out)]) == 0
+    assert "ddim, 1 steps" in capsys.readouterr().out and out.is_file()
+
+
+def test_the_dmd_stage_resumes_bitwise(plain_teacher, dmd_run, tmp_path, capsys):
+    run = tmp_path / "stopped"
+    argv = ["distill", "--teacher", str(plain_teacher), *DMD, "--out", str(run)]
+    capsys.readouterr()
+    assert main([*argv, "--max-steps", "15"]) == 0  # in the DMD steps, after the warm-up
+    said = capsys.readouterr().out
+    assert "stopped in the distribution-matching stage: after 15 of 17 steps" in said
+    assert f"--checkpoint {run / 'model_steps_1_dmd.safetensors'}" in said
+    assert main(["distill", "--resume", str(run), "--no-progress", "--max-steps", "17"]) == 0
+    said = capsys.readouterr().out
+    assert f"--checkpoint {run / 'model_steps_1_dmd.safetensors'}" in said
+    assert "stopped in the" not in said
+    for name in ["model_final.safetensors", "model_steps_1_dmd.safetensors",
+                 "model_steps_1.safetensors"]:  # fmt: skip
+        assert_bitwise_equal(tensors(dmd_run / name), tensors(run / name))
+
+
+def test_bad_dmd_input_is_one_line(teacher, plain_teacher, tmp_path, capsys):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    cases = [
+        ([str(teacher), *DMD], "--dmd-steps needs an unconditional teacher"),
+        ([str(plain_teacher), *DMD, "--dmd-weight", "0"], "--dmd-weight must be a finite number > 0"),
+        ([str(plain_teacher), *PD, "--dmd-steps", "-1"], "--dmd-steps and --dmd-warmup must be >= 0"),
+        ([str(plain_teacher), "--dmd-steps", "3"],
+         "--dmd-steps is a flag of --method progressive; this run is --method consistency"),
+    ]  # fmt: skip
+    for argv, match in cases:
+        assert main(["distill", "--teacher", *argv, "--out", str(out)]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert match in err, (argv, err)
+        assert not out.exists(), argv

@@ -208,12 +208,26 @@ class ProgressiveConfig:
     guidance: float = 1.0  # classifier-free guidance of the first teacher, baked into students
     teacher_solver: str = "ddim"  # the first teacher's ODE step: ddim (the paper; what runs from
     # before this field used) or dpmpp-2s (difflab distill's default)
+    dmd_steps: int = 0  # after the last round, steps of distribution matching (Yin et al. 2024)
+    dmd_warmup: int = 100  # before them, steps in which only DMD's fake score learns
+    dmd_weight: float = 0.2  # the DMD loss's weight beside the last round's loss
+
+    def stage_steps(self) -> int:
+        """The distribution-matching stage's length after the rounds: its warm-up and its steps."""
+        return self.dmd_warmup + self.dmd_steps if self.dmd_steps else 0
 
     def validate(self) -> None:
         if self.steps < 1 or self.round_steps < 1:
             raise ValueError(
                 f"steps and round_steps must be >= 1, got {self.steps} and {self.round_steps}"
             )
+        if self.dmd_steps < 0 or self.dmd_warmup < 0:
+            raise ValueError(
+                f"--dmd-steps and --dmd-warmup must be >= 0, got {self.dmd_steps} and "
+                f"{self.dmd_warmup}"
+            )
+        if not (math.isfinite(self.dmd_weight) and self.dmd_weight > 0):
+            raise ValueError(f"--dmd-weight must be a finite number > 0, got {self.dmd_weight}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
         if self.teacher_solver not in TEACHER_SOLVERS:

@@ -39,7 +39,7 @@ from difflab import distributed, viz
 from difflab.checkpoint import Checkpoint, load_weights_into, write_checkpoint
 from difflab.config import ProgressiveConfig, RunConfig, TrainConfig
 from difflab.data import ImageDataset
-from difflab.diffusion import eps_and_x0, q_sample
+from difflab.diffusion import diffusion_loss, eps_and_x0, q_sample
 from difflab.generate import generate, model_denoiser
 from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult
 from difflab.models.unet import UNet
@@ -83,7 +83,13 @@ def student_config(
     plan = round_plan(
         progressive.start_steps, progressive.steps, teacher.config.diffusion.timesteps
     )
-    total = len(plan) * progressive.round_steps  # a smaller --max-steps stops early (to resume)
+    if progressive.dmd_steps and teacher.config.model.num_classes:
+        raise ValueError(
+            f"--dmd-steps needs an unconditional teacher; {teacher.path} is class-conditional "
+            "(its distribution matching is not built)"
+        )
+    total = len(plan) * progressive.round_steps + progressive.stage_steps()  # a smaller
+    # --max-steps stops early (to resume)
     epochs = math.ceil(total / math.ceil(num_items / train.batch_size))
     train = replace(train, max_steps=min(train.max_steps or total, total), epochs=epochs)
     return replace(teacher.config, train=train, consistency=None, progressive=progressive,
@@ -153,9 +159,33 @@ def ode_step(solver: str, denoiser: Any, x: torch.Tensor, t: torch.Tensor, t_nex
     return torch.where(second.view(-1, 1, 1, 1), two_s, ddim)
 
 
+# The fake score's learning rate in the distribution-matching stage, the one measured
+# (benchmarks/few_step_ideas.py dmd, docs/few_step.md); the student keeps the run's --lr.
+FAKE_LR = 1e-4
+
+
+def dmd_direction(
+    x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, real: Any, fake: Any,
+    schedule: Schedule, prediction: str,
+) -> torch.Tensor:  # fmt: skip
+    """Distribution matching distillation's gradient on generated images x (Yin et al. 2024, Eq.
+    7-8): noise them to t, and take the fake model's x0 prediction minus the real one's, that is
+    (s_fake - s_real) sigma_t^2 / alpha_t, divided per image by the mean |x - x0_real| so that its
+    scale does not depend on t. It is the loss's gradient: descent moves x along s_real - s_fake.
+    ``real`` and ``fake`` are called as ``net(x_t, t, None)``."""
+    with torch.no_grad():
+        x_t = q_sample(x, t, noise, schedule)
+        x0_real = eps_and_x0(real(x_t, t, None), x_t, t, schedule, prediction)[1]
+        x0_fake = eps_and_x0(fake(x_t, t, None), x_t, t, schedule, prediction)[1]
+        scale = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
+        return (x0_fake - x0_real) / scale
+
+
 class ProgressiveDistillation(Objective):
     """Networks ``model`` (the student), ``ema`` (for sampling) and ``teacher`` (frozen within a
-    round, replaced at each round's start, so it is checkpointed); generator ``noise``."""
+    round, replaced at each round's start, so it is checkpointed); generator ``noise``. With
+    ``dmd_steps``, also ``real`` (the first teacher, frozen) and ``fake`` (DMD's fake score, its
+    own phase and optimiser) for the distribution-matching stage after the last round."""
 
     def __init__(
         self, config: RunConfig, teacher: Checkpoint, dataset: ImageDataset, ctx: Context,
@@ -192,9 +222,23 @@ class ProgressiveDistillation(Objective):
         self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
         self.num_items = len(self.images)
         self.round = 0  # the round the networks are in (the teacher is replaced at each start)
+        self.stage_start = len(self.plan) * pc.round_steps  # where the DMD stage would start
+        self.fakes: torch.Tensor | None = None  # the student's images this step, for ``fake``
+        if pc.dmd_steps:
+            fake = copy.deepcopy(net).train().requires_grad_(True)  # starts as the real score
+            self.networks.update(real=copy.deepcopy(net), fake=fake)
+            self.optimizers["fake_optim"] = torch.optim.AdamW(fake.parameters(), lr=FAKE_LR,
+                                                        weight_decay=0.0)  # fmt: skip
+            self.phases += (Phase("fake", network="fake", optimizer="fake_optim", lr=FAKE_LR),)
 
     def round_at(self, step: int) -> int:
+        """The round of ``step``; len(plan), one past the last, for the DMD stage."""
+        if self.config.progressive.dmd_steps and step >= self.stage_start:  # type: ignore[union-attr]
+            return len(self.plan)
         return min(step // self.config.progressive.round_steps, len(self.plan) - 1)  # type: ignore[union-attr]
+
+    def in_stage(self) -> bool:
+        return self.round == len(self.plan)
 
     def ema_step(self, step: int) -> int:
         """The step within this round: each round's EMA warms up anew from the round's start.
@@ -208,27 +252,35 @@ class ProgressiveDistillation(Objective):
         constant, the run's clock (one warm-up at its start), as runs from before had."""
         if self.config.train.lr_decay == "constant":
             return step, total_steps
-        rs = self.config.progressive.round_steps  # type: ignore[union-attr]
-        return step - self.round_at(step) * rs, rs
+        pc = self.config.progressive
+        assert pc is not None
+        if self.round_at(step) == len(self.plan):  # the DMD stage: a clock of its own too
+            return step - self.stage_start, pc.stage_steps()
+        return step - self.round_at(step) * pc.round_steps, pc.round_steps
 
     def student_steps(self) -> int:
-        return self.plan[self.round]
+        return self.plan[min(self.round, len(self.plan) - 1)]
 
     @torch.no_grad()
     def next_round(self) -> None:
-        """The EMA of this round's student becomes the teacher and the next student's start."""
+        """The EMA of this round's student becomes the next student's start, and the teacher;
+        into the DMD stage the teacher stays: the stage goes on with the last round's loss."""
         if distributed.env_rank() == 0:
             self.save_student(self.round)
         ema = self.networks["ema"].state_dict()
-        self.networks["teacher"].load_state_dict(ema)
+        if self.round + 1 < len(self.plan):
+            self.networks["teacher"].load_state_dict(ema)
         self.networks["model"].load_state_dict(ema)
         self.round += 1
 
     def save_student(self, round_index: int) -> Path:
-        n = self.plan[round_index]
+        """``model_steps_N.safetensors`` for a round's student, ``model_steps_N_dmd`` for the
+        DMD stage's."""
+        n = self.plan[min(round_index, len(self.plan) - 1)]
+        name = f"model_steps_{n}" + ("_dmd" if round_index == len(self.plan) else "")
         config = replace(self.config, progressive=replace(self.config.progressive, steps=n))
         weights = {name: self.networks[name].state_dict() for name in ("model", "ema")}
-        return write_checkpoint(self.out_dir / f"model_steps_{n}.safetensors", config, weights)
+        return write_checkpoint(self.out_dir / f"{name}.safetensors", config, weights)
 
     def _teacher_step(self, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor, y: Any,
                       guidance: float) -> torch.Tensor:  # fmt: skip
@@ -244,6 +296,8 @@ class ProgressiveDistillation(Objective):
     def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
         while self.round < self.round_at(batch.step):  # a round starts (or resume skipped some)
             self.next_round()
+        if phase == "fake":
+            return self.fake_loss(batch, nets)
         pc, mc = self.config.progressive, self.config.model
         assert pc is not None
         n = self.student_steps()
@@ -265,7 +319,69 @@ class ProgressiveDistillation(Objective):
             x_tilde = x0_target(z_t, z_end, t, t_end, self.alpha, self.sigma)
         _, x0_pred = eps_and_x0(nets["model"](z_t, t, y), z_t, t, self.schedule,
                                 self.config.diffusion.prediction)  # fmt: skip
-        return truncated_snr_loss(x0_pred, x_tilde, t, self.alpha, self.sigma)
+        loss = truncated_snr_loss(x0_pred, x_tilde, t, self.alpha, self.sigma)
+        if not self.in_stage() or batch.step < self.stage_start + pc.dmd_warmup:
+            return loss
+        return loss + pc.dmd_weight * self.dmd_loss(batch, nets, len(loss))
+
+    def half(self, batch: Batch) -> tuple[int, slice]:
+        """The stage draws the student's images for half the global batch (their chain of N
+        evaluations with gradients is the step's cost); this process's share of them."""
+        b = len(batch.idx)
+        return b // 2, slice(batch.mine.start // 2, batch.mine.stop // 2)
+
+    def chain(self, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+        """The student's images: its DDIM chain from fresh noise (gradients unless disabled)."""
+        count, mine = self.half(batch)
+        x = torch.randn((count, *self.images.shape[1:]), generator=self.noise_gen,
+                        device=self.images.device)[mine]  # fmt: skip
+        x = x.contiguous(memory_format=self.memory_format)
+        grid, pred = self.grids[self.student_steps()], self.config.diffusion.prediction
+        for i in range(self.student_steps()):
+            t = grid[i].expand(len(x))
+            eps, x0 = eps_and_x0(nets["model"](x, t, None), x, t, self.schedule, pred)
+            nxt = grid[i + 1]  # the data marker after the last step: alpha 1, sigma 0
+            x = self.alpha[nxt] * x0 + self.sigma[nxt] * eps
+        return x
+
+    def stage_levels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise levels t ~ U{0.02 .. 0.98} (T - 1) (DMD's range) and noise, for this share."""
+        count, mine = self.half(batch)
+        last, device = self.schedule.num_timesteps - 1, self.images.device
+        t = torch.randint(int(0.02 * last), int(0.98 * last) + 1, (count,), generator=self.noise_gen,
+                          device=device)  # fmt: skip
+        noise = torch.randn((count, *self.images.shape[1:]), generator=self.noise_gen,
+                            device=device)  # fmt: skip
+        return t[mine], noise[mine].contiguous(memory_format=self.memory_format)
+
+    def dmd_loss(self, batch: Batch, nets: dict[str, Any], size: int) -> torch.Tensor:
+        """DMD's loss on the student's images, 0.5 ||x - sg(x - direction)||^2 averaged over
+        their half of the batch, spread over the ``size`` per-sample entries the harness sums."""
+        x = self.chain(batch, nets)
+        self.fakes = x.detach()  # what the fake score learns from next, in its phase
+        real, fake = self.networks["real"], self.networks["fake"]  # no gradient: not wrapped
+        direction = dmd_direction(x, *self.stage_levels(batch), real, fake, self.schedule,
+                                  self.config.diffusion.prediction)  # fmt: skip
+        per_image = 0.5 * (x - (x - direction).detach()).pow(2).flatten(1).mean(dim=1)
+        count, _ = self.half(batch)
+        return (per_image.sum() * len(batch.idx) / count / size).expand(size)
+
+    def fake_loss(self, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+        """The fake score learns the student's images with the teacher's own diffusion loss; no
+        update before the stage (a loss without parameters: its optimiser skips them)."""
+        if not self.in_stage():
+            return torch.zeros(len(batch.idx[batch.mine]), device=self.images.device,
+                               requires_grad=True)  # fmt: skip
+        if self.fakes is None:  # the warm-up: the student's images as they are
+            with torch.no_grad():
+                self.fakes = self.chain(batch, nets)
+        x, self.fakes = self.fakes, None
+        t, noise = self.stage_levels(batch)
+        per_image = diffusion_loss(lambda z, s: nets["fake"](z, s, None), x, t, noise,
+                                   self.schedule, self.config.diffusion.prediction,
+                                   self.config.diffusion.min_snr_gamma)  # fmt: skip
+        count, _ = self.half(batch)
+        return per_image * (len(batch.idx) / count)  # the harness divides the sum by the batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"round": self.round}
@@ -283,6 +399,12 @@ class ProgressiveDistillation(Objective):
             f"{' -> '.join(map(str, self.plan))} steps, {pc.round_steps} steps per round, first "
             f"teacher step {pc.teacher_solver}"
             + (f", guidance {pc.guidance:g}" if self.config.model.num_classes else "")
+            + (
+                f"; then distribution matching, {pc.dmd_warmup} + {pc.dmd_steps} steps at weight "
+                f"{pc.dmd_weight:g}"
+                if pc.dmd_steps
+                else ""
+            )
         )
 
     def preview(self, path: Path) -> Path:
@@ -306,6 +428,13 @@ class ProgressiveDistillation(Objective):
                 "rounds (student steps)": ", ".join(map(str, self.plan)),
                 "steps per round": pc.round_steps,
                 "guidance": pc.guidance,
+                **(
+                    {
+                        "distribution matching (warm-up + steps, weight)": f"{pc.dmd_warmup} + {pc.dmd_steps}, {pc.dmd_weight:g}"
+                    }
+                    if pc.dmd_steps
+                    else {}
+                ),
             },
             final_caption=f"Samples of the last round's student (EMA, DDIM {self.student_steps()} steps)",
         )
