@@ -187,11 +187,18 @@ def student_rows(args: argparse.Namespace, teacher: Path):
                 grid(ckpt, sampling, f"student_{budget:g}min_{steps}step")
 
 
-def steps_per_second(argv: list[str], probe: Path) -> float:
-    """A 1-minute run of ``argv`` into ``probe``: its distillation steps per second."""
-    run([*argv, "--max-minutes", "1", "--out", str(probe)])
-    last = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()][-1]
-    return last["step"] / last["elapsed_s"]
+def probe_log(argv: list[str], probe: Path, minutes: float = 1.0) -> list[dict]:
+    """A short run of ``argv`` into ``probe``: its metrics.jsonl rows (every 10th step, and the
+    last), each with its step count and elapsed seconds."""
+    run([*argv, "--max-minutes", f"{minutes:g}", "--out", str(probe)])
+    return [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()]
+
+
+def rate_between(log: list[dict], first: int, last: int | None = None) -> float:
+    """Steps per second from the row of step ``first`` to that of ``last`` (default: the last)."""
+    rows = {0: 0.0} | {r["step"]: r["elapsed_s"] for r in log if "elapsed_s" in r}
+    last = max(rows) if last is None else last
+    return (last - first) / (rows[last] - rows[first])
 
 
 def round_steps_for(budget_min: float, seconds_per_round_step: float, stage_s: float) -> int:
@@ -213,29 +220,30 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
     start = ["--start-steps", str(args.pd_start_steps)]
     rate = {}  # distillation steps per second on this machine: the first round's, the others'
     for solver in sorted({args.teacher_solver, "ddim"}):
-        rate[solver] = steps_per_second(
-            [*base, *start, "--steps", "1", "--teacher-solver", solver, "--round-steps", "100000"],
-            Path(args.runs) / f"progressive_probe_{solver}",
-        )  # fmt: skip
+        argv = [*base, *start, "--steps", "1", "--teacher-solver", solver,
+                "--round-steps", "100000"]  # fmt: skip
+        log = probe_log(argv, Path(args.runs) / f"progressive_probe_{solver}")
+        rate[solver] = rate_between(log, 0)
     dmd = ["--dmd-steps", str(args.pd_dmd_steps), "--dmd-weight", f"{args.pd_dmd_weight:g}"]
+    stage_s = {}  # the stage's seconds for each student that gets one
     for stop in [n for n in args.pd_steps if n > 1 and args.pd_dmd_steps]:
-        # The stage's rate for this student (its chain has `stop` evaluations): one 1-step
-        # round, then the stage without its warm-up (the warm-up's steps are cheaper).
-        rate[f"dmd{stop}"] = steps_per_second(
-            [*base, "--start-steps", str(2 * stop), "--steps", str(stop), "--round-steps", "1",
-             "--teacher-solver", "ddim", "--dmd-steps", "100000", "--dmd-warmup", "0"],
-            Path(args.runs) / f"progressive_probe_dmd{stop}",
-        )  # fmt: skip
+        # One 1-step round, then the stage with a 50-step warm-up (steps 2-51: only the fake
+        # score learns, cheaper) and its DMD steps (the student's chain of `stop` evaluations
+        # with gradients): the rates of both, from the steps logged at 10-50 and 60 on.
+        argv = [*base, "--start-steps", str(2 * stop), "--steps", str(stop), "--round-steps", "1",
+                "--teacher-solver", "ddim", "--dmd-steps", "100000", "--dmd-warmup", "50"]  # fmt: skip
+        log = probe_log(argv, Path(args.runs) / f"progressive_probe_dmd{stop}", minutes=1.5)
+        stage_s[stop] = (ProgressiveConfig.dmd_warmup / rate_between(log, 10, 50)
+                         + args.pd_dmd_steps / rate_between(log, 60))  # fmt: skip
     base += [*start, "--teacher-solver", args.teacher_solver]
     for stop in args.pd_steps:
         rounds = len(round_plan(args.pd_start_steps, stop, args.pd_start_steps))
         seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
-        with_dmd = stop > 1 and args.pd_dmd_steps > 0
+        with_dmd = stop in stage_s
         stage_steps = ProgressiveConfig.dmd_warmup + args.pd_dmd_steps if with_dmd else 0
-        stage_s = stage_steps / rate[f"dmd{stop}"] if with_dmd else 0.0
         suffix = "" if stop == 1 else f"_stop{stop}" + ("_dmd" if with_dmd else "")
         for budget in args.budgets:
-            round_steps = round_steps_for(budget, seconds_per_round_step, stage_s)
+            round_steps = round_steps_for(budget, seconds_per_round_step, stage_s.get(stop, 0.0))
             run_dir = Path(args.runs) / f"progressive_{budget:g}{suffix}"
             run([*base, "--steps", str(stop), "--round-steps", str(round_steps), "--max-minutes",
                  f"{1.5 * budget:g}", *(dmd if with_dmd else []), "--out", str(run_dir)])  # fmt: skip

@@ -96,3 +96,11 @@ def test_bad_dmd_settings_are_one_line(few_step, tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--pd-dmd-steps -1 --pd-dmd-weight 0.2: expected steps >= 0 and a weight > 0" in err
+
+
+def test_probe_rates_come_from_the_logged_steps(few_step):
+    log = [{"step": 10, "elapsed_s": 4.0}, {"step": 50, "elapsed_s": 20.0},
+           {"step": 60, "elapsed_s": 35.0}, {"step": 64, "elapsed_s": 41.0}]  # fmt: skip
+    assert few_step.rate_between(log, 0) == 64 / 41.0  # from the start: step 0 at 0 s
+    assert few_step.rate_between(log, 10, 50) == 40 / 16.0  # the warm-up's steps
+    assert few_step.rate_between(log, 60) == 4 / 6.0  # the DMD steps, to the last row
