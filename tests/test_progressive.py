@@ -365,6 +365,11 @@ def test_the_dmd_stage_follows_the_rounds_and_writes_a_student_of_its_own(
     assert pc.steps == 1 and (pc.dmd_steps, pc.dmd_warmup, pc.dmd_weight) == (3, 2, 0.2)
     start = load_checkpoint(dmd_run / "model_steps_1.safetensors").networks["ema"]
     assert not all(torch.equal(start[k], dmd.networks["ema"][k]) for k in start)
+    # The student did not move in the warm-up, and its Adam moments started afresh at DMD's
+    # first step: three steps since (the fake score's optimiser took all five of the stage).
+    steps_taken = {name: {int(v["step"]) for v in opt["state"].values()}
+                   for name, opt in final.optimizers.items()}  # fmt: skip
+    assert steps_taken == {"optim": {3}, "fake_optim": {5}}
     log = [json.loads(x) for x in (dmd_run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss_fake" in r]
     assert all(r["loss_fake"] == 0 for r in steps if r["step"] <= 12)  # no fake update before

@@ -300,6 +300,12 @@ class ProgressiveDistillation(Objective):
             return self.fake_loss(batch, nets)
         pc, mc = self.config.progressive, self.config.model
         assert pc is not None
+        if self.in_stage() and batch.step < self.stage_start + pc.dmd_warmup:
+            return self.no_update(batch)  # the warm-up: only the fake score learns
+        if self.in_stage() and batch.step == self.stage_start + pc.dmd_warmup:
+            # DMD's first step: fresh Adam moments. The rounds' second moments follow their
+            # small gradients; kept, they would scale up DMD's first hundreds of steps ~2-3x.
+            self.optimizers["optim"].state.clear()
         n = self.student_steps()
         student_grid, teacher_grid = self.grids[n], self.grids[2 * n]
         gen, device = self.noise_gen, self.images.device
@@ -320,9 +326,14 @@ class ProgressiveDistillation(Objective):
         _, x0_pred = eps_and_x0(nets["model"](z_t, t, y), z_t, t, self.schedule,
                                 self.config.diffusion.prediction)  # fmt: skip
         loss = truncated_snr_loss(x0_pred, x_tilde, t, self.alpha, self.sigma)
-        if not self.in_stage() or batch.step < self.stage_start + pc.dmd_warmup:
+        if not self.in_stage():
             return loss
         return loss + pc.dmd_weight * self.dmd_loss(batch, nets, len(loss))
+
+    def no_update(self, batch: Batch) -> torch.Tensor:
+        """A loss without parameters: its phase's optimiser skips every one (no gradient)."""
+        return torch.zeros(len(batch.idx[batch.mine]), device=self.images.device,
+                           requires_grad=True)  # fmt: skip
 
     def half(self, batch: Batch) -> tuple[int, slice]:
         """The stage draws the student's images for half the global batch (their chain of N
@@ -368,10 +379,9 @@ class ProgressiveDistillation(Objective):
 
     def fake_loss(self, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
         """The fake score learns the student's images with the teacher's own diffusion loss; no
-        update before the stage (a loss without parameters: its optimiser skips them)."""
+        update before the stage."""
         if not self.in_stage():
-            return torch.zeros(len(batch.idx[batch.mine]), device=self.images.device,
-                               requires_grad=True)  # fmt: skip
+            return self.no_update(batch)
         if self.fakes is None:  # the warm-up: the student's images as they are
             with torch.no_grad():
                 self.fakes = self.chain(batch, nets)
