@@ -1,5 +1,6 @@
-"""Measured attempts to close the few-step gap that did not (docs/few_step.md), one command each,
-so that anyone can rerun them: none of them is part of difflab, because none helped enough.
+"""Measured attempts to close the few-step gap (docs/few_step.md), one command each, so that anyone
+can rerun them. Those that did not help enough stay here; ``dmd``, which did, became the stage of
+``difflab distill --method progressive --dmd-steps`` (``difflab.progressive``).
 
     .venv/bin/python benchmarks/few_step_ideas.py stochastic --checkpoint S --mode meng \\
         --out images.npz                      # then: difflab evaluate --images images.npz ...
