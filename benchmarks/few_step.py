@@ -19,9 +19,11 @@ the same N and seed):
   steps per second of the first round and of the others, and the rounds are sized to fill B
   (``--round-steps``); its 4-, 2- and 1-step students are scored. ``--pd-steps 1,4`` adds, at
   each budget, a run that stops at 4 steps (two rounds, sized the same way; its 4-step student);
-  ``--pd-dmd-steps S`` ends that run with S steps of distribution matching (``difflab distill
-  --dmd-steps``, after its warm-up; a probe measures the stage's rate, and the rounds fill the
-  rest of the budget), and scores both its 4-step students, before the stage and after.
+  ``--pd-dmd-steps S`` ends that run with S steps of distribution matching at the largest
+  budget, S x B / largest at a smaller one B (``difflab distill --dmd-steps``, after its warm-up;
+  a probe measures the stage's rate, and the rounds fill the rest of the budget), with the weight
+  ``--pd-dmd-weight`` gives that stop (``4:0.2,2:0.3``, or one weight for all), and scores both
+  its students, before the stage and after.
 
 Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
 in this process, alternating, median of 5. Writes ``docs/few_step.json``, the table in
@@ -211,6 +213,29 @@ def round_steps_for(budget_min: float, seconds_per_round_step: float, stage_s: f
     return int(rounds_s / seconds_per_round_step)
 
 
+def dmd_steps_for(steps: int, budget_min: float, budgets: list[float]) -> int:
+    """The DMD stage's steps at ``budget_min``: ``steps`` at the largest budget, the same share of
+    a smaller one."""
+    return round(steps * budget_min / max(budgets))
+
+
+def dmd_weights(text: str, stops: list[int]) -> dict[int, float]:
+    """``--pd-dmd-weight``: one weight for every stop above 1 step (``0.2``), or a weight per stop
+    (``4:0.2,2:0.3``, every such stop named)."""
+    wanted = [n for n in stops if n > 1]
+    try:
+        if ":" not in text:
+            weights = dict.fromkeys(wanted, float(text))
+        else:
+            weights = {int(n): float(w) for n, w in (item.split(":") for item in text.split(","))}
+    except ValueError:
+        weights = {}
+    if sorted(weights) != sorted(wanted) or not all(w > 0 for w in weights.values()):
+        raise ValueError(f"--pd-dmd-weight {text}: expected a weight > 0, or STEPS:WEIGHT for "
+                         f"each of the stops {','.join(map(str, wanted))}")  # fmt: skip
+    return weights
+
+
 def progressive_rows(args: argparse.Namespace, teacher: Path):
     """Progressive distillation's 4-, 2- and 1-step students, a run per budget sized to fill it;
     with ``--pd-steps 1,4`` also runs that stop at 4 steps (fewer rounds, each longer), which
@@ -224,8 +249,7 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
                 "--round-steps", "100000"]  # fmt: skip
         log = probe_log(argv, Path(args.runs) / f"progressive_probe_{solver}")
         rate[solver] = rate_between(log, 0)
-    dmd = ["--dmd-steps", str(args.pd_dmd_steps), "--dmd-weight", f"{args.pd_dmd_weight:g}"]
-    stage_s = {}  # the stage's seconds for each student that gets one
+    stage_rates = {}  # the warm-up's and the DMD steps' rates, for each stop that gets a stage
     for stop in [n for n in args.pd_steps if n > 1 and args.pd_dmd_steps]:
         # One 1-step round, then the stage with a 50-step warm-up (steps 2-51: only the fake
         # score learns, cheaper) and its DMD steps (the student's chain of `stop` evaluations
@@ -233,20 +257,26 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
         argv = [*base, "--start-steps", str(2 * stop), "--steps", str(stop), "--round-steps", "1",
                 "--teacher-solver", "ddim", "--dmd-steps", "100000", "--dmd-warmup", "50"]  # fmt: skip
         log = probe_log(argv, Path(args.runs) / f"progressive_probe_dmd{stop}", minutes=1.5)
-        stage_s[stop] = (ProgressiveConfig.dmd_warmup / rate_between(log, 10, 50)
-                         + args.pd_dmd_steps / rate_between(log, 60))  # fmt: skip
+        stage_rates[stop] = (rate_between(log, 10, 50), rate_between(log, 60))
     base += [*start, "--teacher-solver", args.teacher_solver]
     for stop in args.pd_steps:
         rounds = len(round_plan(args.pd_start_steps, stop, args.pd_start_steps))
         seconds_per_round_step = 1 / rate[args.teacher_solver] + (rounds - 1) / rate["ddim"]
-        with_dmd = stop in stage_s
-        stage_steps = ProgressiveConfig.dmd_warmup + args.pd_dmd_steps if with_dmd else 0
+        with_dmd = stop in stage_rates
         suffix = "" if stop == 1 else f"_stop{stop}" + ("_dmd" if with_dmd else "")
         for budget in args.budgets:
-            round_steps = round_steps_for(budget, seconds_per_round_step, stage_s.get(stop, 0.0))
+            dmd_steps = dmd_steps_for(args.pd_dmd_steps, budget, args.budgets) if with_dmd else 0
+            stage_s, stage_steps, dmd = 0.0, 0, []
+            if with_dmd:
+                warm_rate, dmd_rate = stage_rates[stop]
+                stage_s = ProgressiveConfig.dmd_warmup / warm_rate + dmd_steps / dmd_rate
+                stage_steps = ProgressiveConfig.dmd_warmup + dmd_steps
+                weight = args.pd_dmd_weight[stop]
+                dmd = ["--dmd-steps", str(dmd_steps), "--dmd-weight", f"{weight:g}"]
+            round_steps = round_steps_for(budget, seconds_per_round_step, stage_s)
             run_dir = Path(args.runs) / f"progressive_{budget:g}{suffix}"
             run([*base, "--steps", str(stop), "--round-steps", str(round_steps), "--max-minutes",
-                 f"{1.5 * budget:g}", *(dmd if with_dmd else []), "--out", str(run_dir)])  # fmt: skip
+                 f"{1.5 * budget:g}", *dmd, "--out", str(run_dir)])  # fmt: skip
             log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             last = [r for r in log if r.get("loss") is not None][-1]
             model = f"progressive {budget:g} min" + ("" if stop == 1 else f", stop at {stop}")
@@ -259,6 +289,7 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
                 yield {"model": name, "sampler": "ddim", "steps": steps, "budget_min": budget,
                        "distill_steps": last["step"], "distill_s": last["elapsed_s"],
                        "round_steps": round_steps, "stage_steps": stage_steps,
+                       **({"dmd_weight": args.pd_dmd_weight[stop]} if with_dmd else {}),
                        **score(args, ckpt, [])}  # fmt: skip
                 if budget == args.budgets[-1]:
                     grid(ckpt, [], f"progressive_{budget:g}min_{steps}step{suffix}"
@@ -403,11 +434,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--pd-dmd-steps", type=int, default=0,
         help="progressive: end the runs that stop above 1 step with this many steps of "
-        "distribution matching (difflab distill --dmd-steps), sized into the same budget",
+        "distribution matching (difflab distill --dmd-steps) at the largest budget, the same "
+        "share of a smaller one, sized into the same budget",
     )  # fmt: skip
     parser.add_argument(
-        "--pd-dmd-weight", type=float, default=ProgressiveConfig.dmd_weight,
-        help="progressive: the DMD loss's weight (--dmd-weight)",
+        "--pd-dmd-weight", default=f"{ProgressiveConfig.dmd_weight:g}",
+        help="progressive: the DMD loss's weight (--dmd-weight), one for all or per stop: 4:0.2,2:0.3",
     )  # fmt: skip
     parser.add_argument(
         "--teacher-solver", default="dpmpp-2s", choices=TEACHER_SOLVERS,
@@ -421,9 +453,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.pd_steps = [int(n) for n in args.pd_steps.split(",")]
     if 1 not in args.pd_steps:  # the timing row draws with the 1-step student
         parser.error(f"--pd-steps {','.join(map(str, args.pd_steps))} must include 1")
-    if args.pd_dmd_steps < 0 or not args.pd_dmd_weight > 0:
-        parser.error(f"--pd-dmd-steps {args.pd_dmd_steps} --pd-dmd-weight {args.pd_dmd_weight:g}: "
-                     "expected steps >= 0 and a weight > 0")  # fmt: skip
+    if args.pd_dmd_steps < 0:
+        parser.error(f"--pd-dmd-steps {args.pd_dmd_steps}: expected steps >= 0")
+    try:
+        args.pd_dmd_weight = dmd_weights(args.pd_dmd_weight, args.pd_steps)
+    except ValueError as e:
+        parser.error(str(e))
     for stop in args.pd_steps:  # before the teacher's rows, not after them
         try:
             round_plan(args.pd_start_steps, stop, args.pd_start_steps)

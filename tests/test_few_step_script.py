@@ -90,12 +90,34 @@ def test_the_rounds_fill_what_the_dmd_stage_leaves_of_the_budget(few_step):
         few_step.round_steps_for(10, 0.5, 600.0)
 
 
-def test_bad_dmd_settings_are_one_line(few_step, tmp_path, capsys):
+def test_the_dmd_stage_keeps_its_share_of_a_smaller_budget(few_step):
+    assert few_step.dmd_steps_for(300, 20, [10, 20]) == 300
+    assert few_step.dmd_steps_for(300, 10, [10, 20]) == 150
+    assert few_step.dmd_steps_for(300, 5, [5]) == 300
+
+
+def test_dmd_weights_are_one_for_all_or_one_per_stop(few_step):
+    assert few_step.dmd_weights("0.2", [1, 2, 4]) == {2: 0.2, 4: 0.2}
+    assert few_step.dmd_weights("4:0.2,2:0.3", [1, 2, 4]) == {4: 0.2, 2: 0.3}
+    assert few_step.dmd_weights("0.2", [1]) == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--pd-dmd-steps", "-1"], "--pd-dmd-steps -1: expected steps >= 0"),
+        (["--pd-steps", "1,4", "--pd-dmd-weight", "0"], "--pd-dmd-weight 0: expected a weight > 0"),
+        (["--pd-steps", "1,2,4", "--pd-dmd-weight", "4:0.2"],
+         "--pd-dmd-weight 4:0.2: expected a weight > 0, or STEPS:WEIGHT for each of the stops 2,4"),
+        (["--pd-steps", "1,4", "--pd-dmd-weight", "4:heavy"], "--pd-dmd-weight 4:heavy: expected"),
+    ],
+)  # fmt: skip
+def test_bad_dmd_settings_are_one_line(few_step, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        few_step.main(["--data-dir", str(tmp_path), "--pd-dmd-steps", "-1"])
+        few_step.main(["--data-dir", str(tmp_path), *argv])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--pd-dmd-steps -1 --pd-dmd-weight 0.2: expected steps >= 0 and a weight > 0" in err
+    assert message in err
 
 
 def test_probe_rates_come_from_the_logged_steps(few_step):
