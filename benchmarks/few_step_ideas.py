@@ -68,6 +68,7 @@ from difflab.models.gan import Discriminator
 from difflab.models.unet import Downsample, UNet
 from difflab.progressive import (
     alpha_sigma,
+    ddim_chain,
     dmd_direction,
     ode_step,
     step_grid,
@@ -205,11 +206,8 @@ class FineTune:
     def chain(self, count: int) -> torch.Tensor:
         """The student's whole DDIM chain from fresh noise, with gradients unless disabled."""
         x = torch.randn((count, *self.images.shape[1:]), generator=self.gen)
-        for i in range(self.n):
-            e_i, x0_i = self.denoise(x, torch.full((count,), int(self.g_n[i]), dtype=torch.long))
-            nxt = self.g_n[i + 1]  # the data marker after the last step: alpha 1, sigma 0
-            x = self.alpha[nxt] * x0_i + self.sigma[nxt] * e_i
-        return x
+        return ddim_chain(self.student, x, self.g_n, self.alpha, self.sigma, self.sched,
+                          self.config.diffusion.prediction)  # fmt: skip
 
     def noised_reals(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Real images noised to the levels of the student's grid, with those levels."""

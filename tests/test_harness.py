@@ -15,9 +15,11 @@ import torch
 from difflab import viz
 from difflab.checkpoint import load_checkpoint
 from difflab.harness import (
+    Context,
     TrainingError,
     default_channels_last,
     fit,
+    latest_checkpoint,
     lr_at,
     run_checkpoints,
 )
@@ -67,6 +69,25 @@ def test_two_phases_are_logged_each_and_as_a_total(uninterrupted):
     report = (uninterrupted / "report.html").read_text()
     assert "training_loss.png" in report and "epochs completed" in report
     assert "<th>prediction</th>" not in report and "forward_process.png" not in report
+
+
+def test_a_phase_whose_loss_is_none_takes_no_update_and_logs_nothing(tmp_path):
+    run = tmp_path / "late_critic"
+    train_toy(run, toy_config(), critic_from=4)  # the critic learns from the 5th step on
+    early = load_checkpoint(run / "checkpoints/epoch_001.safetensors")  # after step 3
+    assert early.optimizers["sgd"]["state"] == {}  # no SGD step yet: no momentum buffer
+    torch.manual_seed(toy_config().train.seed)  # the harness's seed before the objective
+    initial = ToyObjective(toy_config(), Context(torch.device("cpu"), torch.contiguous_format))
+    assert_bitwise_equal(early.networks["critic"], initial.networks["critic"].state_dict())
+    lines = [r for r in records(run) if "loss" in r]
+    assert [("loss_critic" in r, "lr_critic" in r) for r in lines] == [(False, False)] * 4 + [
+        (True, True)
+    ] * 5  # fmt: skip
+    for r in lines:  # the total counts the phases that ran
+        assert r["loss"] == pytest.approx(r["loss_regress"] + r.get("loss_critic", 0.0))
+    late = load_checkpoint(latest_checkpoint(run))  # from step 5 on, the critic learns
+    assert late.optimizers["sgd"]["state"] != {}
+    assert not torch.equal(late.networks["critic"]["weight"], early.networks["critic"]["weight"])
 
 
 def test_stop_and_resume_the_toy_gives_bitwise_the_same_run(uninterrupted, tmp_path):

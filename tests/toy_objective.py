@@ -5,6 +5,7 @@ limits or checkpoints, and gets them all from the harness. Phase ``regress`` fit
 dropout (torch's global generator) to noisy targets, its inputs jittered from the objective's own
 generator; phase ``critic`` fits a second network, with another optimiser (SGD with momentum), to
 the MLP's per-sample error. The MLP has an EMA copy, and the objective keeps a counter of its own.
+With ``critic_from``, the critic takes no update before that step (its loss is None).
 
 Run as a script (``python tests/toy_objective.py OUT [--epochs N] [--max-steps N] [--resume]``) it
 is a training command of its own, for the tests that send it signals.
@@ -27,7 +28,9 @@ NUM_POINTS = 40  # batches of 16: 16 + 16 + 8 per epoch
 
 
 class ToyObjective(Objective):
-    def __init__(self, config: RunConfig, ctx: Context, nan_at_step: int | None = None) -> None:
+    def __init__(
+        self, config: RunConfig, ctx: Context, nan_at_step: int | None = None, critic_from: int = 0
+    ) -> None:
         data = torch.Generator().manual_seed(123)  # the data set: fixed, whatever the run's seed
         self.x = torch.randn(NUM_POINTS, 4, generator=data).to(ctx.device)  # (N, 4)
         weights = torch.randn(4, 2, generator=data)
@@ -58,14 +61,17 @@ class ToyObjective(Objective):
         self.num_items = NUM_POINTS
         self.points_seen = 0  # the objective's own counter, checkpointed by the harness
         self.nan_at_step = nan_at_step  # the 1-based step whose critic loss is made NaN
+        self.critic_from = critic_from  # the 0-based step of the critic's first update
 
-    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor | None:
         idx = batch.idx[batch.mine]
         x, y = self.x[idx], self.y[idx]  # (b, 4), (b, 2)
         if phase == "regress":
             self.points_seen += len(idx)
             jitter = 0.05 * torch.randn(x.shape, generator=self.jitter, device=x.device)
             return ((nets["mlp"](x + jitter) - y) ** 2).mean(dim=1)  # (b,)
+        if batch.step < self.critic_from:
+            return None
         with torch.no_grad():
             error = ((self.networks["mlp"](x) - y) ** 2).mean(dim=1)  # (b,)
         per_sample = (nets["critic"](x).squeeze(1) - error) ** 2
@@ -94,9 +100,10 @@ def train_toy(
     resume: bool = False,
     overwrite: bool = False,
     nan_at_step: int | None = None,
+    critic_from: int = 0,
 ):
     def make(ctx: Context) -> ToyObjective:
-        return ToyObjective(config, ctx, nan_at_step)
+        return ToyObjective(config, ctx, nan_at_step, critic_from)
 
     return fit(
         make, config, out, resume=resume, overwrite=overwrite, progress=False, prog="toy train"

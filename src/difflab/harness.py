@@ -146,8 +146,10 @@ class Objective:
     phases: tuple[Phase, ...]
     num_items: int  # the training set's size: the harness draws the order and the batches
 
-    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
-        """The unreduced loss of this process's share of the batch, ``(len(idx[mine]),)``.
+    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor | None:
+        """The unreduced loss of this process's share of the batch, ``(len(idx[mine]),)``; or
+        None: this phase takes no update on this step (no backward, no optimiser step, nothing
+        logged for it), as a network that starts learning later in the run does.
 
         ``nets`` holds the networks to call (compiled and DDP-wrapped where the harness did so).
         Randomness comes from ``self.generators`` only, drawn for the *global* batch and then
@@ -719,6 +721,8 @@ class Harness:
             amp = self.amp_dtype
             with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
                 per_sample = obj.loss(phase.name, batch, self.nets)  # (b / world,) float32
+            if per_sample is None:  # no update in this phase on this step
+                continue
             # This slice's sum over the global batch size, times the number of processes: DDP's
             # gradient average then gives the global batch mean, even for a last batch that
             # does not split evenly.
@@ -753,8 +757,8 @@ class Harness:
             for ema_name, source in obj.ema.items():
                 update_ema(obj.networks[ema_name], obj.networks[source], cfg.ema_decay,
                            obj.ema_step(self.step))  # fmt: skip
-        if several:  # the total, for the progress bar and the loss curve
-            stats["loss"] = sum(stats[f"loss_{phase.name}"] for phase in obj.phases)
+        if several:  # the total of the phases that ran, for the progress bar and the loss curve
+            stats["loss"] = sum(stats.get(f"loss_{phase.name}", 0.0) for phase in obj.phases)
         return stats, problem
 
     def guard(self, problem: str | None) -> None:
@@ -860,7 +864,7 @@ class Harness:
                     last_loss = stats["loss"]
                     window.append(stats["loss"])
                     pending.append(stats)
-                    lr = next(v for k, v in stats.items() if k.startswith("lr"))
+                    lr = next((v for k, v in stats.items() if k.startswith("lr")), math.nan)
                     bar.set_postfix(
                         loss=f"{np.mean(window[-50:]):.4f}", lr=f"{lr:.1e}", refresh=False
                     )
@@ -903,12 +907,13 @@ class Harness:
         )
 
     def log_step(self, pending: list[dict[str, float]], last: dict[str, float]) -> None:
-        """A metrics line: the mean losses since the last line, the last lr and gradient norm."""
-        losses = {
-            key: float(np.mean([s[key] for s in pending])) if pending else None
-            for key in last
-            if key.startswith("loss")
-        }
+        """A metrics line: the mean losses since the last line (of the steps where each phase
+        ran), the last lr and gradient norm."""
+        keys = dict.fromkeys(key for s in [*pending, last] for key in s if key.startswith("loss"))
+        losses: dict[str, float | None] = {}
+        for key in keys:
+            values = [s[key] for s in pending if key in s]
+            losses[key] = float(np.mean(values)) if values else None
         rest = {key: value for key, value in last.items() if not key.startswith("loss")}
         self.log({
             "step": self.step, "epoch": self.epoch + self.batch_in_epoch / self.steps_per_epoch,

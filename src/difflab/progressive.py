@@ -159,6 +159,18 @@ def ode_step(solver: str, denoiser: Any, x: torch.Tensor, t: torch.Tensor, t_nex
     return torch.where(second.view(-1, 1, 1, 1), two_s, ddim)
 
 
+def ddim_chain(model: Any, x: torch.Tensor, grid: torch.Tensor, alpha: torch.Tensor,
+               sigma: torch.Tensor, schedule: Schedule, prediction: str) -> torch.Tensor:  # fmt: skip
+    """A student's images: its DDIM steps from the noise ``x`` down ``grid`` (``step_grid``: N
+    timesteps, then the data marker, where alpha is 1 and sigma 0), with gradients unless
+    disabled. ``model`` is called as ``model(x_t, t, None)``."""
+    for i in range(len(grid) - 1):
+        t = grid[i].expand(len(x))
+        eps, x0 = eps_and_x0(model(x, t, None), x, t, schedule, prediction)
+        x = alpha[grid[i + 1]] * x0 + sigma[grid[i + 1]] * eps
+    return x
+
+
 # The fake score's learning rate in the distribution-matching stage, the one measured
 # (benchmarks/few_step_ideas.py dmd, docs/few_step.md); the student keeps the run's --lr.
 FAKE_LR = 1e-4
@@ -293,7 +305,7 @@ class ProgressiveDistillation(Objective):
         solver = pc.teacher_solver if self.round == 0 else "ddim"
         return ode_step(solver, denoiser, x, t, t_next, self.alpha, self.sigma)
 
-    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor | None:
         while self.round < self.round_at(batch.step):  # a round starts (or resume skipped some)
             self.next_round()
         if phase == "fake":
@@ -301,7 +313,7 @@ class ProgressiveDistillation(Objective):
         pc, mc = self.config.progressive, self.config.model
         assert pc is not None
         if self.in_stage() and batch.step < self.stage_start + pc.dmd_warmup:
-            return self.no_update(batch)  # the warm-up: only the fake score learns
+            return None  # the warm-up: only the fake score learns
         if self.in_stage() and batch.step == self.stage_start + pc.dmd_warmup:
             # DMD's first step: fresh Adam moments. The rounds' second moments follow their
             # small gradients; kept, they would scale up DMD's first hundreds of steps ~2-3x.
@@ -330,11 +342,6 @@ class ProgressiveDistillation(Objective):
             return loss
         return loss + pc.dmd_weight * self.dmd_loss(batch, nets, len(loss))
 
-    def no_update(self, batch: Batch) -> torch.Tensor:
-        """A loss without parameters: its phase's optimiser skips every one (no gradient)."""
-        return torch.zeros(len(batch.idx[batch.mine]), device=self.images.device,
-                           requires_grad=True)  # fmt: skip
-
     def half(self, batch: Batch) -> tuple[int, slice]:
         """The stage draws the student's images for half the global batch (their chain of N
         evaluations with gradients is the step's cost); this process's share of them."""
@@ -347,13 +354,8 @@ class ProgressiveDistillation(Objective):
         x = torch.randn((count, *self.images.shape[1:]), generator=self.noise_gen,
                         device=self.images.device)[mine]  # fmt: skip
         x = x.contiguous(memory_format=self.memory_format)
-        grid, pred = self.grids[self.student_steps()], self.config.diffusion.prediction
-        for i in range(self.student_steps()):
-            t = grid[i].expand(len(x))
-            eps, x0 = eps_and_x0(nets["model"](x, t, None), x, t, self.schedule, pred)
-            nxt = grid[i + 1]  # the data marker after the last step: alpha 1, sigma 0
-            x = self.alpha[nxt] * x0 + self.sigma[nxt] * eps
-        return x
+        return ddim_chain(nets["model"], x, self.grids[self.student_steps()], self.alpha,
+                          self.sigma, self.schedule, self.config.diffusion.prediction)  # fmt: skip
 
     def stage_levels(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise levels t ~ U{0.02 .. 0.98} (T - 1) (DMD's range) and noise, for this share."""
@@ -377,11 +379,11 @@ class ProgressiveDistillation(Objective):
         count, _ = self.half(batch)
         return (per_image.sum() * len(batch.idx) / count / size).expand(size)
 
-    def fake_loss(self, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+    def fake_loss(self, batch: Batch, nets: dict[str, Any]) -> torch.Tensor | None:
         """The fake score learns the student's images with the teacher's own diffusion loss; no
         update before the stage."""
         if not self.in_stage():
-            return self.no_update(batch)
+            return None
         if self.fakes is None:  # the warm-up: the student's images as they are
             with torch.no_grad():
                 self.fakes = self.chain(batch, nets)
