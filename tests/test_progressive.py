@@ -15,6 +15,7 @@ from difflab.cli import main
 from difflab.config import run_config_from_dict, to_dict
 from difflab.generate import load_model
 from difflab.harness import latest_checkpoint
+from difflab.models.unet import UNet
 from difflab.progressive import (
     alpha_sigma,
     dmd_direction,
@@ -377,6 +378,25 @@ def test_the_dmd_stage_follows_the_rounds_and_writes_a_student_of_its_own(
         r["step"] for r in steps if r["step"] > 12
     ]
     assert all(r["loss_fake"] > 0 for r in steps if "loss_fake" in r)
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_dmd_stage_as_one_does(plain_teacher, dmd_run, tmp_path):
+    # Every process draws the global batch's noise and takes its share; the student's chain, the
+    # DMD loss and the fake score's phase (skipped in the rounds) are averaged over the two.
+    from test_train_robust import assert_matches_one_process, on_two_processes
+
+    run = tmp_path / "ddp"
+    on_two_processes(["distill", "--teacher", str(plain_teacher), *DMD, "--out", str(run)])
+    multi, single = tensors(latest_checkpoint(run)), tensors(latest_checkpoint(dmd_run))
+    config = load_checkpoint(plain_teacher).config
+    names = [name for name, _ in UNet(config.model).named_parameters()]  # the optimiser's order
+    assert_matches_one_process(multi, single, names)
+    for name in names:  # the fake score (no EMA), the last round's teacher, the first teacher
+        for net in ("fake", "teacher"):
+            torch.testing.assert_close(multi[f"{net}.{name}"], single[f"{net}.{name}"], rtol=1e-4,
+                                       atol=1e-5, msg=f"{net}.{name}")  # fmt: skip
+        assert torch.equal(multi[f"real.{name}"], single[f"real.{name}"])
 
 
 def test_the_dmd_student_samples_in_its_steps(dmd_run, tmp_path, capsys):
