@@ -265,9 +265,9 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
         with_dmd = stop in stage_rates
         suffix = "" if stop == 1 else f"_stop{stop}" + ("_dmd" if with_dmd else "")
         for budget in args.budgets:
-            dmd_steps = dmd_steps_for(args.pd_dmd_steps, budget, args.budgets) if with_dmd else 0
             stage_s, stage_steps, dmd = 0.0, 0, []
             if with_dmd:
+                dmd_steps = dmd_steps_for(args.pd_dmd_steps, budget, args.budgets)
                 warm_rate, dmd_rate = stage_rates[stop]
                 stage_s = ProgressiveConfig.dmd_warmup / warm_rate + dmd_steps / dmd_rate
                 stage_steps = ProgressiveConfig.dmd_warmup + dmd_steps

@@ -115,8 +115,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--dmd-steps", type=int, default=ProgressiveConfig.dmd_steps,
         help="progressive: after the last round, steps of distribution matching (Yin et al. "
         "2024: the student's images pushed towards the teacher's distribution, beside the last "
-        "round's loss); writes model_steps_N_dmd.safetensors. In one 20-minute MNIST run 300 "
-        "took the 4-step student from FID 5.09 to 3.74, docs/few_step.md (default 0: none)",
+        "round's loss); writes model_steps_N_dmd.safetensors. In 20-minute MNIST runs 300 took "
+        "the 4-step student from FID 5.09 to 3.74 and from 5.07 to 4.48 (the gain varies from "
+        "run to run), docs/few_step.md (default 0: none)",
     )  # fmt: skip
     p.add_argument(
         "--dmd-warmup", type=int, default=ProgressiveConfig.dmd_warmup,
