@@ -296,6 +296,13 @@ def adversarial(args: argparse.Namespace) -> None:
     ft.save(args.out)
 
 
+@torch.no_grad()
+def add_to_mean(mean: torch.nn.Module, net: torch.nn.Module, count: int) -> None:
+    """mean <- mean + (net - mean) / count: called with count 1, 2, ..., n, the mean of the n
+    weights seen (the first call copies them)."""
+    torch._foreach_lerp_(list(mean.parameters()), list(net.parameters()), 1.0 / count)
+
+
 def dmd(args: argparse.Namespace) -> None:
     ft = FineTune(args)
     real_ck = load_checkpoint(args.real)
@@ -327,6 +334,8 @@ def dmd(args: argparse.Namespace) -> None:
         f_loss = train_fake(x)
         if step % 25 == 0:
             ft.log(f"warm-up {step}: fake loss {f_loss.item():.4f}")
+    # Uniform averages of the student over its last K updates (--averages), beside the EMA.
+    averages = {k: copy.deepcopy(ft.student).eval().requires_grad_(False) for k in args.averages}
     for step in range(args.steps):
         l_pd, _ = ft.pd_loss()
         x = ft.chain(count)
@@ -335,6 +344,9 @@ def dmd(args: argparse.Namespace) -> None:
         if step % 25 == 0:
             ratio = (ft.grad_norm(l_dmd) / ft.grad_norm(l_pd)).item()
         ft.update(l_pd + args.weight * l_dmd)
+        for k, avg in averages.items():
+            if step >= args.steps - k:
+                add_to_mean(avg, ft.student, step - (args.steps - k) + 1)
         f_loss = train_fake(x)
         for _ in range(args.fake_steps - 1):  # two time scales (DMD2): more, on fresh images
             with torch.no_grad():
@@ -344,6 +356,9 @@ def dmd(args: argparse.Namespace) -> None:
             ft.log(f"step {step}: pd {l_pd.item():.4f}, dmd {l_dmd.item():.3g} (gradient "
                    f"{ratio:.3g} x pd's), fake loss {f_loss.item():.4f}")  # fmt: skip
     ft.save(args.out)
+    for k, avg in averages.items():  # the average in the EMA's place: what is sampled
+        save_student(str(Path(args.out).with_suffix(f".avg{k}.safetensors")), ft.config,
+                     ft.student, avg, ft.updates)  # fmt: skip
 
 
 def direct(args: argparse.Namespace) -> None:
@@ -401,6 +416,16 @@ def direct(args: argparse.Namespace) -> None:
     save_student(args.out, config, student, ema, step)
 
 
+def counts(text: str) -> list[int]:
+    """``--averages 100,200``: whole numbers, comma-separated."""
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers such as 100,200, got {text!r}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -436,6 +461,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fake-lr", type=float, default=1e-4)
     p.add_argument("--t-min", type=float, default=0.02, help="noise levels, fractions of T - 1")
     p.add_argument("--t-max", type=float, default=0.98)
+    p.add_argument("--averages", type=counts, default=[],
+                   help="also write OUT.avgK.safetensors, the student averaged over its last K "
+                   "updates, for each K (comma-separated)")  # fmt: skip
     p = sub.add_parser("direct", help="one round from the teacher to a 4-step student")
     p.add_argument("--teacher", required=True, help="a trained diffusion checkpoint")
     p.add_argument("--like", required=True, help="a 4-step student whose configuration to write")
@@ -461,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "dmd" and not 0.0 <= args.t_min <= args.t_max <= 1.0:
         parser.error(f"--t-min {args.t_min:g} --t-max {args.t_max:g}: expected "
                      "0 <= t-min <= t-max <= 1, fractions of T - 1")  # fmt: skip
+    if args.command == "dmd" and not all(1 <= k <= args.steps for k in args.averages):
+        parser.error(f"--averages {','.join(map(str, args.averages))}: expected counts of updates "
+                     f"in 1..{args.steps} (--steps)")  # fmt: skip
     if Path(args.out).exists():
         parser.error(f"--out {args.out} exists; choose another path")
     commands = {"stochastic": stochastic, "adversarial": adversarial, "dmd": dmd, "direct": direct}

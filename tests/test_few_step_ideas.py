@@ -83,3 +83,30 @@ def test_bad_dmd_noise_levels_are_one_line_and_write_nothing(ideas, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--t-min 0.9 --t-max 0.5: expected 0 <= t-min <= t-max <= 1" in err
     assert not out.exists()
+
+
+def test_the_running_mean_of_a_students_weights_is_their_mean(ideas):
+    # --averages: called with counts 1, 2, 3 on three sets of weights, the mean of the three;
+    # the first call copies, whatever the average held before.
+    config = ModelConfig(image_size=16, in_channels=1, base_channels=8, channel_mults=(1, 2),
+                         num_res_blocks=1, norm_groups=4)  # fmt: skip
+    nets = [UNet(config) for _ in range(4)]
+    mean, seen = nets[0], nets[1:]
+    for count, net in enumerate(seen, start=1):
+        ideas.add_to_mean(mean, net, count)
+    for name, p in mean.named_parameters():
+        expected = torch.stack([dict(n.named_parameters())[name] for n in seen]).mean(dim=0)
+        torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("averages", ["0", "100,400", "ten"])
+def test_bad_averages_are_one_line_and_write_nothing(ideas, averages, tmp_path, capsys):
+    out = tmp_path / "dmd.safetensors"
+    with pytest.raises(SystemExit) as stop:
+        ideas.main(["dmd", "--student", "s.safetensors", "--teacher", "t.safetensors",
+                    "--real", "r.safetensors", "--data-dir", str(tmp_path), "--steps", "300",
+                    "--averages", averages, "--out", str(out)])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--averages" in err and ("1..300" in err or "whole numbers" in err), err
+    assert not out.exists()
