@@ -22,7 +22,8 @@ the same N and seed):
   ``--pd-dmd-steps S`` ends that run with S steps of distribution matching at the largest
   budget, S x B / largest at a smaller one B (``difflab distill --dmd-steps``, after its warm-up;
   a probe measures the stage's rate, and the rounds fill the rest of the budget), with the weight
-  ``--pd-dmd-weight`` gives that stop (``4:0.2,2:0.3``, or one weight for all), and scores both
+  ``--pd-dmd-weight`` gives that stop (``4:0.2,2:0.3``, or one weight for all), sampling the
+  mean of its last ``--pd-dmd-average`` steps (scaled the same way) where given, and scores both
   its students, before the stage and after.
 
 Timing: 64 images from the student at 1 step against the teacher's 20-step ``dpmpp-2m-sde``,
@@ -273,6 +274,9 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
                 stage_steps = ProgressiveConfig.dmd_warmup + dmd_steps
                 weight = args.pd_dmd_weight[stop]
                 dmd = ["--dmd-steps", str(dmd_steps), "--dmd-weight", f"{weight:g}"]
+                if args.pd_dmd_average:
+                    average = dmd_steps_for(args.pd_dmd_average, budget, args.budgets)
+                    dmd += ["--dmd-average", str(average)]
             round_steps = round_steps_for(budget, seconds_per_round_step, stage_s)
             run_dir = Path(args.runs) / f"progressive_{budget:g}{suffix}"
             run([*base, "--steps", str(stop), "--round-steps", str(round_steps), "--max-minutes",
@@ -442,6 +446,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="progressive: the DMD loss's weight (--dmd-weight), one for all or per stop: 4:0.2,2:0.3",
     )  # fmt: skip
     parser.add_argument(
+        "--pd-dmd-average", type=int, default=0,
+        help="progressive: sample the DMD students as the mean of their last N DMD steps "
+        "(--dmd-average) at the largest budget, the same share of a smaller one (default 0: EMA)",
+    )  # fmt: skip
+    parser.add_argument(
         "--teacher-solver", default="dpmpp-2s", choices=TEACHER_SOLVERS,
         help="progressive: the first teacher's ODE step",
     )  # fmt: skip
@@ -455,6 +464,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--pd-steps {','.join(map(str, args.pd_steps))} must include 1")
     if args.pd_dmd_steps < 0:
         parser.error(f"--pd-dmd-steps {args.pd_dmd_steps}: expected steps >= 0")
+    if not 0 <= args.pd_dmd_average <= args.pd_dmd_steps:
+        parser.error(f"--pd-dmd-average {args.pd_dmd_average}: expected steps in "
+                     f"0..{args.pd_dmd_steps} (--pd-dmd-steps)")  # fmt: skip
     try:
         args.pd_dmd_weight = dmd_weights(args.pd_dmd_weight, args.pd_steps)
     except ValueError as e:

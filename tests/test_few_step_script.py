@@ -110,6 +110,8 @@ def test_dmd_weights_are_one_for_all_or_one_per_stop(few_step):
         (["--pd-steps", "1,2,4", "--pd-dmd-weight", "4:0.2"],
          "--pd-dmd-weight 4:0.2: expected a weight > 0, or STEPS:WEIGHT for each of the stops 2,4"),
         (["--pd-steps", "1,4", "--pd-dmd-weight", "4:heavy"], "--pd-dmd-weight 4:heavy: expected"),
+        (["--pd-dmd-steps", "300", "--pd-dmd-average", "400"],
+         "--pd-dmd-average 400: expected steps in 0..300 (--pd-dmd-steps)"),
     ],
 )  # fmt: skip
 def test_bad_dmd_settings_are_one_line(few_step, tmp_path, capsys, argv, message):

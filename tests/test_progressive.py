@@ -380,6 +380,32 @@ def test_the_dmd_stage_follows_the_rounds_and_writes_a_student_of_its_own(
     assert all(r["loss_fake"] > 0 for r in steps if "loss_fake" in r)
 
 
+def test_the_dmd_student_can_be_sampled_as_the_mean_of_its_last_steps(
+    plain_teacher, dmd_run, tmp_path
+):
+    # --dmd-average 2: the weights sampled ("ema") are the plain mean of the student's weights
+    # after its 16th and 17th steps (the stage's last two); the student itself trains as in the
+    # run without it. The run stops after step 16 and resumes: the mean is in the checkpoint.
+    run = tmp_path / "mean"
+    argv = ["distill", "--teacher", str(plain_teacher), *DMD, "--dmd-average", "2"]
+    assert main([*argv, "--max-steps", "16", "--out", str(run)]) == 0
+    after_16 = load_checkpoint(latest_checkpoint(run)).networks["model"]
+    assert main(["distill", "--resume", str(run), "--no-progress", "--max-steps", "17"]) == 0
+    final = load_checkpoint(latest_checkpoint(run))
+    assert final.config.progressive.dmd_average == 2
+    plain = load_checkpoint(latest_checkpoint(dmd_run))
+    assert_bitwise_equal(final.networks["model"], plain.networks["model"])
+    after_17 = final.networks["model"]
+    for name, mean in final.networks["ema"].items():
+        torch.testing.assert_close(mean, (after_16[name] + after_17[name]) / 2, rtol=1e-6,
+                                   atol=1e-7, msg=name)  # fmt: skip
+    assert not all(
+        torch.equal(plain.networks["ema"][k], final.networks["ema"][k]) for k in after_17
+    )
+    written = load_checkpoint(run / "model_steps_1_dmd.safetensors")
+    assert_bitwise_equal(written.sampling_weights, final.networks["ema"])
+
+
 @pytest.mark.slow
 def test_two_processes_run_the_dmd_stage_as_one_does(plain_teacher, dmd_run, tmp_path):
     # Every process draws the global batch's noise and takes its share; the student's chain, the
@@ -430,6 +456,8 @@ def test_bad_dmd_input_is_one_line(teacher, plain_teacher, tmp_path, capsys):
         ([str(teacher), *DMD], "--dmd-steps needs an unconditional teacher"),
         ([str(plain_teacher), *DMD, "--dmd-weight", "0"], "--dmd-weight must be a finite number > 0"),
         ([str(plain_teacher), *PD, "--dmd-steps", "-1"], "--dmd-steps and --dmd-warmup must be >= 0"),
+        ([str(plain_teacher), *DMD, "--dmd-average", "4"],
+         "--dmd-average must lie in 0..3 (--dmd-steps), got 4"),
         ([str(plain_teacher), "--dmd-steps", "3"],
          "--dmd-steps is a flag of --method progressive; this run is --method consistency"),
     ]  # fmt: skip

@@ -211,6 +211,8 @@ class ProgressiveConfig:
     dmd_steps: int = 0  # after the last round, steps of distribution matching (Yin et al. 2024)
     dmd_warmup: int = 100  # before them, steps in which only DMD's fake score learns
     dmd_weight: float = 0.2  # the DMD loss's weight beside the last round's loss
+    dmd_average: int = 0  # the stage's student to sample: the plain mean of its weights over its
+    # last N DMD steps (0: the EMA, as the rounds have, and as runs from before this field had)
 
     def stage_steps(self) -> int:
         """The distribution-matching stage's length after the rounds: its warm-up and its steps."""
@@ -225,6 +227,10 @@ class ProgressiveConfig:
             raise ValueError(
                 f"--dmd-steps and --dmd-warmup must be >= 0, got {self.dmd_steps} and "
                 f"{self.dmd_warmup}"
+            )
+        if not 0 <= self.dmd_average <= self.dmd_steps:
+            raise ValueError(
+                f"--dmd-average must lie in 0..{self.dmd_steps} (--dmd-steps), got {self.dmd_average}"
             )
         if not (math.isfinite(self.dmd_weight) and self.dmd_weight > 0):
             raise ValueError(f"--dmd-weight must be a finite number > 0, got {self.dmd_weight}")

@@ -163,6 +163,12 @@ class Objective:
         distillation does at each round, where an average over the old weights would lag."""
         return step
 
+    def ema_decay(self, step: int, decay: float) -> float:
+        """The EMA's weight on its past in the update after ``step`` (``blend_into``): ``decay``,
+        warmed up from ``ema_step``; an objective that samples another average returns its own,
+        as progressive distillation's plain mean of the DMD stage's last steps does."""
+        return ema_warmup(decay, self.ema_step(step))
+
     def lr_clock(self, step: int, total_steps: int) -> tuple[int, int]:
         """The step and the run length the learning-rate schedule (``lr_at``) counts: the run's,
         unless the objective restarts its training within a run, as progressive distillation
@@ -215,12 +221,22 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int, base_lr: float | None =
     return lr
 
 
+def ema_warmup(decay: float, step: int) -> float:
+    """The EMA's weight on its past in its update after ``step`` updates: min(decay, (1 + step) /
+    (10 + step)), which lets it forget its first weights fast."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """ema <- d * ema + (1 - d) * weights, with d = min(decay, (1 + step) / (10 + step)) warming up."""
-    d = min(decay, (1.0 + step) / (10.0 + step))
+def blend_into(ema: torch.nn.Module, model: torch.nn.Module, d: float) -> None:
+    """ema <- d * ema + (1 - d) * weights."""
     ema_params = list(ema.parameters())
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - d)
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * weights, with d = ema_warmup(decay, step) warming up."""
+    blend_into(ema, model, ema_warmup(decay, step))
 
 
 def check_run_dir(out_dir: Path, overwrite: bool) -> None:
@@ -755,8 +771,8 @@ class Harness:
             scaler.update()
         if problem is None:
             for ema_name, source in obj.ema.items():
-                update_ema(obj.networks[ema_name], obj.networks[source], cfg.ema_decay,
-                           obj.ema_step(self.step))  # fmt: skip
+                blend_into(obj.networks[ema_name], obj.networks[source],
+                           obj.ema_decay(self.step, cfg.ema_decay))  # fmt: skip
         if several:  # the total of the phases that ran, for the progress bar and the loss curve
             stats["loss"] = sum(stats.get(f"loss_{phase.name}", 0.0) for phase in obj.phases)
         return stats, problem

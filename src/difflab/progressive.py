@@ -258,6 +258,18 @@ class ProgressiveDistillation(Objective):
         round's weights in the EMA of a 500-step round: a student mostly still its teacher."""
         return step - self.round * self.config.progressive.round_steps  # type: ignore[union-attr]
 
+    def ema_decay(self, step: int, decay: float) -> float:
+        """With ``dmd_average`` N, the stage's last N steps replace the EMA by the plain mean of
+        the student's weights since the first of them: d = (n - 1) / n at the n-th (0 at the
+        first: a copy). Averaged this way, five seeds of the stage spread less (docs/few_step.md)."""
+        pc = self.config.progressive
+        assert pc is not None
+        first = self.stage_start + pc.stage_steps() - pc.dmd_average  # the first averaged step
+        if pc.dmd_steps and pc.dmd_average and step >= first:
+            n = step - first + 1
+            return (n - 1) / n
+        return super().ema_decay(step, decay)
+
     def lr_clock(self, step: int, total_steps: int) -> tuple[int, int]:
         """With ``lr_decay`` cosine each round has its own schedule: warm-up, then cosine decay to
         10% of the peak at the round's end (the next student starts again at the peak). With
@@ -414,6 +426,7 @@ class ProgressiveDistillation(Objective):
             + (
                 f"; then distribution matching, {pc.dmd_warmup} + {pc.dmd_steps} steps at weight "
                 f"{pc.dmd_weight:g}"
+                + (f", the mean of the last {pc.dmd_average} sampled" if pc.dmd_average else "")
                 if pc.dmd_steps
                 else ""
             )
@@ -442,7 +455,12 @@ class ProgressiveDistillation(Objective):
                 "guidance": pc.guidance,
                 **(
                     {
-                        "distribution matching (warm-up + steps, weight)": f"{pc.dmd_warmup} + {pc.dmd_steps}, {pc.dmd_weight:g}"
+                        "distribution matching (warm-up + steps, weight)": f"{pc.dmd_warmup} + {pc.dmd_steps}, {pc.dmd_weight:g}",
+                        "the DMD student sampled": (
+                            f"the mean of its last {pc.dmd_average} steps"
+                            if pc.dmd_average
+                            else "its EMA"
+                        ),
                     }
                     if pc.dmd_steps
                     else {}

@@ -51,6 +51,7 @@ METHOD_FLAGS = {
         "dmd_steps",
         "dmd_warmup",
         "dmd_weight",
+        "dmd_average",
     ),
 }
 
@@ -128,6 +129,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="progressive: the DMD loss's weight beside the last round's loss",
     )  # fmt: skip
     p.add_argument(
+        "--dmd-average", type=int, default=ProgressiveConfig.dmd_average,
+        help="progressive: sample the DMD student as the plain mean of its weights over its last "
+        "N DMD steps, not their EMA; its result spreads less from seed to seed (200 of 300 in "
+        "docs/few_step.md; default 0: the EMA)",
+    )  # fmt: skip
+    p.add_argument(
         "--guidance", type=float,
         help="classifier-free guidance scale baked into the student (class-conditional "
         "teachers; default 1: plain conditional)",
@@ -189,7 +196,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
                 teacher=str(args.teacher), teacher_sha256=sha, steps=args.steps,
                 start_steps=args.start_steps, round_steps=args.round_steps, guidance=guidance,
                 teacher_solver=args.teacher_solver, dmd_steps=args.dmd_steps,
-                dmd_warmup=args.dmd_warmup, dmd_weight=args.dmd_weight,
+                dmd_warmup=args.dmd_warmup, dmd_weight=args.dmd_weight, dmd_average=args.dmd_average,
             )  # fmt: skip
             if args.lr_decay == "cosine":  # each round warms up for a tenth of it
                 warmup = min(train_cfg.warmup_steps, max(1, args.round_steps // 10))
