@@ -63,7 +63,7 @@ from difflab.config import RunConfig
 from difflab.data import load_dataset
 from difflab.diffusion import diffusion_loss, eps_and_x0, q_sample
 from difflab.generate import load_model, model_denoiser
-from difflab.harness import update_ema
+from difflab.harness import blend_into, update_ema
 from difflab.models.gan import Discriminator
 from difflab.models.unet import Downsample, UNet
 from difflab.progressive import (
@@ -296,13 +296,6 @@ def adversarial(args: argparse.Namespace) -> None:
     ft.save(args.out)
 
 
-@torch.no_grad()
-def add_to_mean(mean: torch.nn.Module, net: torch.nn.Module, count: int) -> None:
-    """mean <- mean + (net - mean) / count: called with count 1, 2, ..., n, the mean of the n
-    weights seen (the first call copies them)."""
-    torch._foreach_lerp_(list(mean.parameters()), list(net.parameters()), 1.0 / count)
-
-
 def dmd(args: argparse.Namespace) -> None:
     ft = FineTune(args)
     real_ck = load_checkpoint(args.real)
@@ -345,8 +338,9 @@ def dmd(args: argparse.Namespace) -> None:
             ratio = (ft.grad_norm(l_dmd) / ft.grad_norm(l_pd)).item()
         ft.update(l_pd + args.weight * l_dmd)
         for k, avg in averages.items():
-            if step >= args.steps - k:
-                add_to_mean(avg, ft.student, step - (args.steps - k) + 1)
+            if step >= args.steps - k:  # the n-th averaged update: d = (n - 1) / n, a mean
+                n = step - (args.steps - k) + 1
+                blend_into(avg, ft.student, (n - 1) / n)
         f_loss = train_fake(x)
         for _ in range(args.fake_steps - 1):  # two time scales (DMD2): more, on fresh images
             with torch.no_grad():

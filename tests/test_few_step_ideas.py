@@ -11,6 +11,7 @@ import torch
 
 from conftest import load_benchmark_script
 from difflab.config import ModelConfig
+from difflab.harness import blend_into
 from difflab.models.unet import Downsample, UNet
 from difflab.schedules import make_schedule
 
@@ -85,15 +86,15 @@ def test_bad_dmd_noise_levels_are_one_line_and_write_nothing(ideas, tmp_path, ca
     assert not out.exists()
 
 
-def test_the_running_mean_of_a_students_weights_is_their_mean(ideas):
-    # --averages: called with counts 1, 2, 3 on three sets of weights, the mean of the three;
-    # the first call copies, whatever the average held before.
+def test_the_running_mean_of_a_students_weights_is_their_mean():
+    # --averages (and --dmd-average): blended in with d = (n - 1) / n at the n-th of three sets
+    # of weights, the mean of the three; the first blend copies, whatever the average held.
     config = ModelConfig(image_size=16, in_channels=1, base_channels=8, channel_mults=(1, 2),
                          num_res_blocks=1, norm_groups=4)  # fmt: skip
     nets = [UNet(config) for _ in range(4)]
     mean, seen = nets[0], nets[1:]
     for count, net in enumerate(seen, start=1):
-        ideas.add_to_mean(mean, net, count)
+        blend_into(mean, net, (count - 1) / count)
     for name, p in mean.named_parameters():
         expected = torch.stack([dict(n.named_parameters())[name] for n in seen]).mean(dim=0)
         torch.testing.assert_close(p, expected, rtol=1e-6, atol=1e-7, msg=name)
