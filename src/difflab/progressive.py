@@ -265,7 +265,7 @@ class ProgressiveDistillation(Objective):
         pc = self.config.progressive
         assert pc is not None
         first = self.stage_start + pc.stage_steps() - pc.dmd_average  # the first averaged step
-        if pc.dmd_steps and pc.dmd_average and step >= first:
+        if pc.dmd_average and step >= first:  # validated: dmd_average > 0 needs dmd_steps >= it
             n = step - first + 1
             return (n - 1) / n
         return super().ema_decay(step, decay)
