@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from difflab.cli import main as cli_main
-from difflab.generate import check_guidance, class_labels, generate, load_model
+from difflab.kinds import load_model
+from difflab.sampling import check_guidance, class_labels, generate
 
 CONFIGS = [  # (sampler, steps, options)
     ("ddpm", 1000, {}),

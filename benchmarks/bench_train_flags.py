@@ -48,11 +48,12 @@ import torch
 
 from difflab.config import DiffusionConfig, RunConfig, TrainConfig, default_model_config
 from difflab.data import ImageDataset
+from difflab.device import AMP_DTYPES, pick_device
 from difflab.diffusion import diffusion_loss
-from difflab.generate import pick_device
+from difflab.kinds import train
 from difflab.models.unet import UNet, count_parameters
 from difflab.schedules import make_schedule
-from difflab.train import AMP_DTYPES, train, update_ema
+from difflab.training import update_ema
 
 # name -> (precision, channels_last, compile)
 VARIANTS = {

@@ -57,8 +57,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from difflab.config import RunConfig, default_model_config
 from difflab.diffusion import diffusion_loss
-from difflab.generate import generate
 from difflab.models.unet import UNet, count_parameters
+from difflab.sampling import generate
 from difflab.schedules import make_schedule
 
 T = 1000  # training timesteps, linear betas 1e-4 .. 0.02 (difflab's default)

@@ -100,7 +100,7 @@ def write_json(path: Path, value: Any) -> None:
 def latest_state(run_dir: Path) -> dict[str, Any]:
     """step and elapsed_s of a run's newest checkpoint."""
     from difflab.checkpoint import load_checkpoint
-    from difflab.harness import latest_checkpoint
+    from difflab.training import latest_checkpoint
 
     return load_checkpoint(latest_checkpoint(run_dir)).state
 
@@ -269,7 +269,7 @@ def summarise(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def timing(args: argparse.Namespace) -> dict[str, Any]:
     """Seconds to draw ``--timing-images`` (1,000) images from each family's first-seed model at
     the largest budget, scaled to 1,000 where a subset was timed."""
-    from difflab.generate import draw, load_any
+    from difflab.kinds import draw, load_model
 
     budget, seed, n = max(args.budgets), args.seeds[0], args.timing_images
     plans: list[tuple[str, Path, dict[str, Any], int]] = []
@@ -295,7 +295,7 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
             plans.append((f"consistency student {steps}", Path(args.student), {"steps": steps}, n))
     rows = {}
     for name, ckpt, sampling, images in plans:
-        loaded = load_any(ckpt, "cpu")
+        loaded = load_model(ckpt, "cpu")
         draw(loaded, num_images=min(images, 8), seed=0, **sampling)  # warm-up
         times = []
         for _ in range(1 if "ddpm" in name else args.repeats):
@@ -360,7 +360,7 @@ def write_doc(path: Path, data: str, text: str) -> None:
 
 
 def ensure_evaluator(args: argparse.Namespace) -> None:
-    from difflab import evaluate as ev
+    from difflab import evaluation as ev
 
     if not ev.default_evaluator_path(args.data, 28, args.data_dir).exists():
         run(["train-evaluator", "--data", args.data, "--data-dir", args.data_dir, "--no-progress"])

@@ -35,7 +35,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from difflab.checkpoint import load_checkpoint
-from difflab.harness import latest_checkpoint
+from difflab.training import latest_checkpoint
 from difflab.viz import smooth_curve
 from machine import matmul_gflops
 
@@ -133,7 +133,7 @@ def data_dir(args: argparse.Namespace, data: str) -> str:
 
 def evaluator_ready(args: argparse.Namespace, data: str, log: list[str]) -> None:
     """Train the data's evaluator once (it lands in the user cache, where evaluate looks)."""
-    from difflab.evaluate import default_evaluator_path
+    from difflab.evaluation import default_evaluator_path
 
     size = 28
     if not default_evaluator_path(data, size).exists():

@@ -48,9 +48,10 @@ import numpy as np
 import torch
 
 from difflab.config import TEACHER_SOLVERS, ProgressiveConfig
-from difflab.generate import generate, load_model
-from difflab.progressive import round_plan
+from difflab.kinds import load_model
+from difflab.objectives.progressive import round_plan
 from difflab.samplers import SAMPLERS
+from difflab.sampling import generate
 from difflab.viz import save_grid
 from machine import device_name, matmul_gflops
 
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error("--ddpm-images-only needs --teacher")
         print(ddpm_images(args, teacher))
         return {}
-    from difflab.evaluate import default_evaluator_path
+    from difflab.evaluation import default_evaluator_path
 
     if not default_evaluator_path("mnist", 28, args.data_dir).is_file():  # evaluate needs it
         run(["train-evaluator", "--data", "mnist", "--data-dir", args.data_dir, "--no-progress"])

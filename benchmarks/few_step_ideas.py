@@ -62,11 +62,10 @@ from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, w
 from difflab.config import RunConfig
 from difflab.data import load_dataset
 from difflab.diffusion import diffusion_loss, eps_and_x0, q_sample
-from difflab.generate import load_model, model_denoiser
-from difflab.harness import blend_into, update_ema
+from difflab.kinds import load_model
 from difflab.models.gan import Discriminator
 from difflab.models.unet import Downsample, UNet
-from difflab.progressive import (
+from difflab.objectives.progressive import (
     alpha_sigma,
     ddim_chain,
     dmd_direction,
@@ -76,7 +75,9 @@ from difflab.progressive import (
     x0_target,
 )
 from difflab.samplers import timestep_sequence
+from difflab.sampling import model_denoiser
 from difflab.schedules import Schedule, make_schedule
+from difflab.training import blend_into, update_ema
 
 
 def unet_from(ckpt: Checkpoint) -> UNet:

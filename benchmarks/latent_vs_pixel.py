@@ -99,7 +99,7 @@ def score(args: argparse.Namespace, ckpt: Path, data_dir: str) -> dict:
 
 
 def ensure_evaluator(data: str, data_dir: str) -> None:
-    from difflab import evaluate as ev
+    from difflab import evaluation as ev
 
     if not ev.default_evaluator_path(data, 28, data_dir).is_file():
         run(["train-evaluator", "--data", data, "--data-dir", data_dir])
@@ -124,9 +124,9 @@ def train_autoencoder(args: argparse.Namespace, data: str, data_dir: str, res: R
 
 def reconstruction_ceiling(ckpt: Path, data: str, data_dir: str, n: int) -> dict:
     """PSNR and FID of n reconstructed test images: what latent diffusion cannot beat."""
-    from difflab import evaluate as ev
-    from difflab.autoencoder import psnr, reconstruct
-    from difflab.latent import load_autoencoder
+    from difflab import evaluation as ev
+    from difflab.objectives.autoencoder import psnr, reconstruct
+    from difflab.sampling import load_autoencoder
 
     ae, _, _ = load_autoencoder(ckpt)
     train_set, test_set = ev.reference_datasets(data, data_dir, image_size=28)
@@ -186,9 +186,9 @@ def subset(args: argparse.Namespace) -> list[str]:
 
 def encode_minutes(ae: Path, data: str, data_dir: str, num_images: int | None) -> float:
     """Minutes to encode the training set once (latent diffusion does it before its first step)."""
-    from difflab.autoencoder import encode_images
     from difflab.data import load_dataset
-    from difflab.latent import load_autoencoder
+    from difflab.objectives.autoencoder import encode_images
+    from difflab.sampling import load_autoencoder
 
     model, _, _ = load_autoencoder(ae)
     images = torch.from_numpy(load_dataset(data, data_dir=data_dir, num_images=num_images).images)
@@ -204,10 +204,11 @@ def throughput(
     pixel alternating with the matmul reference, medians of ``repeats``."""
     from difflab.checkpoint import load_checkpoint
     from difflab.data import load_dataset
-    from difflab.generate import generate, load_model
-    from difflab.harness import Batch, Context
-    from difflab.latent import LatentDiffusion
-    from difflab.train import DiffusionObjective
+    from difflab.kinds import load_model
+    from difflab.objectives.diffusion import DiffusionObjective
+    from difflab.objectives.latent import LatentDiffusion
+    from difflab.sampling import generate
+    from difflab.training import Batch, Context
 
     ctx = Context(torch.device("cpu"), torch.contiguous_format)
     train = load_dataset(data, data_dir=data_dir, num_images=512)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from difflab import evaluate as ev
+from difflab import evaluation as ev
 from difflab.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]

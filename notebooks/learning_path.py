@@ -32,10 +32,12 @@ from difflab import editing, insides, viz
 from difflab.config import ConsistencyConfig, DiffusionConfig, TrainConfig
 from difflab.consistency import consistency_timesteps
 from difflab.data import load_dataset
-from difflab.distill import distill, file_sha256, load_teacher, student_config
-from difflab.generate import TrajectoryRecorder, generate, load_model, model_denoiser
+from difflab.io import file_sha256
+from difflab.kinds import load_model, train
+from difflab.objectives.consistency import load_teacher, student_config
+from difflab.objectives.diffusion import prepare_run
+from difflab.sampling import TrajectoryRecorder, generate, model_denoiser
 from difflab.schedules import SCHEDULES, make_schedule
-from difflab.train import prepare_run, train
 
 SMALL = os.environ.get("DIFFLAB_NOTEBOOK_SMALL") == "1"
 DATA = os.environ.get("DATA", "../shared/data/mnist")
@@ -191,7 +193,7 @@ cd_train = TrainConfig(
     preview_steps=2,
 )
 student_cfg = student_config(teacher, cd_train, cd)
-distill(student_cfg, teacher, dataset, OUT / "cd", overwrite=True, progress=False)
+train(student_cfg, dataset, OUT / "cd", overwrite=True, progress=False, teacher=teacher)
 student = load_model(OUT / "cd" / "model_final.safetensors", "cpu")
 one_step = generate(student.model, student.config, student.schedule, num_images=64, seed=3, steps=1)
 show(viz.save_grid(one_step, OUT / "one_step.png"))

@@ -8,7 +8,7 @@ import torch
 
 from difflab.checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-from difflab.generate import load_model
+from difflab.kinds import load_model
 from difflab.models.unet import UNet
 
 CFG = RunConfig(

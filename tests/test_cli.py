@@ -163,7 +163,7 @@ def test_numpy_backend_trains_and_its_checkpoint_runs_in_both_backends(tmp_path,
     import numpy as np
     import torch
 
-    from difflab.generate import load_model
+    from difflab.kinds import load_model
 
     out = tmp_path / "np"
     argv = ["train", *TINY, "--epochs", "1", "--backend", "numpy", "--out", str(out)]

@@ -8,7 +8,8 @@ from PIL import Image
 
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
-from difflab.generate import class_labels, generate, load_model
+from difflab.kinds import load_model
+from difflab.sampling import class_labels, generate
 
 TINY = [
     "--data", "shapes", "--image-size", "16", "--num-images", "64", "--epochs", "1",
@@ -51,7 +52,7 @@ def test_guidance_mixes_conditional_and_unconditional_outputs(runs):
     t = torch.tensor([40, 20, 5])
     y = torch.tensor([0, 1, 3])
     null = torch.full_like(y, 4)
-    from difflab.generate import guided_model_fn
+    from difflab.sampling import guided_model_fn
 
     with torch.no_grad():
         cond, uncond = model(x, t, y), model(x, t, null)

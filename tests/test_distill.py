@@ -19,7 +19,7 @@ from difflab.consistency import (
     sample_consistency,
 )
 from difflab.diffusion import eps_and_x0
-from difflab.distill import heun_step, pseudo_huber
+from difflab.objectives.consistency import heun_step, pseudo_huber
 from difflab.schedules import make_schedule
 from test_train_robust import TINY, assert_bitwise_equal, tensors
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab import evaluate as ev
+from difflab import evaluation as ev
 from difflab.cli import main
 from difflab.data import EMOJI_CLASSES, load_dataset
-from difflab.generate import generate, load_model
+from difflab.kinds import load_model
+from difflab.sampling import generate
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
@@ -171,7 +172,7 @@ def test_nearest_distances_match_brute_force_and_copies_are_at_zero():
     got = ev.nearest_distances(query, reference)
     np.testing.assert_allclose(got, brute, rtol=1e-12)
     assert (got[-5:] == 0.0).all()
-    radii = ev._knn_distances(reference, reference, 3, exclude_self=True)
+    radii = ev.metrics._knn_distances(reference, reference, 3, exclude_self=True)
     full = np.sqrt(((reference[:, None] - reference[None]) ** 2).sum(-1))
     np.fill_diagonal(full, np.inf)
     np.testing.assert_allclose(radii, np.sort(full, axis=1)[:, :3], rtol=1e-12)

@@ -11,9 +11,9 @@ import torch
 
 from conftest import load_benchmark_script
 from difflab.config import ModelConfig
-from difflab.harness import blend_into
 from difflab.models.unet import Downsample, UNet
 from difflab.schedules import make_schedule
+from difflab.training import blend_into
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ def test_the_verdict_judges_the_longest_budget_runs_against_the_best_teacher(few
 def test_ddpm_images_are_kept_in_chunks_and_a_later_run_draws_only_the_missing_ones(
     few_step, tiny_checkpoint, tmp_path, one_torch_thread
 ):
-    from difflab.generate import generate, load_model
+    from difflab.kinds import load_model
+    from difflab.sampling import generate
 
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors", 0)  # an 8 px U-Net, T = 30
     args = argparse.Namespace(runs=str(tmp_path / "runs"), num_samples=5, ddpm_device="cpu")

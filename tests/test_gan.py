@@ -16,12 +16,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from difflab import evaluate as ev
+from difflab import evaluation as ev
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
-from difflab.gan import d_loss_bce, d_loss_hinge, default_gan_config, g_loss_bce, g_loss_hinge
-from difflab.generate import LoadedGAN, draw, gan_latents, generate_gan, load_any
+from difflab.kinds import draw, load_model
 from difflab.models.gan import INIT_STD, Discriminator, Generator, levels_of
+from difflab.objectives.gan import (
+    d_loss_bce,
+    d_loss_hinge,
+    default_gan_config,
+    g_loss_bce,
+    g_loss_hinge,
+)
+from difflab.sampling import LoadedGAN, gan_latents, generate_gan
 from test_train_robust import assert_bitwise_equal, records, rendezvous, tensors, wait_all
 
 # 40 emoji in batches of 16: 16 + 16 + 8, so an uneven last batch; 3 steps per epoch.
@@ -213,7 +220,7 @@ def test_sampling_is_one_evaluation_and_fixed_by_the_seed(runs, tmp_path, capsys
     assert outs[0].read_bytes() != outs[2].read_bytes()
     with Image.open(outs[0]) as image:
         assert image.size[0] > 3 * 8
-    loaded = load_any(final, "cpu")
+    loaded = load_model(final, "cpu")
     assert isinstance(loaded, LoadedGAN)
     many = draw(loaded, num_images=7, seed=5)
     assert torch.equal(draw(loaded, num_images=3, seed=5, batch_size=2), many[:3])  # per image
@@ -240,7 +247,7 @@ def test_a_gan_checkpoint_is_scored_by_evaluate(runs, cache, tmp_path, monkeypat
     assert setup["sampler"] == "gan generator" and setup["steps"] == 1
     assert math.isfinite(m["fid"]) and m["class_accuracy"] is None  # unconditional
     # The scored images are the ones sample draws for that seed (kept as uint8)...
-    loaded = load_any(runs / "dcgan/model_final.safetensors", "cpu")
+    loaded = load_model(runs / "dcgan/model_final.safetensors", "cpu")
     drawn = draw(loaded, num_images=40, seed=0).numpy()
     assert np.abs(np.round((drawn + 1) * 127.5) - np.load(keep)["images"]).max() <= 1
     # ... and class entropy and the smallest share, recomputed from them. Evaluate scores the
@@ -324,7 +331,9 @@ def test_a_short_mnist_gan_learns_the_digits_pixel_statistics(tmp_path, loss):
     torch.manual_seed(0)
     untrained = Generator(28, 1, 100, default_gan_config("mnist", 28, 1).g_width)
     before = generate_gan(untrained, num_images=1000, seed=0).numpy()
-    after = draw(load_any(out / "model_final.safetensors", "cpu"), num_images=1000, seed=0).numpy()
+    after = draw(
+        load_model(out / "model_final.safetensors", "cpu"), num_images=1000, seed=0
+    ).numpy()
 
     def mean_image_error(x):
         return float(((x.mean(0) - real.mean(0)) ** 2).mean())

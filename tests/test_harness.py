@@ -14,15 +14,8 @@ import torch
 
 from difflab import viz
 from difflab.checkpoint import load_checkpoint
-from difflab.harness import (
-    Context,
-    TrainingError,
-    default_channels_last,
-    fit,
-    latest_checkpoint,
-    lr_at,
-    run_checkpoints,
-)
+from difflab.device import default_channels_last
+from difflab.training import Context, TrainingError, fit, latest_checkpoint, lr_at, run_checkpoints
 from test_train_robust import assert_bitwise_equal, records, tensors
 from toy_objective import NUM_POINTS, ToyObjective, toy_config, train_toy
 

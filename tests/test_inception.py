@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from difflab import evaluate as ev
+from difflab import evaluation as ev
 from difflab.cli import main
 from difflab.data import make_shapes
 from difflab.models.inception import FIDInception

@@ -4,20 +4,23 @@ on tiny runs of the built-in 8 px emoji."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from difflab.autoencoder import autoencoder_loss, encode_images, reconstruct
-from difflab.checkpoint import load_checkpoint
+from difflab.checkpoint import load_checkpoint, write_checkpoint
 from difflab.cli import main
 from difflab.config import AutoencoderConfig
 from difflab.data import load_dataset
-from difflab.generate import generate, load_model, sample_space
-from difflab.latent import LatentDiffusion, load_autoencoder
+from difflab.kinds import load_model
 from difflab.models.autoencoder import LOGVAR_RANGE, Autoencoder, gaussian_kl
+from difflab.objectives.autoencoder import autoencoder_loss, encode_images, reconstruct
+from difflab.objectives.latent import LatentDiffusion
+from difflab.sampling import generate, load_autoencoder
 from test_train_robust import assert_bitwise_equal, tensors
 
 AE = ["train-autoencoder", "--data", "emoji", "--num-images", "48", "--batch-size", "16",
@@ -157,14 +160,14 @@ def test_latent_scale_is_applied_on_both_sides(runs):
     ae, _, _ = load_autoencoder(runs["ae"])
     x = torch.from_numpy(load_dataset("emoji", split="test", seed=2).images[:5])
     mean, _ = ae.encode(x)
-    space = sample_space(config)
+    space = load_model(runs["ld"], "cpu").space
     # Encode side multiplies, decode side divides: the round trip is D(mean), the reconstruction.
     z = space.from_images(x)
     torch.testing.assert_close(z, mean * lc.latent_scale)
     torch.testing.assert_close(space.to_images(z), reconstruct(ae, x))
     torch.testing.assert_close(space.to_images(z), ae.decode(z / lc.latent_scale).clamp(-1, 1))
     # The diffusion objective's data: the scaled means, and draws of unit-ish variance.
-    from difflab.harness import Batch, Context
+    from difflab.training import Batch, Context
 
     train = load_dataset("emoji", num_images=48, seed=2)
     obj = LatentDiffusion(config, train, Context(torch.device("cpu"), torch.contiguous_format))
@@ -188,13 +191,14 @@ def test_latent_checkpoint_samples_and_evaluates(runs, cache, tmp_path, monkeypa
     loaded = load_model(runs["ld"], "cpu")
     frames = []
     images = generate(loaded.model, loaded.config, loaded.schedule, num_images=3, seed=0,
-                      sampler="ddim", steps=3, callback=frames.append)  # fmt: skip
+                      sampler="ddim", steps=3, callback=frames.append, space=loaded.space)  # fmt: skip
     assert images.shape == (3, 3, 8, 8) and images.abs().max() <= 1  # decoded, not 4x4 latents
     assert frames[0]["z"].shape == (3, 4, 4, 4) and frames[0]["x"].shape == (3, 3, 8, 8)
     # The decoded samples are D(z / scale) of the latent samples.
-    space = sample_space(loaded.config)
+    space = loaded.space
     latent_only = generate(loaded.model, loaded.config, loaded.schedule, num_images=3, seed=0,
-                           sampler="ddim", steps=3, callback=lambda info: None)  # fmt: skip
+                           sampler="ddim", steps=3, callback=lambda info: None,
+                           space=space)  # fmt: skip
     torch.testing.assert_close(latent_only, images)
     torch.testing.assert_close(space.to_images(frames[-1]["z0_pred"]), frames[-1]["x0_pred"])
 
@@ -206,7 +210,9 @@ def test_latent_checkpoint_samples_and_evaluates(runs, cache, tmp_path, monkeypa
     assert "emoji-8px" in metrics["setup"]["evaluator"]
 
 
-def test_wrong_or_missing_autoencoder_is_one_line(runs, tmp_path, capsys):
+def test_a_latent_checkpoint_carries_its_autoencoder(runs, tmp_path, capsys, monkeypatch):
+    """Sampling needs no autoencoder file: the checkpoint carries it (moved, its autoencoder
+    replaced or deleted, read from another working directory); resuming still reads the file."""
     sha = load_checkpoint(runs["ld"]).config.latent.autoencoder_sha256
     # A run on a copy of the autoencoder, then the copy replaced by another autoencoder.
     copy = tmp_path / "ae.safetensors"
@@ -214,6 +220,42 @@ def test_wrong_or_missing_autoencoder_is_one_line(runs, tmp_path, capsys):
     assert main([*LATENT, "--latent", str(copy), "--max-steps", "1", "--out",
                  str(tmp_path / "ld")]) == 0  # fmt: skip
     ckpt = tmp_path / "ld" / "model_final.safetensors"
+    assert "autoencoder" in load_checkpoint(ckpt).networks
+    before = tmp_path / "before.png"
+    assert main(["sample", "--checkpoint", str(ckpt), "--steps", "2", "--out", str(before)]) == 0
+    assert main([*AE, "--seed", "5", "--max-steps", "1", "--out", str(tmp_path / "other")]) == 0
+    shutil.copy(tmp_path / "other" / "model_final.safetensors", copy)
+    capsys.readouterr()
+    after = tmp_path / "after.png"
+    assert main(["sample", "--checkpoint", str(ckpt), "--steps", "2", "--out", str(after)]) == 0
+    assert np.array_equal(np.asarray(Image.open(before)), np.asarray(Image.open(after)))
+    assert main(["train", "--resume", str(tmp_path / "ld"), "--epochs", "3"]) == 2
+    assert f"expected sha256 {sha}" in error_line(capsys)
+    copy.unlink()
+    moved = tmp_path / "elsewhere" / "model.safetensors"
+    moved.parent.mkdir()
+    shutil.move(ckpt, moved)
+    monkeypatch.chdir(tmp_path / "other")  # the path it recorded means nothing from here
+    loaded = load_model(moved, "cpu")
+    images = generate(loaded.model, loaded.config, loaded.schedule, num_images=2, seed=0,
+                      sampler="ddim", steps=2, space=loaded.space)  # fmt: skip
+    assert images.shape == (2, 3, 8, 8) and images.abs().max() <= 1
+
+
+def test_wrong_or_missing_autoencoder_is_one_line(runs, tmp_path, capsys):
+    """A latent checkpoint written before checkpoints carried the autoencoder finds it by its
+    recorded path, checked by sha256."""
+    sha = load_checkpoint(runs["ld"]).config.latent.autoencoder_sha256
+    # A run on a copy of the autoencoder, then the copy replaced by another autoencoder.
+    copy = tmp_path / "ae.safetensors"
+    shutil.copy(runs["ae"], copy)
+    assert main([*LATENT, "--latent", str(copy), "--max-steps", "1", "--out",
+                 str(tmp_path / "ld")]) == 0  # fmt: skip
+    ckpt = tmp_path / "ld" / "model_final.safetensors"
+    old = load_checkpoint(ckpt)  # as written before: no autoencoder network, no architecture
+    config = replace(old.config, latent=replace(old.config.latent, architecture=None))
+    networks = {k: v for k, v in old.networks.items() if k != "autoencoder"}
+    write_checkpoint(ckpt, config, networks, state=old.state)
     assert main([*AE, "--seed", "5", "--max-steps", "1", "--out", str(tmp_path / "other")]) == 0
     shutil.copy(tmp_path / "other" / "model_final.safetensors", copy)
     capsys.readouterr()

@@ -13,10 +13,9 @@ import torch
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
 from difflab.config import run_config_from_dict, to_dict
-from difflab.generate import load_model
-from difflab.harness import latest_checkpoint
+from difflab.kinds import load_model
 from difflab.models.unet import UNet
-from difflab.progressive import (
+from difflab.objectives.progressive import (
     alpha_sigma,
     dmd_direction,
     ode_step,
@@ -26,6 +25,7 @@ from difflab.progressive import (
 )
 from difflab.samplers import ddim_step
 from difflab.schedules import make_schedule
+from difflab.training import latest_checkpoint
 from test_distill import exact_ode, gaussian_denoiser
 from test_train_robust import assert_bitwise_equal, tensors
 
@@ -145,13 +145,15 @@ def test_a_student_samples_with_ddim_in_its_steps(student, tmp_path, capsys):
         assert main(["sample", "--checkpoint", ckpt, "--num-images", "8", "--out", str(out)]) == 0
         assert f"ddim, {n} steps, guidance 2" in capsys.readouterr().out
         assert out.is_file()
-    # Its one evaluation per step, unclipped: what generate does for it, by hand.
+    # Its one evaluation per step, unclipped: what its plan does for it, by hand.
     loaded = load_model(student / "model_steps_1.safetensors", "cpu")
-    from difflab.generate import generate
+    from difflab.kinds import plan_sampling
+    from difflab.sampling import SamplingRequest, execute
 
     calls = []
-    x = generate(loaded.model, loaded.config, loaded.schedule, num_images=4, seed=0,
-                 labels=torch.tensor([0, 1, 2, 3]), callback=calls.append)  # fmt: skip
+    plan = plan_sampling(loaded, SamplingRequest(num_images=4, seed=0))
+    assert (plan.sampler, plan.clip_x0, plan.labels.tolist()) == ("ddim", False, [0, 1, 2, 3])
+    x = execute(loaded, plan, callback=calls.append)
     assert [c["t"] for c in calls] == [49] and x.shape == (4, 3, 8, 8)
 
 
@@ -213,7 +215,7 @@ def test_bad_progressive_input_is_one_line(teacher, student, tmp_path, capsys):
 def test_the_students_ema_warms_up_anew_each_round(student):
     """Each round trains a new student from new weights: its EMA's warm-up counts from the
     round's start, not from the run's, or the average would hold the previous round's weights."""
-    from difflab.progressive import ProgressiveDistillation
+    from difflab.objectives.progressive import ProgressiveDistillation
 
     obj = ProgressiveDistillation.__new__(ProgressiveDistillation)
     obj.config = load_checkpoint(student / "model_steps_1.safetensors").config
@@ -226,8 +228,8 @@ def test_the_students_ema_warms_up_anew_each_round(student):
 def test_cosine_decay_restarts_the_learning_rate_each_round(student):
     """--lr-decay cosine: each round warms up and decays to 10% of the peak on its own clock,
     because each round trains a new student towards a new teacher; constant keeps the run's."""
-    from difflab.harness import lr_at
-    from difflab.progressive import ProgressiveDistillation
+    from difflab.objectives.progressive import ProgressiveDistillation
+    from difflab.training import lr_at
 
     obj = ProgressiveDistillation.__new__(ProgressiveDistillation)
     config = load_checkpoint(student / "model_steps_1.safetensors").config

@@ -20,7 +20,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 import difflab.distributed
-import difflab.train
+import difflab.kinds
+import difflab.objectives.diffusion
+import difflab.training
+import difflab.training.harness
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
 from difflab.config import DiffusionConfig, TrainConfig
@@ -179,7 +182,7 @@ def deliver(signum):
 def test_a_second_ctrl_c_stops_at_once_except_under_torchrun(under_torchrun, capsys):
     # Under torchrun one Ctrl-C arrives twice (the terminal's, and torchrun's copy of it).
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with difflab.train.StopOnSignal(under_torchrun=under_torchrun) as stop:
+    with difflab.training.harness.StopOnSignal(under_torchrun=under_torchrun) as stop:
         deliver(signal.SIGINT)
         assert stop.received == "SIGINT"
         if under_torchrun:
@@ -212,7 +215,7 @@ def test_sigkill_leaves_the_previous_checkpoint_intact_and_resume_works(tmp_path
         assert proc.wait(timeout=60) == -signal.SIGKILL
     # What a write killed half-way leaves behind: a temporary file, which resume must ignore.
     (run / "checkpoints/.epoch_999.x1y2.tmp.safetensors").write_bytes(b"partial")
-    ckpts = difflab.train.run_checkpoints(run)
+    ckpts = difflab.training.run_checkpoints(run)
     assert 3 <= len(ckpts) <= 4  # --keep-checkpoints 3 (4 if killed between a save and a prune)
     steps = [load_checkpoint(p).state["step"] for p in ckpts]  # every one loads
     assert steps == sorted(steps)
@@ -239,7 +242,7 @@ class NanGradient(torch.autograd.Function):
 
 def poison_step(monkeypatch, bad_step, kind):
     """Make the loss (or its gradient) of the 1-based step ``bad_step`` non-finite."""
-    real_loss = difflab.train.diffusion_loss
+    real_loss = difflab.objectives.diffusion.diffusion_loss
     calls = []
 
     def loss(*args, **kwargs):
@@ -249,7 +252,7 @@ def poison_step(monkeypatch, bad_step, kind):
             return per_sample
         return per_sample * float("nan") if kind == "loss" else NanGradient.apply(per_sample)
 
-    monkeypatch.setattr(difflab.train, "diffusion_loss", loss)
+    monkeypatch.setattr(difflab.objectives.diffusion, "diffusion_loss", loss)
 
 
 @pytest.mark.parametrize("kind", ["loss", "gradient norm"])
@@ -281,9 +284,11 @@ def test_skip_nonfinite_skips_the_step_and_warns(kind, tmp_path, monkeypatch, ca
 
 
 def test_skipping_gives_up_when_every_step_is_nonfinite(tmp_path, monkeypatch, capsys):
-    real_loss = difflab.train.diffusion_loss
+    real_loss = difflab.objectives.diffusion.diffusion_loss
     monkeypatch.setattr(
-        difflab.train, "diffusion_loss", lambda *a, **k: real_loss(*a, **k) * float("inf")
+        difflab.objectives.diffusion,
+        "diffusion_loss",
+        lambda *a, **k: real_loss(*a, **k) * float("inf"),
     )
     argv = ["train", *TINY, "--epochs", "10", "--skip-nonfinite", "--out", str(tmp_path / "r")]
     assert main(argv) == 1
@@ -407,10 +412,10 @@ def join_as_rank(rank, env):
 def train_as_rank(rank, env, out, weights_dir):
     """One process of a torchrun-style run; writes its final weights for the test to compare."""
     join_as_rank(rank, env)
-    config, dataset = difflab.train.prepare_run(
+    config, dataset = difflab.objectives.diffusion.prepare_run(
         DDP_TRAIN, DDP_DIFFUSION, DDP_MODEL, conditional=True
     )
-    result = difflab.train.train(config, dataset, out, progress=False)
+    result = difflab.kinds.train(config, dataset, out, progress=False)
     weights = {f"model.{k}": v for k, v in result.model.state_dict().items()}
     weights.update({f"ema.{k}": v for k, v in result.ema.state_dict().items()})
     save_file({k: v.contiguous() for k, v in weights.items()}, f"{weights_dir}/rank{rank}.st")
@@ -446,10 +451,10 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path, capsys):
     # Rank 0 wrote the files, with the weights every process holds.
     assert_bitwise_equal(tensors(tmp_path / "ddp/model_final.safetensors"), rank0)
 
-    config, dataset = difflab.train.prepare_run(
+    config, dataset = difflab.objectives.diffusion.prepare_run(
         DDP_TRAIN, DDP_DIFFUSION, DDP_MODEL, conditional=True
     )
-    single = difflab.train.train(config, dataset, tmp_path / "single", progress=False)
+    single = difflab.kinds.train(config, dataset, tmp_path / "single", progress=False)
     final = "checkpoints/epoch_002.safetensors"
     names = [name for name, _ in single.model.named_parameters()]  # the optimiser's order
     assert_matches_one_process(
@@ -510,8 +515,8 @@ def test_torchrun_command_line(tmp_path):
 
 
 def test_an_error_of_every_process_is_reported_by_rank_0_alone(monkeypatch):
-    error = difflab.train.TrainingError("loss became nan at step 2")
-    with pytest.raises(difflab.train.TrainingError):
+    error = difflab.training.TrainingError("loss became nan at step 2")
+    with pytest.raises(difflab.training.TrainingError):
         difflab.distributed.raise_on_every_process(error)  # one process: no barrier to pass
     own = RuntimeError("CUDA out of memory")  # one rank's own trouble
     assert difflab.distributed.reported_here(error) and difflab.distributed.reported_here(own)

@@ -21,8 +21,8 @@ from difflab.config import (
     TrainConfig,
 )
 from difflab.data import EMOJI_CLASSES
-from difflab.generate import TrajectoryRecorder, generate
 from difflab.models.unet import UNet
+from difflab.sampling import TrajectoryRecorder, generate
 from difflab.web.core import MAX_SEED, DemoModel, Frame, Result, parse_seed, to_display
 
 

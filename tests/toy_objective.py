@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from difflab.config import RunConfig, TrainConfig
-from difflab.harness import Batch, Context, Objective, Phase, TrainingInterrupted, fit
+from difflab.training import Batch, Context, Objective, Phase, TrainingInterrupted, fit
 
 NUM_POINTS = 40  # batches of 16: 16 + 16 + 8 per epoch
 

@@ -300,6 +300,8 @@ class LatentConfig:
     latent_scale: float  # the autoencoder's 1 / std of the latents (z_scaled = scale * z)
     image_size: int  # height = width of the decoded images
     image_channels: int  # their channels
+    architecture: AutoencoderConfig | None = None  # the shape of the autoencoder whose weights
+    # the checkpoint carries (None: one written before it carried them, which finds the file)
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,44 @@ class RunConfig:
     gan: GANConfig | None = None  # set for a GAN (difflab train-gan): no diffusion at all
     autoencoder: AutoencoderConfig | None = None  # set for an autoencoder run (train-autoencoder)
     latent: LatentConfig | None = None  # set for a latent diffusion model (train --latent)
+
+    @property
+    def kind(self) -> str:
+        """What this configuration describes: one of ``KINDS`` (``model_kind``)."""
+        return model_kind(self)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(channels, size) of the images the model makes or reads (a latent model's decoded
+        images, an autoencoder's inputs)."""
+        if self.kind == "latent-diffusion":
+            assert self.latent is not None
+            return self.latent.image_channels, self.latent.image_size
+        if self.kind == "autoencoder":
+            assert self.autoencoder is not None
+            return self.autoencoder.image_channels, self.autoencoder.image_size
+        return self.model.in_channels, self.model.image_size
+
+
+# The kinds of model a checkpoint holds. ``difflab.kinds`` maps each to how it is trained (its
+# objective) and how it is drawn (its sampling plan); a new kind is a new name here and a row there.
+KINDS = ("diffusion", "latent-diffusion", "consistency", "progressive", "gan", "autoencoder")
+
+
+def model_kind(config: RunConfig) -> str:
+    """The kind of model a configuration describes: the one place that reads which optional
+    sections it has (every other module asks this function, or ``difflab.kinds``)."""
+    if config.gan is not None:
+        return "gan"
+    if config.autoencoder is not None:
+        return "autoencoder"
+    if config.consistency is not None:
+        return "consistency"
+    if config.progressive is not None:
+        return "progressive"
+    if config.latent is not None:
+        return "latent-diffusion"
+    return "diffusion"
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -363,10 +403,18 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
             autoencoder=(
                 _build(AutoencoderConfig, data["autoencoder"]) if data.get("autoencoder") else None
             ),
-            latent=_build(LatentConfig, data["latent"]) if data.get("latent") else None,
+            latent=_latent_from_dict(data["latent"]) if data.get("latent") else None,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"configuration is missing or malformed ({err})") from err
+
+
+def _latent_from_dict(data: dict[str, Any]) -> LatentConfig:
+    architecture = data.get("architecture")
+    latent = _build(LatentConfig, {k: v for k, v in data.items() if k != "architecture"})
+    if architecture:
+        latent = dataclasses.replace(latent, architecture=_build(AutoencoderConfig, architecture))
+    return latent
 
 
 # Named recipes for `difflab train --preset NAME`: values for fields of ModelConfig (the U-Net's

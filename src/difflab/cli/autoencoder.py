@@ -1,5 +1,5 @@
 """``difflab train-autoencoder``: train the KL-regularised autoencoder of latent diffusion
-(``difflab.autoencoder``), or resume such a run (``--resume``); then ``difflab train --latent
+(``objectives.autoencoder``), or resume such a run (``--resume``); then ``difflab train --latent
 RUN/model_final.safetensors`` trains diffusion on its latents.
 
 The autoencoder's shape and loss weights map onto ``AutoencoderConfig``, the run onto
@@ -24,7 +24,7 @@ from difflab.cli.flags import (
 )
 from difflab.config import PRECISIONS, AutoencoderConfig, TrainConfig
 
-# What --resume may change: how long to go on, and where (difflab.train.RESUME_FLAGS' subset).
+# What --resume may change: how long to go on, and where (difflab.training.RESUME_FLAGS' subset).
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device", "precision")
 
 
@@ -85,24 +85,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> None:
-    from difflab.autoencoder import autoencoder_config_for, train_autoencoder
-    from difflab.checkpoint import load_checkpoint
     from difflab.config import ModelConfig, RunConfig
     from difflab.data import load_dataset
-    from difflab.train import latest_checkpoint, resume_config
+    from difflab.kinds import resume_run, train
+    from difflab.objectives.autoencoder import autoencoder_config_for
 
     if args.resume:
         check_resume_flags(args, RESUME_FLAGS)
-        ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
-        if ckpt.config.autoencoder is None:
-            raise ValueError(f"{args.resume} is not an autoencoder run; use difflab train --resume")
-        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
-        tc, ac = config.train, config.autoencoder
-        assert ac is not None
-        dataset = load_dataset(
-            tc.data, data_dir=tc.data_dir, image_size=ac.image_size, seed=tc.seed,
-            num_images=tc.num_images,
-        )  # fmt: skip
+        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
+        config, dataset, _ = resume_run(args.resume, "train-autoencoder", **changes)
         out = Path(args.resume)
     else:
         d = TrainConfig()
@@ -130,7 +121,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
                            class_names=dataset.class_names)  # fmt: skip
         out = Path(args.out or f"runs/autoencoder-{args.data}")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
-    result = train_autoencoder(
+    result = train(
         config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
         progress=not args.no_progress,
     )  # fmt: skip

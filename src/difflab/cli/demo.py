@@ -14,7 +14,8 @@ from typing import Any
 from difflab import viz
 from difflab.cli.flags import add_command, positive_float
 from difflab.config import DiffusionConfig, TrainConfig
-from difflab.generate import TrajectoryRecorder, generate, load_model
+from difflab.kinds import load_model
+from difflab.sampling import TrajectoryRecorder, generate
 from difflab.schedules import SCHEDULES, make_schedule
 
 
@@ -32,7 +33,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from difflab.train import prepare_run, train
+    from difflab.kinds import train
+    from difflab.objectives.diffusion import prepare_run
 
     out = Path(args.out)
     train_cfg = TrainConfig(
@@ -64,7 +66,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )  # fmt: skip
     viz.save_trajectory_grid([*recorder.frames, (-1, images[:8])], out / "trajectory.png")
     viz.save_denoising_gif(gif.with_x0(images), out / "denoising.gif", nrow=4)
-    from difflab.train import write_run_report
+    from difflab.objectives.diffusion import write_run_report
 
     final = sorted((out / "samples").glob("*.png"))[-1]
     report = write_run_report(out, config, result, final)

@@ -1,6 +1,6 @@
 """``difflab distill``: distil a trained diffusion checkpoint into a 1-4 step consistency model
-(``difflab.distill``) or, with ``--method progressive``, into DDIM students of halving step
-counts (``difflab.progressive``); or resume such a run (``--resume``).
+(``objectives.consistency``) or, with ``--method progressive``, into DDIM students of halving step
+counts (``objectives.progressive``); or resume such a run (``--resume``).
 
 The data, network, schedule and classes are the teacher's; the flags here set the distillation
 (intervals or rounds, guidance) and the run (time, batch, learning rate, previews), onto
@@ -35,7 +35,7 @@ from difflab.data import ImageDataset, load_dataset
 # consistency distillation's 1e-3 beat 2e-4; progressive distillation's 3e-4 beat 1e-3 and 1e-4.
 LR = {"consistency": 1e-3, "progressive": 3e-4}
 
-# What --resume may change: how long to go on, and where (difflab.train.RESUME_FLAGS' subset).
+# What --resume may change: how long to go on, and where (difflab.training.RESUME_FLAGS' subset).
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
 
 # The flags (dests) that only one method reads: given with the other method, they are an error,
@@ -154,20 +154,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from difflab.checkpoint import load_checkpoint
-    from difflab.distill import distill, file_sha256, load_teacher, student_config
-    from difflab.progressive import student_config as progressive_config
-    from difflab.train import latest_checkpoint, resume_config
+    from difflab.io import file_sha256
+    from difflab.kinds import resume_run, train
+    from difflab.objectives.consistency import load_teacher, student_config
+    from difflab.objectives.progressive import student_config as progressive_config
 
     if args.resume:
         check_resume_flags(args, RESUME_FLAGS)
-        ckpt = load_checkpoint(latest_checkpoint(Path(args.resume)))
-        method = ckpt.config.consistency or ckpt.config.progressive
-        if method is None:
-            raise ValueError(f"{args.resume} is not a distillation run; use difflab train --resume")
-        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
-        teacher = load_teacher(method.teacher, method.teacher_sha256)
-        dataset = _dataset(config.train, config.model.image_size)
+        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
+        config, dataset, resources = resume_run(args.resume, "distill", **changes)
         out = Path(args.resume)
     else:
         if args.teacher is None:
@@ -210,15 +205,16 @@ def cmd_distill(args: argparse.Namespace) -> None:
                 guidance=guidance,
             )  # fmt: skip
             config = student_config(teacher, train_cfg, consistency)
+        resources = {"teacher": teacher}
         out = Path(args.out or "runs/distill")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
-    result = distill(
-        config, teacher, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
-        progress=not args.no_progress,
+    result = train(
+        config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
+        progress=not args.no_progress, **resources,
     )  # fmt: skip
     if distributed.env_rank() == 0:
         ckpt, how, unfinished = out / "model_final.safetensors", " --steps 2", ""
-        if config.progressive is not None:  # its students sample in their own steps
+        if config.kind == "progressive":  # its students sample in their own steps
             (ckpt, unfinished), how = _progressive_student(config, result.steps, out), ""
         print(
             f"distilled {result.steps} steps ({result.minutes:.1f} min); loss "
@@ -230,7 +226,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def _progressive_student(config: RunConfig, steps: int, out: Path) -> tuple[Path, str]:
     """The student to sample after ``steps`` training steps, and, when a limit stopped the run
     before its last round, what that student is and how to go on."""
-    from difflab.progressive import round_plan
+    from difflab.objectives.progressive import round_plan
 
     pc = config.progressive
     assert pc is not None

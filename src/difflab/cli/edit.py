@@ -29,18 +29,16 @@ from difflab.cli.flags import (
     sampler_options,
 )
 from difflab.editing import MASK_REGIONS
-from difflab.generate import (
+from difflab.kinds import check_denoiser, load_denoiser, load_model
+from difflab.samplers import timestep_sequence
+from difflab.sampling import (
     LoadedGAN,
     check_guidance,
     class_labels,
-    load_any,
     load_input_images,
     load_mask,
-    load_model,
     model_denoiser,
-    sample_space,
 )
-from difflab.samplers import timestep_sequence
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -114,7 +112,7 @@ def _add_interpolate(subparsers: argparse._SubParsersAction) -> None:
 
 def _edit_setup(args: argparse.Namespace) -> tuple[Any, torch.Tensor, Any]:
     """Model, input images and labels for the editing commands (all checked before any work)."""
-    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_denoiser(args.checkpoint, args.device, ema=not args.raw_weights)
     images = load_input_images(loaded.config, args.image, args.from_data)
     return loaded, images, _edit_label(loaded, args)
 
@@ -140,7 +138,7 @@ def _edit_each(
     """One grid row per input image: the input, then the columns ``edit`` makes from
     ``--num-images`` copies of it. One generator for all, so ``--seed`` fixes every result."""
     n, config = args.num_images, loaded.config
-    space = sample_space(config, loaded.device)  # a latent model edits its images' latents
+    space = loaded.space  # a latent model edits its images' latents
     gen = torch.Generator(device=loaded.device).manual_seed(args.seed)
     rows = []
     for image in tqdm(images, desc=desc, disable=None, leave=False):
@@ -166,7 +164,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     out = check_png(args.out)
     loaded, images, (label, guidance) = _edit_setup(args)
     config, schedule, n = loaded.config, loaded.schedule, args.num_images
-    if config.latent is not None:
+    if not loaded.space.clip_x0:  # a latent space: its cells are not pixels
         raise ValueError(
             f"{args.checkpoint} is a latent diffusion model, which cannot keep the pixels outside "
             "a mask (a latent cell covers several pixels, and decoding mixes them): use img2img, "
@@ -232,15 +230,16 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     check_suffix(args.gif, ".gif", "--gif")
     if args.frames < 2:
         raise ValueError(f"--frames {args.frames} too few; expected at least 2")
-    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
     if isinstance(loaded, LoadedGAN):  # slerp in z, one generator evaluation per frame
         from difflab.cli.gan import interpolate_gan
 
         return interpolate_gan(args, loaded, out)
+    check_denoiser(loaded)
     config, schedule = loaded.config, loaded.schedule
     timestep_sequence(schedule.num_timesteps, args.steps)  # a bad --steps fails before any work
     y, guidance = _edit_label(loaded, args)
-    space = sample_space(config, loaded.device)  # a latent model walks between latents
+    space = loaded.space  # a latent model walks between latents
     clip = not args.no_clip and space.clip_x0
     denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, clip)
     mc = config.model

@@ -2,7 +2,7 @@
 distance to the training set, class accuracy), and train the classifier whose features they are
 scored in.
 
-The metrics and the evaluator are ``difflab.evaluate``'s. A new command that scores images goes
+The metrics and the evaluator are ``difflab.evaluation``'s. A new command that scores images goes
 here, as ``_add_<name>(subparsers)`` called from ``add_commands`` and ``cmd_<name>(args)`` listed
 in ``difflab/cli/__init__.py``.
 """
@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from difflab.cli.flags import add_command, add_data_flags, positive_float, positive_int
-from difflab.data import DATASETS, ImageDataset
-from difflab.generate import (
-    LoadedGAN,
-    check_distilled_sampling,
-    check_guidance,
-    draw,
-    image_shape,
-    load_any,
+from difflab.cli.flags import (
+    add_command,
+    add_data_flags,
+    positive_float,
+    positive_int,
+    sampling_request,
 )
-from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
+from difflab.data import DATASETS, ImageDataset
+from difflab.kinds import load_model, plan_sampling
+from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS
+from difflab.sampling import SamplingPlan, execute
 
 if TYPE_CHECKING:
-    from difflab.evaluate import Evaluator, Reference
+    from difflab.evaluation import Evaluator, Reference
 
 INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~18 images/s on 2 cores: 60k would take an hour
 
@@ -123,8 +123,8 @@ def _add_train_evaluator(subparsers: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import json
 
-    from difflab import evaluate as ev
-    from difflab.generate import pick_device
+    from difflab import evaluation as ev
+    from difflab.device import pick_device
     from difflab.io import write_text_atomic
 
     if args.inception_weights and args.evaluator:
@@ -133,9 +133,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     setup: dict[str, Any] = {"seed": args.seed}
     labels: np.ndarray | None = None
     if args.checkpoint:  # checked now, generated once the reference statistics are ready
-        loaded, sampler, steps = _checkpoint_to_score(args)
+        loaded, plan = _checkpoint_to_score(args)
+        sampler, steps = plan.sampler, plan.steps
         config = loaded.config
-        data, size = args.data or config.train.data, image_shape(config)[1]
+        data, size = args.data or config.train.data, config.image_shape[1]
         recorded_dir = config.train.data_dir
         data_seed = config.train.seed if data in ("emoji", "shapes") else 0  # the draw it saw
         setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=sampler,
@@ -152,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args, evaluator, data, data_dir, reference_size, data_seed
     )
     if args.checkpoint:
-        images, labels = _generate(args, loaded, sampler, steps, evaluator, setup)
+        images, labels = _generate(args, loaded, plan, evaluator, setup)
         source = str(args.checkpoint)
     else:
         source = str(args.images)
@@ -190,36 +191,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, str, int]:
-    """The model of --checkpoint, the sampler and steps it is drawn with, with the flags checked
-    before any work."""
-    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights)
+def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, SamplingPlan]:
+    """The model of --checkpoint and the plan it is drawn with, with the flags checked before any
+    work."""
+    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
     if args.num_samples < 2:
         raise ValueError("--num-samples must be at least 2 for FID and KID, got 1")
-    if isinstance(loaded, LoadedGAN):  # one generator evaluation per image
-        given = [f for f in ("steps", "guidance") if getattr(args, f) is not None]
-        given += ["sampler"] if args.sampler != DEFAULT_SAMPLER else []
-        if given:
-            raise ValueError(
-                f"--{given[0]} applies to diffusion checkpoints; GAN {args.checkpoint} draws "
-                "each image in one generator evaluation"
-            )
-        return loaded, "gan generator", 1
-    if loaded.config.consistency or loaded.config.progressive:  # a distilled model, a few steps
-        sampler, steps = check_distilled_sampling(loaded.config, args.steps, args.guidance)
-        return loaded, sampler, steps
-    if args.guidance is not None:
-        check_guidance(loaded.config, args.guidance)
-    steps = args.steps or default_steps(args.sampler, loaded.schedule.num_timesteps)
-    timestep_sequence(loaded.schedule.num_timesteps, steps)  # a bad --steps fails before work
-    return loaded, args.sampler, steps
+    request = sampling_request(args, num_images=args.num_samples, seed=args.seed)
+    return loaded, plan_sampling(loaded, request)
 
 
 def _images_to_score(
     args: argparse.Namespace,
 ) -> tuple[np.ndarray, np.ndarray | None, Sequence[str]]:
     """The --images, their labels (None: unlabelled) and their class folders' names."""
-    from difflab import evaluate as ev
+    from difflab import evaluation as ev
 
     if args.data is None:
         raise ValueError(
@@ -238,7 +224,7 @@ def _feature_network(
 
     The network is difflab's evaluator for the dataset, or Inception with --inception-weights.
     """
-    from difflab import evaluate as ev
+    from difflab import evaluation as ev
 
     if args.inception_weights:  # any image size: Inception resizes to 299
         return (
@@ -268,7 +254,7 @@ def _reference(
 ) -> tuple[ImageDataset, ImageDataset, Reference]:
     """The reference training and test images, and their statistics in the evaluator's features
     (computed once, then read from the cache)."""
-    from difflab import evaluate as ev
+    from difflab import evaluation as ev
 
     train_set, test_set = ev.reference_datasets(data, data_dir, image_size=size, seed=data_seed)
     train_limit = args.reference_train_images
@@ -291,31 +277,24 @@ def _reference(
 def _generate(
     args: argparse.Namespace,
     loaded: Any,
-    sampler: str,
-    steps: int,
+    plan: SamplingPlan,
     evaluator: Evaluator,
     setup: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """--num-samples images from the checkpoint, and their labels for class accuracy (None: an
     unconditional model, or Inception features); records the time taken in ``setup``."""
-    from difflab import evaluate as ev
-    from difflab.generate import class_labels
+    from difflab import evaluation as ev
 
-    n, config, labels = args.num_samples, loaded.config, None
-    label_tensor = class_labels(config, None, n)  # i % num_classes, or None
-    if label_tensor is not None and not evaluator.is_inception:
-        ev.check_classes(evaluator, config.class_names)
-        labels = label_tensor.numpy()
-    sampling: dict[str, Any] = {}
-    if not isinstance(loaded, LoadedGAN):
-        sampling = {"sampler": sampler, "steps": steps, "labels": label_tensor}
-        sampling.update({} if args.guidance is None else {"guidance": args.guidance})
-    print(f"generating {n} images ({sampler}, {steps} steps) ...", flush=True)
+    labels = None
+    if plan.labels is not None and not evaluator.is_inception:  # i % num_classes
+        ev.check_classes(evaluator, loaded.config.class_names)
+        labels = plan.labels.numpy()
+    print(f"generating {plan.num_images} images ({plan.sampler}, {plan.steps} steps) ...",
+          flush=True)  # fmt: skip
     gen_start = time.perf_counter()
-    images = draw(
-        loaded, num_images=n, seed=args.seed, batch_size=args.batch_size,
-        progress=not args.no_progress, **sampling,
-    ).numpy()  # fmt: skip
+    images = execute(
+        loaded, plan, batch_size=args.batch_size, progress=not args.no_progress
+    ).numpy()
     setup["generate_seconds"] = round(time.perf_counter() - gen_start, 2)
     return images, labels
 
@@ -360,8 +339,8 @@ def _save_images(keep: Path, images: np.ndarray, labels: np.ndarray | None) -> N
 
 
 def cmd_train_evaluator(args: argparse.Namespace) -> None:
-    from difflab import evaluate as ev
-    from difflab.generate import pick_device
+    from difflab import evaluation as ev
+    from difflab.device import pick_device
 
     device = pick_device(args.device)
     train_set, test_set = ev.reference_datasets(

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from difflab.config import DiffusionConfig
 from difflab.data import DATASETS
 from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
+from difflab.sampling.plan import SamplingRequest
 from difflab.schedules import SCHEDULES
 
 
@@ -197,6 +198,21 @@ def sampler_options(args: argparse.Namespace, num_timesteps: int) -> dict[str, A
     elif args.sampler == "ddim":
         options["eta"] = args.eta
     return options
+
+
+def sampling_request(args: argparse.Namespace, **fields: Any) -> SamplingRequest:
+    """The ``SamplingRequest`` of the sampling flags this command has and the command line gave
+    (a flag left at its default is None: the model's own default, which is that flag's default
+    for a diffusion model), with ``fields`` (num_images, seed, class_rows, ...)."""
+    request: dict[str, Any] = {}
+    for name in ("sampler", "steps", "spacing", "eta", "variance", "guidance", "class_label"):
+        if hasattr(args, name):
+            request[name] = getattr(args, name) if name in args.given else None
+    request["guidance_sweep"] = getattr(args, "guidance_sweep", None) or None
+    request["clip"] = False if getattr(args, "no_clip", False) else None
+    shown = [f for f in ("show_intermediate", "gif") if getattr(args, f, None)]
+    request["trajectory"] = "--" + shown[0].replace("_", "-") if shown else None
+    return SamplingRequest(**{**request, **fields})
 
 
 def check_suffix(path: str | None, suffix: str, flag: str) -> None:

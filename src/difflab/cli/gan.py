@@ -1,6 +1,6 @@
-"""``difflab train-gan``: train the GAN baseline (``difflab.gan``: DCGAN, or the hinge loss with a
-spectrally normalised discriminator) into a run directory, or resume one (``--resume``); and what
-``sample`` and ``interpolate`` do with a GAN checkpoint (one generator evaluation per image).
+"""``difflab train-gan``: train the GAN baseline (``objectives.gan``: DCGAN, or the hinge loss with
+a spectrally normalised discriminator) into a run directory, or resume one (``--resume``); and
+what ``interpolate`` does with a GAN checkpoint (``sample`` draws it by its plan, like any model).
 
 A command of its own beside ``train`` rather than ``train --model gan``: half of train's flags
 (schedule, prediction, U-Net shape, preview sampler, min-SNR) mean nothing to a GAN, and its own
@@ -21,14 +21,14 @@ from difflab.cli.flags import (
     add_command,
     add_data_flags,
     check_resume_flags,
-    flags_given,
     non_negative_int,
     positive_float,
     positive_int,
+    sampling_request,
 )
 from difflab.config import GAN_LOSSES, GANConfig, TrainConfig
 from difflab.data import load_dataset
-from difflab.generate import LoadedGAN, draw, gan_latents, generate_gan
+from difflab.sampling import LoadedGAN, gan_latents, generate_gan
 
 # What --resume may change: how long to go on, and where.
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
@@ -79,23 +79,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
-    from difflab.checkpoint import load_checkpoint
-    from difflab.gan import GAN_TRAIN_DEFAULTS, default_gan_config, gan_run_config, train_gan
-    from difflab.train import latest_checkpoint, resume_config
+    from difflab.kinds import resume_run, train
+    from difflab.objectives.gan import GAN_TRAIN_DEFAULTS, default_gan_config, gan_run_config
 
     if args.resume:
         check_resume_flags(args, RESUME_FLAGS)
         out = Path(args.resume)
-        ckpt = load_checkpoint(latest_checkpoint(out))
-        if ckpt.config.gan is None:
-            raise ValueError(
-                f"{out} is not a GAN run (its checkpoints hold a diffusion model); continue it "
-                f"with difflab train --resume {out}"
-            )
-        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
-        tc = config.train
-        dataset = load_dataset(tc.data, data_dir=tc.data_dir, image_size=config.model.image_size,
-                               seed=tc.seed, num_images=tc.num_images)  # fmt: skip
+        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
+        config, dataset, _ = resume_run(out, "train-gan", **changes)
     else:
         if not 0.0 <= args.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
@@ -120,8 +111,8 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         config = gan_run_config(train_cfg, gan, dataset)
         out = Path(args.out or f"runs/gan-{args.data}")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
-    result = train_gan(config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
-                       progress=not args.no_progress)  # fmt: skip
+    result = train(config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
+                   progress=not args.no_progress)  # fmt: skip
     if distributed.env_rank() == 0:
         print(
             f"trained {result.steps} steps ({result.minutes:.1f} min); loss (D + G) "
@@ -131,34 +122,7 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         )
 
 
-# What sample and interpolate do with a GAN checkpoint ---------------------------------------------
-
-# Flags of sample / interpolate that only a diffusion model can use.
-SAMPLE_DIFFUSION_FLAGS = ["sampler", "steps", "spacing", "eta", "variance", "show_intermediate",
-                          "gif", "guidance_sweep", "guidance", "class_label",
-                          "no_clip"]  # fmt: skip
-INTERPOLATE_DIFFUSION_FLAGS = ["steps", "guidance", "class_label", "no_clip"]
-
-
-def refuse_diffusion_flags(args: argparse.Namespace, loaded: LoadedGAN, names: list[str]) -> None:
-    """A one-line error for a flag that only diffusion sampling uses, given with a GAN."""
-    given = flags_given(args, names)
-    if given:
-        raise ValueError(
-            f"{given[0]} applies to diffusion checkpoints; {loaded.config.train.data} GAN "
-            f"{args.checkpoint} draws each image in one generator evaluation (flags it takes: "
-            "--num-images, --seed, --raw-weights, --device, --out)"
-        )
-
-
-def sample_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> None:
-    """``difflab sample`` of a GAN: a grid of G(z), z from --seed."""
-    refuse_diffusion_flags(args, loaded, SAMPLE_DIFFUSION_FLAGS)
-    start = time.perf_counter()
-    images = draw(loaded, num_images=args.num_images, seed=args.seed)
-    seconds = time.perf_counter() - start
-    viz.save_grid(images, out)
-    print(f"wrote {out} ({args.num_images} images, GAN generator, 1 evaluation, {seconds:.1f} s)")
+# What interpolate does with a GAN checkpoint -----------------------------------------------------
 
 
 def interpolate_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> None:
@@ -166,8 +130,10 @@ def interpolate_gan(args: argparse.Namespace, loaded: LoadedGAN, out: Path) -> N
     (slerp, as for diffusion's noises: z ~ N(0, I) lies near a sphere), z_A being the first z
     that ``sample --seed A`` draws."""
     from difflab.editing import slerp
+    from difflab.kinds import plan_sampling
 
-    refuse_diffusion_flags(args, loaded, INTERPOLATE_DIFFUSION_FLAGS)
+    # its plan refuses the flags only diffusion takes (--gif is the walk's, not a trajectory)
+    plan_sampling(loaded, sampling_request(args, num_images=args.frames, trajectory=None))
     if not args.seeds or len(args.seeds) != 2 or args.image or args.from_data:
         raise ValueError(
             "a GAN interpolates between the z of two seeds: give --seeds A,B and no input "

@@ -16,8 +16,9 @@ import torch
 
 from difflab import insides, viz
 from difflab.cli.flags import add_command, add_input_flags, int_tuple
-from difflab.generate import class_labels, load_input_images, load_model
+from difflab.kinds import load_denoiser
 from difflab.models.unet import UNet
+from difflab.sampling import class_labels, load_input_images
 
 # Where on the schedule the pictures look, as fractions of T (near the data .. near pure noise).
 T_FRACTIONS = (0.02, 0.25, 0.5, 0.75, 0.98)
@@ -51,7 +52,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_denoiser(args.checkpoint, args.device, ema=not args.raw_weights)
     model, config, schedule = loaded.model, loaded.config, loaded.schedule
     assert isinstance(model, UNet)
     size = config.model.image_size

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,12 @@ from difflab.cli.flags import (
     check_suffix,
     float_tuple,
     positive_int,
-    sampler_options,
+    sampling_request,
 )
-from difflab.consistency import consistency_timesteps
-from difflab.generate import (
-    LoadedGAN,
-    TrajectoryRecorder,
-    check_distilled_sampling,
-    check_guidance,
-    class_labels,
-    generate,
-    load_any,
-)
-from difflab.samplers import DEFAULT_SAMPLER, timestep_sequence
+from difflab.kinds import load_model, plan_sampling
+from difflab.samplers import DEFAULT_SAMPLER
+from difflab.sampling import SamplingPlan, TrajectoryRecorder, execute
+from difflab.sampling.plan import GENERATOR
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -68,46 +62,24 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    loaded = load_any(args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend)
+    loaded = load_model(
+        args.checkpoint, args.device, ema=not args.raw_weights, backend=args.backend
+    )
     out = check_png(args.out)
-    if isinstance(loaded, LoadedGAN):  # one generator evaluation per image
-        from difflab.cli.gan import sample_gan
-
-        return sample_gan(args, loaded, out)
-    config, schedule = loaded.config, loaded.schedule
+    request = sampling_request(args, num_images=args.num_images, seed=args.seed, class_rows=True)
+    plan = plan_sampling(loaded, request)
     check_suffix(args.gif, ".gif", "--gif")
-    distilled = config.consistency or config.progressive
-    if distilled is not None:  # a distilled model: its own sampler, a few steps
-        if args.guidance_sweep:
-            raise ValueError("--guidance-sweep: a distilled model has its guidance baked in")
-        sampler, steps = check_distilled_sampling(config, args.steps, args.guidance)
-        options: dict[str, Any] = {"steps": steps}
-        seq = (
-            consistency_timesteps(schedule.num_timesteps, steps)
-            if config.consistency is not None
-            else timestep_sequence(schedule.num_timesteps, steps)
-        )
-        guidance = distilled.guidance
-    else:
-        options = sampler_options(args, schedule.num_timesteps)
-        seq = timestep_sequence(schedule.num_timesteps, options["steps"], args.spacing)
-        sampler, guidance = args.sampler, check_guidance(config, args.guidance)
-    labels = class_labels(config, args.class_label, args.num_images)
-    names = list(config.class_names) or [str(k) for k in range(config.model.num_classes)]
-    if args.guidance_sweep:
-        for w in args.guidance_sweep:
-            check_guidance(config, w)
-        return _guidance_sweep(loaded, args, options, labels, names, out)
+    if plan.guidance_sweep:
+        return _guidance_sweep(loaded, plan, args, out)
 
-    per_class = 0
-    if labels is not None and args.class_label is None:  # a row per class
-        per_class = -(-args.num_images // config.model.num_classes)
-        labels = torch.arange(config.model.num_classes).repeat_interleave(per_class)
-    num_images = len(labels) if labels is not None else args.num_images
-    shown = set(seq[:: max(1, len(seq) // 10)]) | {seq[-1]}
-    recorder = TrajectoryRecorder(lambda i, t: t in shown, num_images=min(8, num_images))
+    names = list(loaded.config.class_names) or [
+        str(k) for k in range(loaded.config.model.num_classes)
+    ]
+    seq = plan.timesteps
+    shown = set(seq[:: max(1, len(seq) // 10)]) | set(seq[-1:])
+    recorder = TrajectoryRecorder(lambda i, t: t in shown, num_images=min(8, plan.num_images))
     gif_every = max(1, len(seq) // 40)
-    gif = TrajectoryRecorder(lambda i, t: i % gif_every == 0, num_images=min(16, num_images))
+    gif = TrajectoryRecorder(lambda i, t: i % gif_every == 0, num_images=min(16, plan.num_images))
 
     def callback(info: dict[str, Any]) -> None:
         if args.show_intermediate:
@@ -116,20 +88,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
             gif(info)
 
     start = time.perf_counter()
-    images = generate(
-        loaded.model, config, schedule, num_images=num_images, seed=args.seed, labels=labels,
-        guidance=guidance, clip_x0=not args.no_clip, callback=callback, **options,
-    )  # fmt: skip
+    images = execute(loaded, plan, callback=callback)
     seconds = time.perf_counter() - start
-    what = f"{num_images} images, {sampler}, {options['steps']} steps"
-    if labels is not None:
-        what += f", guidance {guidance:g}"
-    if per_class:
-        cells = images.view(config.model.num_classes, per_class, *images.shape[1:])
-        viz.save_labelled_grid(cells, out, [""] * per_class, row_headers=names)
+    if plan.sampler == GENERATOR:
+        what = f"{plan.num_images} images, GAN generator, 1 evaluation, {seconds:.1f} s"
+    else:
+        what = f"{plan.num_images} images, {plan.sampler}, {plan.steps} steps"
+        if plan.labels is not None:
+            what += f", guidance {plan.shown_guidance:g}"
+        what += f", {seconds:.1f} s"
+    if plan.rows:
+        cells = images.view(len(names), plan.rows, *images.shape[1:])
+        viz.save_labelled_grid(cells, out, [""] * plan.rows, row_headers=names)
     else:
         viz.save_grid(images, out)
-    print(f"wrote {out} ({what}, {seconds:.1f} s)")
+    print(f"wrote {out} ({what})")
     if args.show_intermediate:
         frames = [*recorder.frames, (-1, images[: recorder.num_images])]
         path = viz.save_trajectory_grid(frames, out.with_name(out.stem + "_intermediate.png"))
@@ -138,36 +111,27 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"wrote {viz.save_denoising_gif(gif.with_x0(images), args.gif)}")
 
 
-def _guidance_sweep(
-    loaded: Any,
-    args: argparse.Namespace,
-    options: dict[str, Any],
-    labels: torch.Tensor | None,
-    names: list[str],
-    out: Path,
-) -> None:
+def _guidance_sweep(loaded: Any, plan: SamplingPlan, args: argparse.Namespace, out: Path) -> None:
     """One row per guidance scale; columns are classes (or samples of the chosen class), and
     each column keeps its noise across rows, so only the guidance changes down a column."""
     config = loaded.config
-    if labels is None:
-        raise ValueError("--guidance-sweep needs a class-conditional model")
-    cols = labels[: min(args.num_images, 10)] if args.class_label is not None else None
-    if cols is None:
+    names = list(config.class_names) or [str(k) for k in range(config.model.num_classes)]
+    assert plan.labels is not None  # the plan refuses a sweep without classes
+    if args.class_label is not None:
+        cols = plan.labels[: min(args.num_images, 10)]
+    else:
         cols = torch.arange(config.model.num_classes)
     mc = config.model
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn(len(cols), mc.in_channels, mc.image_size, mc.image_size, generator=gen)
+    column = replace(plan, labels=cols, num_images=len(cols), rows=0)
     rows = []
     start = time.perf_counter()
-    for w in args.guidance_sweep:
-        images = generate(
-            loaded.model, config, loaded.schedule, num_images=len(cols), seed=args.seed,
-            labels=cols, guidance=w, x_T=x_T, clip_x0=not args.no_clip, **options,
-        )  # fmt: skip
-        rows.append(images)
+    for w in plan.guidance_sweep:
+        rows.append(execute(loaded, column.with_guidance(w), x_T=x_T))
     headers = [names[int(c)] for c in cols]
     viz.save_labelled_grid(
-        torch.stack(rows), out, headers, row_headers=[f"w={w:g}" for w in args.guidance_sweep]
+        torch.stack(rows), out, headers, row_headers=[f"w={w:g}" for w in plan.guidance_sweep]
     )
     seconds = time.perf_counter() - start
     print(f"wrote {out} (guidance sweep {args.guidance_sweep}, {seconds:.1f} s)")

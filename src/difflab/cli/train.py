@@ -1,7 +1,7 @@
 """``difflab train``: train a U-Net and write a run directory, or resume one (``--resume``).
 
 The recipe flags (network shape, optimiser, schedule) default to --preset's values; the rest map
-onto ``TrainConfig``. The training itself is ``difflab.train``'s. A new training command
+onto ``TrainConfig``. The training itself is the kind table's (``difflab.kinds.train``). A new training command
 (another objective) is a module of its own beside this one, listed in ``difflab/cli/__init__.py``;
 flag groups it shares with this one move to ``flags.py``.
 """
@@ -24,7 +24,6 @@ from difflab.cli.flags import (
     positive_int,
 )
 from difflab.config import PRECISIONS, PRESETS, DiffusionConfig, TrainConfig
-from difflab.data import load_dataset
 from difflab.diffusion import PREDICTIONS
 from difflab.samplers import SAMPLERS
 from difflab.schedules import SCHEDULES
@@ -168,7 +167,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # Flags that default to None may also be given with --resume (difflab.train.RESUME_FLAGS).
+    # Flags that default to None may also be given with --resume (difflab.training.RESUME_FLAGS).
     p.add_argument(
         "--max-steps", type=positive_int,
         help="stop after this many steps in all; the LR schedule still spans --epochs, so a run "
@@ -227,35 +226,16 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from difflab.checkpoint import load_checkpoint
-    from difflab.generate import image_shape
-    from difflab.train import (
-        RESUME_FLAGS,
-        latest_checkpoint,
-        model_config_overrides,
-        prepare_run,
-        resume_config,
-        train,
-    )
+    from difflab.kinds import resume_run, train
+    from difflab.objectives.diffusion import model_config_overrides, prepare_run
+    from difflab.training import RESUME_FLAGS
 
+    resources: dict[str, Any] = {}
     if args.resume:
         check_resume_flags(args, RESUME_FLAGS)
         out = Path(args.resume)
-        ckpt = load_checkpoint(latest_checkpoint(out))
-        if ckpt.config.gan is not None:
-            raise ValueError(
-                f"{out} is a GAN run; continue it with difflab train-gan --resume {out}"
-            )
-        config = resume_config(ckpt, **{name: getattr(args, name) for name in RESUME_FLAGS})
-        tc = config.train
-        if config.latent is not None:  # its autoencoder: missing or different fails here
-            from difflab.latent import load_autoencoder
-
-            load_autoencoder(config.latent.autoencoder, config.latent.autoencoder_sha256)
-        dataset = load_dataset(
-            tc.data, data_dir=tc.data_dir, image_size=image_shape(config)[1], seed=tc.seed,
-            num_images=tc.num_images,
-        )  # fmt: skip
+        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
+        config, dataset, resources = resume_run(out, "train", **changes)
     else:
         _resolve_recipe(args)
         if not 0.0 <= args.ema_decay < 1.0:
@@ -269,8 +249,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
             dropout=args.dropout,
         )  # fmt: skip
-        if args.latent:  # diffusion on an autoencoder's latents (difflab.latent)
-            from difflab.latent import latent_run_config
+        if args.latent:  # diffusion on an autoencoder's latents (objectives.latent)
+            from difflab.objectives.latent import latent_run_config
 
             if args.backend != "torch":
                 raise ValueError("--latent trains with the torch backend only, not --backend numpy")
@@ -289,7 +269,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
     result = train(
         config, dataset, out, resume=bool(args.resume), overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, **resources,
     )  # fmt: skip
     if distributed.env_rank() == 0:  # under torchrun, rank 0 alone prints
         print(

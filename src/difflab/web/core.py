@@ -2,9 +2,9 @@
 denoising, show the forward process.
 
 A face is thin (STYLE 17): the Gradio handlers in ``difflab.web.app`` only turn page values into
-calls of this module, and this module calls ``difflab.generate.generate`` with the same arguments
-``difflab sample`` passes (``cli/sample.py``), so the page and the command give the same images
-for the same seed. Every value that arrives from a page is checked here, on the server: a bad
+calls of this module, and this module asks the kind table for the same sampling plan that
+``difflab sample`` executes (``kinds.plan_sampling``), so the page and the command give the same
+images for the same seed. Every value that arrives from a page is checked here, on the server: a bad
 one is a ``ValueError`` whose one line names the value and the range expected.
 """
 
@@ -17,7 +17,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,15 @@ from PIL import Image
 from difflab import viz
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import q_sample
-from difflab.generate import (
+from difflab.kinds import kind_of, load_model, plan_sampling
+from difflab.samplers import DEFAULT_SAMPLER, default_steps
+from difflab.sampling import (
+    SamplingPlan,
+    SamplingRequest,
     TrajectoryRecorder,
-    check_distilled_sampling,
-    class_labels,
-    generate,
+    execute,
     load_input_images,
-    load_model,
 )
-from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
 RANDOM_SEED = "random"  # what the seed box says to draw a fresh seed
 EVERY_CLASS = "every class (one row each)"  # the class choice that mirrors `difflab sample`
@@ -65,6 +65,7 @@ class GenerateRequest:
     guidance: float  # classifier-free guidance scale (1 = plain conditional)
     eta: float  # DDIM noise, 0 for the other samplers
     every: int  # a live frame every this many steps (and always the last step)
+    plan: SamplingPlan  # what the sampler runs: the same plan difflab sample makes
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ class DemoModel:
         if max_images < 1:
             raise ValueError(f"max images must be >= 1, got {max_images}")
         self.path = Path(checkpoint)
-        self.loaded = load_model(self.path, device)
+        self.loaded = load_model(self.path, device, stepwise=True)  # not a GAN: no steps to show
+        self.kind = kind_of(self.loaded.config)
         self.config = self.loaded.config
         self.schedule = self.loaded.schedule
         self.max_images = max_images
@@ -181,7 +183,7 @@ class DemoModel:
     def distilled(self) -> bool:
         """A distilled model (``difflab distill``): a consistency model (1, 2 or 4 steps) or a
         progressive student (DDIM in its own steps); no sampler, no guidance to choose."""
-        return self.config.consistency is not None or self.config.progressive is not None
+        return self.kind.step_choices is not None
 
     @property
     def num_classes(self) -> int:
@@ -203,12 +205,9 @@ class DemoModel:
     @property
     def step_choices(self) -> list[int]:
         """Steps a distilled model samples in: 1, 2 or 4 (consistency), or the steps a
-        progressive student was distilled for."""
-        from difflab.consistency import STEP_TIMES
-
-        if self.config.progressive is not None:
-            return [self.config.progressive.steps]
-        return sorted(STEP_TIMES)
+        progressive student was distilled for (the kind table's)."""
+        assert self.kind.step_choices is not None
+        return self.kind.step_choices(self.config)
 
     def default_steps(self, sampler: str = DEFAULT_SAMPLER) -> int:
         return (
@@ -218,15 +217,11 @@ class DemoModel:
     def describe(self) -> str:
         """One line about the model, for the top of the page."""
         mc = self.config.model
-        kind = "diffusion model"
-        if self.config.consistency is not None:
-            kind = "distilled consistency model (1, 2 or 4 steps)"
-        elif self.config.progressive is not None:
-            kind = f"progressively distilled model (DDIM, {self.config.progressive.steps} steps)"
         classes = f", {mc.num_classes} classes" if mc.num_classes else ", unconditional"
         return (
-            f"{self.path.name}: {kind} of {self.config.train.data}, {mc.image_size}x{mc.image_size}"
-            f"x{mc.in_channels}{classes}, T = {self.num_timesteps}, {self.loaded.device.type}"
+            f"{self.path.name}: {self.kind.title(self.config)} of {self.config.train.data}, "
+            f"{mc.image_size}x{mc.image_size}x{mc.in_channels}{classes}, "
+            f"T = {self.num_timesteps}, {self.loaded.device.type}"
         )
 
     # Generate -------------------------------------------------------------------------------
@@ -244,7 +239,9 @@ class DemoModel:
         every: Any = 0,
         draw_seed: Callable[[], int] | None = None,
     ) -> GenerateRequest:
-        """Check every field of a Generate press, as ``difflab sample`` checks its flags."""
+        """Parse every field of a Generate press within the page's bounds (values that do not
+        apply to this model are ignored), then plan it as ``difflab sample`` plans its flags
+        (``kinds.plan_sampling``)."""
         n = check_int("number of images", num_images, 1, self.max_images)
         if self.distilled:
             choices = self.step_choices
@@ -255,23 +252,19 @@ class DemoModel:
                     f"steps must be one of {', '.join(map(str, choices))} for a distilled model, "
                     f"got {steps!r}"
                 )
-            sampler_name, total = check_distilled_sampling(self.config, got, None)
-            distilled = self.config.consistency or self.config.progressive
-            w, eta_value = distilled.guidance, 0.0
+            request = SamplingRequest(num_images=n, steps=got)
         else:
-            if sampler not in SAMPLERS:
-                raise ValueError(
-                    f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}"
-                )
-            sampler_name = str(sampler)
-            if steps in (None, ""):
-                steps = default_steps(sampler_name, self.num_timesteps)
-            total = check_int("steps", steps, 1, self.num_timesteps)
-            timestep_sequence(self.num_timesteps, total, "trailing")
-            w = 1.0
-            if self.num_classes:
-                w = check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
-            eta_value = check_float("eta", eta, 0.0, 1.0) if sampler_name == "ddim" else 0.0
+            total = (
+                None if steps in (None, "") else check_int("steps", steps, 1, self.num_timesteps)
+            )
+            if total is None:
+                default_steps(str(sampler), self.num_timesteps)  # an unknown sampler fails here
+            w = check_float("guidance", guidance, 0.0, MAX_GUIDANCE) if self.num_classes else None
+            eta_value = check_float("eta", eta, 0.0, 1.0) if sampler == "ddim" else None
+            request = SamplingRequest(
+                num_images=n, sampler=str(sampler), steps=total, spacing="trailing", eta=eta_value,
+                guidance=w,
+            )  # fmt: skip
         label: int | None = None
         if self.num_classes and class_choice not in (None, "", EVERY_CLASS):
             if class_choice not in self.class_names:
@@ -279,40 +272,25 @@ class DemoModel:
                     f"unknown class {class_choice!r}; expected one of {', '.join(self.class_choices)}"
                 )
             label = self.class_names.index(class_choice)
-        if self.num_classes and label is None:  # one row per class, as difflab sample draws
-            n = -(-n // self.num_classes) * self.num_classes
-        k = check_int("preview every k steps (0 = auto)", every, 0, total)
+        # no class chosen: one row per class, as difflab sample draws
+        plan = plan_sampling(self.loaded, replace(request, class_label=label, class_rows=True))
+        k = check_int("preview every k steps (0 = auto)", every, 0, plan.steps)
+        plan = replace(plan, seed=parse_seed(seed, draw_seed))
         return GenerateRequest(
-            sampler=sampler_name, steps=total, seed=parse_seed(seed, draw_seed), num_images=n,
-            class_label=label, guidance=w, eta=eta_value, every=k or max(1, round(total / PREVIEWS)),
+            sampler=plan.sampler, steps=plan.steps, seed=plan.seed, num_images=plan.num_images,
+            class_label=label, guidance=plan.shown_guidance or 1.0, eta=plan.eta,
+            every=k or max(1, round(plan.steps / PREVIEWS)), plan=plan,
         )  # fmt: skip
 
     def generate_kwargs(self, request: GenerateRequest) -> dict[str, Any]:
-        """The keywords of ``generate`` for a request: those ``cmd_sample`` passes for the same
-        flags (its ``sampler_options`` with --spacing trailing and --variance beta)."""
-        if self.distilled:
-            options: dict[str, Any] = {"steps": request.steps}
-        else:
-            options = {"sampler": request.sampler, "steps": request.steps, "spacing": "trailing"}
-            if request.sampler == "ddpm":
-                options["variance"] = "beta"
-            elif request.sampler == "ddim":
-                options["eta"] = request.eta
-        return {
-            "num_images": request.num_images, "seed": request.seed,
-            "labels": self.labels(request), "guidance": request.guidance, "clip_x0": True,
-            **options,
-        }  # fmt: skip
+        """The keywords of ``generate`` for a request: its plan's, which ``difflab sample`` makes
+        for the same flags."""
+        return request.plan.generate_kwargs()
 
     def labels(self, request: GenerateRequest) -> torch.Tensor | None:
         """One label per image: the chosen class, or classes in blocks of a row each (the rows of
         ``difflab sample``'s class grid); None for an unconditional model."""
-        if not self.num_classes:
-            return None
-        if request.class_label is not None:
-            return class_labels(self.config, request.class_label, request.num_images)
-        per_class = request.num_images // self.num_classes
-        return torch.arange(self.num_classes).repeat_interleave(per_class)
+        return request.plan.labels
 
     def stream(
         self,
@@ -330,9 +308,7 @@ class DemoModel:
         """
         stop = stop if stop is not None else threading.Event()
         out = Path(out_dir)
-        nrow = None
-        if self.num_classes and request.class_label is None:
-            nrow = request.num_images // self.num_classes
+        nrow = request.plan.rows or None
         handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=2)
         seq_len = request.steps
         gif_every = max(1, seq_len // 40)  # as difflab sample --gif
@@ -363,10 +339,7 @@ class DemoModel:
         def work() -> None:
             try:
                 with self._lock:
-                    images = generate(
-                        self.loaded.model, self.config, self.schedule, callback=callback,
-                        **self.generate_kwargs(request),
-                    )  # fmt: skip
+                    images = execute(self.loaded, request.plan, callback=callback)
                 put(("done", images))
             except BaseException as err:  # handed to the caller, raised there
                 with contextlib.suppress(Stopped):

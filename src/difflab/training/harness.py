@@ -17,25 +17,23 @@ atomically, so that ``--resume`` continues bit for bit; Ctrl-C and SIGTERM (fini
 (``--skip-nonfinite``); EMA; the progress bar; previews every ``--sample-every`` epochs; mixed
 precision and ``torch.compile``; and torchrun (the lines marked ``ddp``).
 
-Where a new trainer goes: a new small module with an ``Objective`` subclass (diffusion's is
-``difflab.train.DiffusionObjective``) and a ``fit(make_objective, config, out)`` call. The NumPy
-backend (``difflab.train.train_numpy``) has no autograd and no torch optimisers, so it cannot
-take this loop's step; it shares the run directory, the limits, the log, the checkpoint names and
-the report helpers below.
+Where a new trainer goes: a new small module in ``difflab.objectives`` with an ``Objective``
+subclass (``training.objective``; diffusion's is ``objectives.diffusion.DiffusionObjective``),
+registered in the kind table (``difflab.kinds``), which hands it to ``fit``. The NumPy backend
+(``objectives.numpy_diffusion``) has no autograd and no torch optimisers, so it cannot take this
+loop's step; it shares the run directory, the limits, the log, the checkpoint names and the
+report helpers (``training.rundir``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,163 +44,31 @@ from tqdm import tqdm
 
 from difflab import distributed, viz
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, write_checkpoint
-from difflab.config import RunConfig, TrainConfig, to_dict
-from difflab.generate import pick_device
-from difflab.io import write_text_atomic
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (for example the loss became NaN); the message says why and what to do."""
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) stopped training after a step, and a checkpoint holds that step."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        checkpoint: Path,
-        step: int,
-        signal_name: str,
-        processes: int = 1,
-        prog: str = "difflab train",
-    ) -> None:
-        launch = f"torchrun --standalone --nproc_per_node {processes} -m " if processes > 1 else ""
-        super().__init__(
-            f"stopped by {signal_name} after step {step}; saved {checkpoint}; "
-            f"continue with: {launch}{prog} --resume {run_dir}"
-        )
-        self.run_dir, self.checkpoint, self.step = run_dir, checkpoint, step
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    epochs_done: int
-    first_loss: float
-    last_loss: float
-    minutes: float
-    num_parameters: int
-    model: Any = None  # the trained network (raw weights), for use in the same process
-    ema: Any = None  # its moving average, the one to sample from
-    networks: dict[str, Any] = field(default_factory=dict)  # every network of the objective
-
-
-# -------------------------------------------------------------------------------------------------
-# What an objective declares
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One optimiser update inside a training step. Most objectives have one; a GAN has two (the
-    discriminator's, then the generator's), taken in order on the same batch."""
-
-    name: str  # passed to Objective.loss; logged as loss_NAME when there are several phases
-    network: str  # the network whose parameters this phase updates and whose gradient it clips
-    optimizer: str  # the optimiser (a key of Objective.optimizers) that updates them
-    lr: float  # the peak learning rate; TrainConfig's warm-up and decay scale it
-
-
-@dataclass(frozen=True)
-class Report:
-    """An objective's part of report.html."""
-
-    facts: dict[str, Any] = field(default_factory=dict)  # summary rows after steps, loss, ...
-    pictures: tuple[tuple[str, str], ...] = ()  # (caption, file in the run dir), when it exists
-    final_caption: str = "The final preview"  # the caption of the last preview, shown first
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the harness decided before the objective is built."""
-
-    device: torch.device
-    memory_format: torch.memory_format  # for the objective's image batches and networks
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One training step's batch: the objective reads its data at ``idx[mine]``."""
-
-    idx: torch.Tensor  # (B,) indices into the training set: the global batch, on the device
-    mine: slice  # ddp: this process's share of the global batch (all of it for one process)
-    step: int  # the number of steps taken before this one
-
-
-class Objective:
-    """What a trainer adds to the harness: its networks and the loss of one batch.
-
-    A subclass sets the attributes below in ``__init__`` (the harness has seeded torch's global
-    generator with --seed just before, so initial weights follow the seed) and implements ``loss``.
-    Everything it declares is checkpointed and restored by the harness: it writes no code for
-    resuming, signals or limits.
-    """
-
-    networks: dict[str, torch.nn.Module]  # everything with weights, by name (checkpoint prefix)
-    ema: dict[str, str]  # EMA copy -> the network it averages; updated after each good step
-    optimizers: dict[str, torch.optim.Optimizer]
-    generators: dict[str, torch.Generator]  # the objective's own random streams
-    phases: tuple[Phase, ...]
-    num_items: int  # the training set's size: the harness draws the order and the batches
-
-    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor | None:
-        """The unreduced loss of this process's share of the batch, ``(len(idx[mine]),)``; or
-        None: this phase takes no update on this step (no backward, no optimiser step, nothing
-        logged for it), as a network that starts learning later in the run does.
-
-        ``nets`` holds the networks to call (compiled and DDP-wrapped where the harness did so).
-        Randomness comes from ``self.generators`` only, drawn for the *global* batch and then
-        sliced with ``batch.mine``, so the step is the same for any number of processes.
-        """
-        raise NotImplementedError
-
-    def ema_step(self, step: int) -> int:
-        """The step an EMA's warm-up counts from (``update_ema``): the run's step, unless the
-        objective restarts its networks from new weights within a run, as progressive
-        distillation does at each round, where an average over the old weights would lag."""
-        return step
-
-    def ema_decay(self, step: int, decay: float) -> float:
-        """The EMA's weight on its past in the update after ``step`` (``blend_into``): ``decay``,
-        warmed up from ``ema_step``; an objective that samples another average returns its own,
-        as progressive distillation's plain mean of the DMD stage's last steps does."""
-        return ema_warmup(decay, self.ema_step(step))
-
-    def lr_clock(self, step: int, total_steps: int) -> tuple[int, int]:
-        """The step and the run length the learning-rate schedule (``lr_at``) counts: the run's,
-        unless the objective restarts its training within a run, as progressive distillation
-        does at each round with ``--lr-decay cosine``."""
-        return step, total_steps
-
-    def describe(self) -> str:
-        """What is trained on what, for the first line the run prints."""
-        return f"{type(self).__name__}, {count_parameters(self):,} parameters"
-
-    def preview(self, path: Path) -> Path | None:
-        """Draw a picture of what the networks do now into ``path`` (rank 0 only); None: none."""
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        """The objective's own counters, as JSON values (checkpointed with the run)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
-
-    def finish(self, result: TrainResult, final_preview: Path | None) -> None:
-        """Pictures the run ends with beside the loss curve (rank 0 only), before the report."""
-
-    def report(self) -> Report:
-        """What report.html shows of this objective beside the harness's summary."""
-        return Report()
-
-
-def count_parameters(objective: Objective) -> int:
-    """Parameters of the trained networks (not of their EMA copies)."""
-    trained = {phase.network for phase in objective.phases}
-    return sum(p.numel() for name in sorted(trained) for p in objective.networks[name].parameters())
-
+from difflab.config import RunConfig, TrainConfig
+from difflab.device import AMP_DTYPES, check_precision, default_channels_last, pick_device
+from difflab.training.objective import (
+    Batch,
+    Context,
+    Objective,
+    TrainingError,
+    TrainingInterrupted,
+    TrainResult,
+    count_parameters,
+    ema_warmup,
+)
+from difflab.training.rundir import (
+    check_can_continue,
+    checkpoint_name,
+    epoch_label,
+    latest_checkpoint,
+    log_metrics,
+    out_of_budget,
+    plot_loss_curve,
+    prune_checkpoints,
+    start_run_dir,
+    truncate_metrics,
+    write_run_report,
+)
 
 # -------------------------------------------------------------------------------------------------
 # Small pieces of the loop, shared with the NumPy backend's
@@ -221,12 +87,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int, base_lr: float | None =
     return lr
 
 
-def ema_warmup(decay: float, step: int) -> float:
-    """The EMA's weight on its past in its update after ``step`` updates: min(decay, (1 + step) /
-    (10 + step)), which lets it forget its first weights fast."""
-    return min(decay, (1.0 + step) / (10.0 + step))
-
-
 @torch.no_grad()
 def blend_into(ema: torch.nn.Module, model: torch.nn.Module, d: float) -> None:
     """ema <- d * ema + (1 - d) * weights."""
@@ -239,228 +99,9 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     blend_into(ema, model, ema_warmup(decay, step))
 
 
-def check_run_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory, or to write where we cannot."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path {out_dir} exists and is not a directory")
-    if (out_dir / "config.json").exists() and not overwrite:
-        raise ValueError(
-            f"run directory {out_dir} already holds a run; pass --resume {out_dir} to continue it, "
-            "--overwrite to replace it, or another --out"
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"cannot write to output directory {out_dir} ({err.strerror})") from err
-
-
-# What a run writes, so that --overwrite replaces all of an earlier run's: a checkpoint or
-# preview left behind would be --resume's newest checkpoint, or a picture in the new report.
-RUN_OUTPUTS = ("metrics.jsonl", "model_*.safetensors", "report.html", "training_loss.png",
-               "checkpoints/epoch_*.safetensors", "samples/epoch_*.png")  # fmt: skip
-
-
-def start_run_dir(out: Path, config: RunConfig, *, resume: bool, overwrite: bool) -> Path:
-    """Check and lay out the run directory, write config.json; returns the metrics.jsonl path."""
-    if not resume:
-        check_run_dir(out, overwrite)
-        for pattern in RUN_OUTPUTS:
-            for path in out.glob(pattern):
-                path.unlink()
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    (out / "checkpoints").mkdir(exist_ok=True)
-    write_text_atomic(out / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
-    return out / "metrics.jsonl"
-
-
-def log_metrics(path: Path, record: dict[str, Any]) -> None:
-    """One JSON line; a value not measured (NaN, e.g. the gradient norm without clipping) is null,
-    so that strict JSON readers (jq, JavaScript) can read the log."""
-    clean = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
-    }
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(clean, allow_nan=False) + "\n")
-
-
-def read_losses(path: Path) -> tuple[list[int], list[float]]:
-    """The (step, loss) pairs of a metrics.jsonl."""
-    steps, losses = [], []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("loss") is not None and "step" in record:
-                steps.append(record["step"])
-                losses.append(record["loss"])
-    return steps, losses
-
-
-def plot_loss_curve(run_dir: Path) -> None:
-    """training_loss.png from the run's metrics.jsonl."""
-    loss_steps, losses = read_losses(run_dir / "metrics.jsonl")
-    if losses:
-        viz.plot_loss(loss_steps, losses, run_dir / "training_loss.png")
-
-
-def write_run_report(
-    out: Path, config: RunConfig, result: TrainResult, final_preview: Path | None, report: Report
-) -> Path:
-    """report.html: what was trained, how it went, and every picture of the run."""
-    images = []
-    if final_preview is not None:
-        images.append((report.final_caption, final_preview.relative_to(out).as_posix()))
-    loss_curve = (
-        "Training loss (faint: per log interval; bold: the trend, a local fit that does not lag)",
-        "training_loss.png",
-    )
-    images += [(caption, name) for caption, name in [loss_curve, *report.pictures]
-               if (out / name).exists()]  # fmt: skip
-    previews = sorted((out / "samples").glob("epoch_*.png"))
-    images += [(f"Preview after {p.stem.replace('_', ' ')}", f"samples/{p.name}") for p in previews]
-    summary = {
-        "dataset": config.train.data,
-        "parameters": f"{result.num_parameters:,}",
-        "steps": result.steps,
-        "epochs completed": result.epochs_done,
-        "training minutes": f"{result.minutes:.1f}",
-        "loss (first step -> last step)": f"{result.first_loss:.4f} -> {result.last_loss:.4f}",
-        **report.facts,
-    }
-    return viz.write_report(
-        out, title=f"difflab run: {out.name}", summary=summary, images=images,
-        config=to_dict(config),
-    )  # fmt: skip
-
-
-def epoch_label(epoch: int, elapsed: float, cfg: TrainConfig) -> str:
-    """Progress-bar label: the epoch, and the time budget when there is one."""
-    if cfg.max_minutes is None:
-        return f"epoch {epoch + 1}/{cfg.epochs}"
-    return f"epoch {epoch + 1} ({elapsed / 60:.1f} of {cfg.max_minutes:g} min)"
-
-
-def out_of_budget(cfg: TrainConfig, step: int, elapsed: float) -> str | None:
-    """Which limit (--max-steps, --max-minutes) the run has reached, if any."""
-    if cfg.max_steps is not None and step >= cfg.max_steps:
-        return f"--max-steps {cfg.max_steps}"
-    if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
-        return "--max-minutes"
-    return None
-
-
-# Checkpoint names: ``epoch_002`` after two whole epochs, ``epoch_002_step_000150`` when stopped at
-# step 150, inside the third epoch. A temporary file that a killed write left behind starts with a
-# dot and never matches.
-CHECKPOINT_NAME = re.compile(r"epoch_(\d+)(?:_step_(\d+))?\.safetensors")
-
-
-def checkpoint_name(epoch: int, step: int, batch_in_epoch: int) -> str:
-    """``epoch_EEE`` at an epoch's end, ``epoch_EEE_step_SSSSSS`` inside epoch EEE + 1."""
-    return f"epoch_{epoch:03d}" if batch_in_epoch == 0 else f"epoch_{epoch:03d}_step_{step:06d}"
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    """The checkpoints of a run directory, oldest first (by epoch and step, from their names)."""
-    found = []
-    for path in (run_dir / "checkpoints").glob("epoch_*.safetensors"):
-        match = CHECKPOINT_NAME.fullmatch(path.name)
-        if match is not None:
-            found.append(((int(match[1]), int(match[2] or -1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` checkpoints of the run."""
-    for old in run_checkpoints(run_dir)[:-keep]:
-        old.unlink()
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest checkpoint of a run directory (the one --resume continues from)."""
-    if not (run_dir / "checkpoints").is_dir():
-        raise ValueError(
-            f"{run_dir} is not a difflab run directory (no checkpoints/ folder); "
-            "--resume expects the --out folder of an earlier run"
-        )
-    ckpts = run_checkpoints(run_dir)
-    if not ckpts:
-        raise ValueError(f"no checkpoints in {run_dir / 'checkpoints'} to resume from")
-    return ckpts[-1]
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines a run logged after the checkpoint it resumes from (they will be redone)."""
-    if path.exists():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def check_can_continue(cfg: TrainConfig, state: dict[str, Any]) -> None:
-    """Refuse to resume a run that has nothing left to do under ``cfg``."""
-    step, epoch = state.get("step", 0), state.get("epoch", 0)
-    if epoch >= cfg.epochs:
-        raise ValueError(
-            f"the run has already finished its {cfg.epochs} epochs (step {step}); "
-            f"pass --epochs N with N > {cfg.epochs} to train on"
-        )
-    if cfg.max_steps is not None and step >= cfg.max_steps:
-        raise ValueError(
-            f"--max-steps {cfg.max_steps} is already reached (the run is at step {step}); "
-            "pass a larger one"
-        )
-    elapsed = state.get("elapsed_s", 0.0)
-    if cfg.max_minutes is not None and elapsed >= cfg.max_minutes * 60:
-        raise ValueError(
-            f"--max-minutes {cfg.max_minutes:g} is already reached (the run has trained "
-            f"{elapsed / 60:.1f} min); pass a larger one"
-        )
-
-
-AMP_DTYPES: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
-
-
 def is_out_of_memory(err: RuntimeError) -> bool:
     """A step that ran out of memory: CUDA's OutOfMemoryError, or the CPU allocator's failure."""
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a precision that this device cannot train in, before anything is written."""
-    if precision not in AMP_DTYPES:
-        raise ValueError(
-            f"unknown precision {precision!r}; expected one of {', '.join(AMP_DTYPES)}"
-        )
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"--precision fp16 needs a CUDA GPU (it scales the loss with a CUDA GradScaler), "
-            f"not device {device}; use --precision bf16 or fp32"
-        )
-    if precision == "bf16" and device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--precision bf16 runs on cpu or cuda, not {device}; use fp32")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--precision bf16 is not supported by this GPU; use fp16 or fp32")
-
-
-def default_channels_last(device: torch.device) -> bool:
-    """The memory layout when --channels-last is not given: NHWC on a CPU with AVX-512, else NCHW.
-
-    oneDNN's NHWC convolutions pay off where it has AVX-512 kernels: 1.03x of NCHW on an AMD EPYC
-    with AVX-512 and 1.31x on an Intel Xeon, but 0.97x on an AMD Zen3 without it
-    (docs/benchmarks.md). A rule, not a start-up timing: timing noise must not pick the layout,
-    since the two layouts sum in different orders and the same seed must give the same weights.
-    On a GPU NCHW, as PyTorch's default (pass --channels-last with --precision bf16/fp16).
-    """
-    if device.type != "cpu":
-        return False
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 class StopOnSignal:
@@ -660,6 +301,8 @@ class Harness:
             weights = ckpt.networks.get(name)
             if weights is None and name in obj.ema:  # a copy the run did not keep: its source
                 weights = ckpt.networks.get(obj.ema[name])
+            if weights is None and name in obj.carried:  # an older checkpoint: keep the built one
+                continue
             if weights is None:
                 raise ValueError(f"checkpoint {source} holds no weights for the {name!r} network")
             load_weights_into(module, weights, source)

@@ -36,7 +36,6 @@ the discriminator, and the z generator), Ctrl-C, the non-finite guard, previews 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,11 @@ import torch.nn.functional as F
 from difflab import viz
 from difflab.config import GANConfig, ModelConfig, RunConfig, TrainConfig, default_model_config
 from difflab.data import ImageDataset
-from difflab.generate import gan_latents, generate_gan
-from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
 from difflab.models.gan import build_networks, count_parameters, levels_of, width_like
 from difflab.models.unet import UNet
 from difflab.models.unet import count_parameters as unet_parameters
+from difflab.sampling.draw import gan_latents, generate_gan
+from difflab.training.objective import Batch, Context, Objective, Phase, Report
 
 
 def d_loss_bce(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -208,23 +207,3 @@ class GANObjective(Objective):
             },
             final_caption="Samples from the generator (EMA weights) on the fixed preview z",
         )
-
-
-def train_gan(
-    config: RunConfig,
-    dataset: ImageDataset,
-    out_dir: str | os.PathLike[str],
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Train the GAN ``config.gan`` describes on ``dataset``, into ``out_dir`` (a run directory)."""
-
-    def make_objective(ctx: Context) -> GANObjective:
-        return GANObjective(config, dataset, ctx)
-
-    return fit(
-        make_objective, config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-        prog="difflab train-gan",
-    )  # fmt: skip

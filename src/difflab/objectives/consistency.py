@@ -21,7 +21,6 @@ non-finite guard, previews, the report and torchrun; this file holds only what o
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -36,31 +35,31 @@ from difflab.config import ConsistencyConfig, RunConfig, TrainConfig
 from difflab.consistency import boundary_scalings, check_prediction, consistency_output
 from difflab.data import ImageDataset
 from difflab.diffusion import coef, q_sample
-from difflab.generate import generate, model_denoiser, not_diffusion
-from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
+from difflab.io import file_sha256
 from difflab.models.unet import UNet
+from difflab.sampling.draw import generate, model_denoiser
+from difflab.sampling.plan import CONSISTENCY
 from difflab.schedules import Schedule, make_schedule
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from difflab.training.objective import Batch, Context, Objective, Phase, Report
 
 
 def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkpoint:
     """The teacher checkpoint, checked: a difflab diffusion model that distillation can take."""
     teacher = load_checkpoint(path)
-    if teacher.config.gan is not None:
-        raise ValueError(not_diffusion(teacher))
-    if teacher.config.consistency is not None:
+    kind = teacher.config.kind
+    if kind == "gan":
+        raise ValueError(
+            f"checkpoint {teacher.path} is a GAN generator (made by difflab train-gan), not a "
+            "diffusion model: this command needs a diffusion checkpoint (a GAN draws with "
+            "difflab sample, evaluate and interpolate --seeds)"
+        )
+    if kind == "consistency":
+        assert teacher.config.consistency is not None
         raise ValueError(
             f"{path} is already a consistency model (distilled from "
             f"{teacher.config.consistency.teacher}); distil a diffusion checkpoint"
         )
-    if teacher.config.latent is not None:
+    if kind == "latent-diffusion":
         raise ValueError(
             f"{path} is a latent diffusion model; difflab distill takes a pixel diffusion model"
         )
@@ -184,7 +183,7 @@ class ConsistencyDistillation(Objective):
         labels = torch.arange(cfg.num_preview) % k if k else None
         x = generate(
             self.networks["ema"], self.config, self.schedule, num_images=cfg.num_preview,
-            seed=cfg.seed, steps=cfg.preview_steps, labels=labels,
+            seed=cfg.seed, sampler=CONSISTENCY, steps=cfg.preview_steps, labels=labels,
         )  # fmt: skip
         return viz.save_grid(x, path)
 
@@ -200,30 +199,3 @@ class ConsistencyDistillation(Objective):
             },
             final_caption="Samples from the distilled model (EMA weights)",
         )
-
-
-def distill(
-    config: RunConfig,
-    teacher: Checkpoint,
-    dataset: ImageDataset,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Distil ``teacher`` into the student ``config`` describes, into ``out_dir``: a consistency
-    model, or with ``config.progressive`` progressive distillation's students
-    (``difflab.progressive``)."""
-
-    def make_objective(ctx: Context) -> Objective:
-        if config.progressive is not None:
-            from difflab.progressive import ProgressiveDistillation
-
-            return ProgressiveDistillation(config, teacher, dataset, ctx, Path(out_dir))
-        return ConsistencyDistillation(config, teacher, dataset, ctx)
-
-    return fit(
-        make_objective, config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-        prog="difflab distill",
-    )  # fmt: skip

@@ -38,9 +38,9 @@ from difflab import viz
 from difflab.checkpoint import write_checkpoint
 from difflab.config import AutoencoderConfig, RunConfig, to_dict
 from difflab.data import ImageDataset, load_dataset
-from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult, fit
 from difflab.io import write_text_atomic
 from difflab.models.autoencoder import Autoencoder, gaussian_kl
+from difflab.training.objective import Batch, Context, Objective, Phase, Report, TrainResult
 
 ENCODE_BATCH = 500  # images per encoder call when a whole set is encoded
 
@@ -229,7 +229,7 @@ class AutoencoderObjective(Objective):
 def reconstruction_fid(config: RunConfig, reconstructions: np.ndarray, test: ImageDataset) -> str:
     """FID of the reconstructed test images against the test split, in the features of difflab's
     evaluator for the data (``difflab train-evaluator``), or why there is none."""
-    from difflab import evaluate as ev
+    from difflab import evaluation as ev
 
     tc, size = config.train, reconstructions.shape[-1]
     try:
@@ -270,26 +270,4 @@ def load_test_split(config: RunConfig) -> ImageDataset:
     return load_dataset(
         tc.data, data_dir=tc.data_dir, split="test", image_size=ac.image_size, seed=tc.seed,
         download=False,
-    )  # fmt: skip
-
-
-def train_autoencoder(
-    config: RunConfig,
-    dataset: ImageDataset,
-    out_dir: str | Path,
-    *,
-    test: ImageDataset | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Train the autoencoder ``config.autoencoder`` describes on ``dataset``, into ``out_dir``."""
-    held_out = test if test is not None else load_test_split(config)
-
-    def make_objective(ctx: Context) -> AutoencoderObjective:
-        return AutoencoderObjective(config, dataset, held_out, ctx)
-
-    return fit(
-        make_objective, config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-        prog="difflab train-autoencoder",
     )  # fmt: skip

@@ -20,9 +20,9 @@ Rounds are a fixed number of training steps each (``round_steps``), so a run's r
 its step count and resume is exact. At the start of each round the EMA of the last round's student
 becomes the new teacher and the new student's starting point; the last round's student is written
 as ``model_steps_N.safetensors`` (N its steps), sampled with ``difflab sample`` like any model
-(DDIM in N steps, no x0 clipping: ``generate`` reads the checkpoint's ``progressive`` field).
+(DDIM in N steps, no x0 clipping: the kind table's plan for a ``progressive`` checkpoint).
 A class-conditional teacher is distilled at one guidance scale W in the first round; later rounds'
-teachers are students with W baked in. ``distill.distill`` runs this objective on the harness.
+teachers are students with W baked in. The kind table (``difflab.kinds``) runs this objective on the harness.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from difflab.checkpoint import Checkpoint, load_weights_into, write_checkpoint
 from difflab.config import ProgressiveConfig, RunConfig, TrainConfig
 from difflab.data import ImageDataset
 from difflab.diffusion import diffusion_loss, eps_and_x0, q_sample
-from difflab.generate import generate, model_denoiser
-from difflab.harness import Batch, Context, Objective, Phase, Report, TrainResult
 from difflab.models.unet import UNet
 from difflab.samplers import timestep_sequence
+from difflab.sampling.draw import generate, model_denoiser
 from difflab.schedules import Schedule, make_schedule
+from difflab.training.objective import Batch, Context, Objective, Phase, Report, TrainResult
 
 
 def round_plan(start_steps: int, steps: int, num_timesteps: int) -> list[int]:
@@ -435,10 +435,10 @@ class ProgressiveDistillation(Objective):
     def preview(self, path: Path) -> Path:
         cfg, k = self.config.train, self.config.model.num_classes
         labels = torch.arange(cfg.num_preview) % k if k else None
-        config = replace(self.config, progressive=replace(self.config.progressive,
-                                                          steps=self.student_steps()))  # fmt: skip
-        x = generate(self.networks["ema"], config, self.schedule, num_images=cfg.num_preview,
-                     seed=cfg.seed, labels=labels)  # fmt: skip
+        # the student's own plan (sampling.plan.plan_progressive): DDIM in its steps, unclipped
+        x = generate(self.networks["ema"], self.config, self.schedule, num_images=cfg.num_preview,
+                     seed=cfg.seed, labels=labels, sampler="ddim", steps=self.student_steps(),
+                     clip_x0=False)  # fmt: skip
         return viz.save_grid(x, path)
 
     def finish(self, result: TrainResult, final_preview: Path | None) -> None:

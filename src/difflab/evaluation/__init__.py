@@ -1,0 +1,103 @@
+"""Offline quality numbers: FID, KID, precision/recall, distance to the training set, class accuracy.
+
+All of them compare images in the feature space of an *evaluator*: a small CNN classifier the
+project trains on the dataset itself (``difflab train-evaluator``, ``models/classifier.py``), in
+place of the Inception-v3 network behind published FIDs, or pytorch-fid's FID-Inception
+(``models/inception.py``) for colour datasets. Why scores in the project's feature space differ
+from published Inception FIDs: docs/metrics.md. One module per job, each importing only those
+above it:
+
+- ``metrics.py``: the maths on feature matrices (rows = images), each function next to its paper:
+  ``frechet_distance`` (FID), ``kid``, ``precision_recall``, ``nearest_distances`` (the
+  memorisation check); and ``format_table``, the report.
+- ``images.py``: image sets as arrays: ``dataset_digest`` and ``subset`` of a dataset, and
+  ``load_images`` of images made elsewhere (a ``.npz`` or a folder).
+- ``evaluator.py``: the feature network: ``train_classifier``, ``save_evaluator`` and
+  ``load_evaluator`` of the project's evaluator file, ``load_inception``, and what the
+  ``Evaluator`` predicts of images (``class_accuracy``, ``class_coverage``).
+- ``reference.py``: the real data: ``reference_datasets`` (the train and test splits),
+  ``reference_statistics`` (their features, mean and covariance, cached beside the evaluator),
+  and ``score_features``, generated features against them.
+
+Every public name is re-exported here: ``from difflab import evaluation as ev`` then
+``ev.score_features(...)``.
+"""
+
+from difflab.evaluation.evaluator import (
+    EVALUATOR_FORMAT,
+    INCEPTION_FILE,
+    INCEPTION_URL,
+    NATIVE_SIZES,
+    Evaluator,
+    check_classes,
+    class_accuracy,
+    class_coverage,
+    default_epochs,
+    default_evaluator_path,
+    load_evaluator,
+    load_inception,
+    match_channels,
+    save_evaluator,
+    train_classifier,
+    train_evaluator_command,
+)
+from difflab.evaluation.images import dataset_digest, images_to_float, load_images, subset
+from difflab.evaluation.metrics import (
+    feature_statistics,
+    fid_from_features,
+    format_table,
+    frechet_distance,
+    kid,
+    mmd2_unbiased,
+    nearest_distances,
+    polynomial_kernel,
+    precision_recall,
+)
+from difflab.evaluation.reference import (
+    HOLDOUT_EVERY,
+    REFERENCE_FORMAT,
+    Reference,
+    reference_cache_path,
+    reference_datasets,
+    reference_statistics,
+    score_features,
+)
+
+__all__ = [
+    "EVALUATOR_FORMAT",
+    "HOLDOUT_EVERY",
+    "INCEPTION_FILE",
+    "INCEPTION_URL",
+    "NATIVE_SIZES",
+    "REFERENCE_FORMAT",
+    "Evaluator",
+    "Reference",
+    "check_classes",
+    "class_accuracy",
+    "class_coverage",
+    "dataset_digest",
+    "default_epochs",
+    "default_evaluator_path",
+    "feature_statistics",
+    "fid_from_features",
+    "format_table",
+    "frechet_distance",
+    "images_to_float",
+    "kid",
+    "load_evaluator",
+    "load_images",
+    "load_inception",
+    "match_channels",
+    "mmd2_unbiased",
+    "nearest_distances",
+    "polynomial_kernel",
+    "precision_recall",
+    "reference_cache_path",
+    "reference_datasets",
+    "reference_statistics",
+    "save_evaluator",
+    "score_features",
+    "subset",
+    "train_classifier",
+    "train_evaluator_command",
+]

@@ -1,0 +1,211 @@
+"""Denoising diffusion (Ho et al. 2020): the objective of ``difflab train`` on the harness.
+
+``DiffusionObjective`` says what one step computes: draw t and eps for the batch, and take
+``diffusion.diffusion_loss`` of the U-Net's prediction (eps, x0 or v, with min-SNR weights). The
+harness (``difflab.training``) does the rest: the loop, exact resume, Ctrl-C, limits, the
+non-finite guard, torchrun. ``prepare_run`` turns the data and the flags into a ``RunConfig``.
+Latent diffusion (``objectives.latent``) is this objective on an autoencoder's latents; the NumPy
+U-Net trains in ``objectives.numpy_diffusion``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from difflab import distributed, viz
+from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
+from difflab.data import ImageDataset, load_dataset
+from difflab.device import check_precision, pick_device
+from difflab.diffusion import diffusion_loss
+from difflab.models.unet import UNet, count_parameters
+from difflab.sampling.draw import generate
+from difflab.sampling.spaces import LatentSpace, PixelSpace
+from difflab.schedules import Schedule, make_schedule
+from difflab.training import rundir
+from difflab.training.objective import Batch, Context, Objective, Phase, Report, TrainResult
+
+
+class DiffusionObjective(Objective):
+    """Denoising diffusion (Ho et al. 2020, Alg. 1): one U-Net learns to undo q(x_t | x_0).
+
+    Networks ``model`` (trained) and ``ema`` (its moving average, which previews and sampling
+    use); optimiser ``optim`` (AdamW); generator ``noise`` (t, eps and the label dropout of
+    classifier-free guidance). The loss is ``diffusion.diffusion_loss`` (STYLE 5).
+    """
+
+    def __init__(self, config: RunConfig, dataset: ImageDataset, ctx: Context) -> None:
+        cfg = config.train
+        self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
+        model = UNet(config.model).to(ctx.device, memory_format=ctx.memory_format)
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.networks = {"model": model, "ema": ema}
+        self.ema = {"ema": "model"}
+        adamw = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizers = {"optim": adamw}
+        self.noise_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed + 1)
+        self.generators = {"noise": self.noise_gen}
+        self.phases = (Phase("diffusion", network="model", optimizer="optim", lr=cfg.lr),)
+        self.schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+        self.images = torch.from_numpy(dataset.images).to(ctx.device)  # (N, C, H, W) in [-1, 1]
+        self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
+        self.num_items = len(self.images)
+        self.space: PixelSpace | LatentSpace = PixelSpace()  # where samples live: pixels
+
+    def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
+        config, gen, device = self.config, self.noise_gen, self.images.device
+        # Every process draws t, eps and the label dropout for the whole global batch from the
+        # same generator and keeps its slice: the update and the generator state are the same
+        # whatever the number of processes.
+        b = len(batch.idx)
+        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=gen, device=device)
+        eps = torch.randn((b, *self.images.shape[1:]), generator=gen, device=device)
+        y = None
+        if config.model.num_classes > 0:
+            drop = torch.rand(b, generator=gen, device=device) < config.train.label_dropout
+            y = torch.where(drop, config.model.num_classes, self.labels[batch.idx])
+        mine = batch.mine  # ddp: this process's share
+        x0 = self.x0_batch(batch).contiguous(memory_format=self.memory_format)
+        eps = eps[mine].contiguous(memory_format=self.memory_format)  # (b / world, C, H, W)
+        t, y = t[mine], (None if y is None else y[mine])
+        net = nets["model"]
+
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> Any:
+            return net(x_t, t, y)
+
+        return diffusion_loss(
+            model_fn, x0, t, eps, self.schedule, config.diffusion.prediction,
+            config.diffusion.min_snr_gamma,
+        )  # (b / world,) float32  # fmt: skip
+
+    def x0_batch(self, batch: Batch) -> torch.Tensor:
+        """This process's share of the batch's clean data x0, (b / world, C, H, W): the images
+        (``difflab.latent.LatentDiffusion`` draws latents here instead)."""
+        return self.images[batch.idx[batch.mine]]
+
+    def describe(self) -> str:
+        d = self.dataset
+        return (
+            f"{d.name} ({self.num_items} images, {d.channels}x{d.image_size}x{d.image_size}), "
+            f"U-Net with {count_parameters(self.networks['model']):,} parameters"
+        )
+
+    def preview(self, path: Path) -> Path:
+        cfg = self.config.train
+        x = generate(
+            self.networks["ema"], self.config, self.schedule, num_images=cfg.num_preview,
+            seed=cfg.seed, sampler=cfg.preview_sampler, steps=cfg.preview_steps, space=self.space,
+        )  # fmt: skip
+        return viz.save_grid(x, path)
+
+    def finish(self, result: TrainResult, final_preview: Path | None) -> None:
+        save_forward_process(self.config, self.dataset, self.schedule, result.run_dir)
+
+    def report(self) -> Report:
+        return diffusion_report(self.config)
+
+
+def prepare_run(
+    train_cfg: TrainConfig,
+    diffusion_cfg: DiffusionConfig,
+    model_overrides: dict[str, Any] | None = None,
+    *,
+    image_size: int | None = None,
+    conditional: bool = False,
+    num_images: int | None = None,
+    backend: str = "torch",
+) -> tuple[RunConfig, ImageDataset]:
+    """Load the data and fit the default U-Net for it (with any overrides) into a RunConfig.
+
+    Flags are checked before the data is read, so a mistake costs no loading time.
+    ``num_images`` (default: ``train_cfg.num_images``) is kept in the config for --resume.
+    """
+    from difflab.config import default_model_config
+
+    if num_images is not None:
+        train_cfg = replace(train_cfg, num_images=num_images)
+    train_cfg.validate()
+    if backend == "numpy":
+        check_numpy_options(train_cfg)
+    else:
+        check_precision(train_cfg.precision, pick_device(train_cfg.device))
+    diffusion_cfg.validate()
+    make_schedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)  # fail early on a bad T
+    dataset = load_dataset(
+        train_cfg.data,
+        data_dir=train_cfg.data_dir,
+        image_size=image_size,
+        seed=train_cfg.seed,
+        num_images=train_cfg.num_images,
+    )
+    if conditional and dataset.num_classes < 2:
+        raise ValueError(
+            f"--conditional needs labelled data with at least 2 classes; {dataset.name} has "
+            f"{dataset.num_classes} (for a folder: one subfolder of images per class)"
+        )
+    num_classes = dataset.num_classes if conditional else 0
+    model_cfg = default_model_config(
+        train_cfg.data, dataset.image_size, dataset.channels, num_classes
+    )
+    if model_overrides:
+        model_cfg = replace(model_cfg, **model_overrides)
+    model_cfg.validate()
+    config = RunConfig(
+        model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
+        class_names=dataset.class_names, backend=backend,
+    )  # fmt: skip
+    return config, dataset
+
+
+def check_numpy_options(cfg: TrainConfig) -> None:
+    for flag, used in [
+        ("--precision", cfg.precision != "fp32"),
+        ("--compile", cfg.compile),
+        ("--channels-last", bool(cfg.channels_last)),
+        ("--skip-nonfinite", cfg.skip_nonfinite),
+        ("torchrun (several processes)", distributed.launched_by_torchrun()),
+    ]:
+        if used:
+            raise ValueError(f"{flag} is available for the torch backend only")
+
+
+def save_forward_process(
+    config: RunConfig, dataset: ImageDataset, schedule: Schedule, out: Path
+) -> None:
+    """forward_process.png: eight training images dissolving into noise."""
+    viz.save_forward_process_grid(
+        dataset.images[:8], schedule, out / "forward_process.png",
+        generator=np.random.default_rng(config.train.seed),
+    )  # fmt: skip
+
+
+def diffusion_report(config: RunConfig) -> Report:
+    """Diffusion's part of report.html."""
+    return Report(
+        facts={
+            "schedule": f"{config.diffusion.schedule}, T = {config.diffusion.timesteps}",
+            "prediction": config.diffusion.prediction,
+        },
+        pictures=(
+            ("The forward process on training images", "forward_process.png"),
+            ("Denoising trajectory: x_t from noise to image", "trajectory.png"),
+            ("Noise schedules", "schedules.png"),
+        ),
+        final_caption="Samples from the final model (EMA weights)",
+    )
+
+
+def write_run_report(out: Path, config: RunConfig, result: TrainResult, final_grid: Path) -> Path:
+    """report.html of a diffusion run (``difflab demo`` rewrites it after adding pictures)."""
+    return rundir.write_run_report(out, config, result, final_grid, diffusion_report(config))
+
+
+def model_config_overrides(**values: Any) -> dict[str, Any]:
+    """Keep only the U-Net fields the user set (None means: use the default for the data)."""
+    fields = set(ModelConfig.__dataclass_fields__)
+    return {k: v for k, v in values.items() if v is not None and k in fields}

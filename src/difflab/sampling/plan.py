@@ -1,0 +1,246 @@
+"""The sampling plan: what a face asks for (``SamplingRequest``), checked and completed once for
+the loaded model (``SamplingPlan``), so that the sampler executes it without changing anything.
+
+Every face builds a request from its inputs and asks ``difflab.kinds.plan_sampling``, which hands
+it to the planner of the model's kind below: ``plan_diffusion`` (pixel or latent: any sampler,
+guidance, a class), ``plan_consistency`` (1, 2 or 4 consistency steps), ``plan_progressive`` (DDIM
+in the student's steps, unclipped), ``plan_gan`` (one generator evaluation). A bad value is a
+``ValueError`` with one line naming it; a plan holds its timestep grid as data (k-diffusion's
+``sigmas``), which the solver takes as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from difflab.config import RunConfig
+from difflab.consistency import consistency_timesteps
+from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
+
+if TYPE_CHECKING:
+    from difflab.sampling.load import LoadedModel
+
+CONSISTENCY = "consistency"  # the sampler of a consistency student (difflab.consistency)
+GENERATOR = "gan generator"  # a GAN's: one generator evaluation per image
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """What a face asks of a model. None means not given: the model's own default."""
+
+    num_images: int = 64
+    seed: int = 0
+    sampler: str | None = None  # one of SAMPLERS
+    steps: int | None = None  # network evaluations
+    spacing: str | None = None  # which timesteps a respaced sampler visits (default trailing)
+    eta: float | None = None  # DDIM noise
+    variance: str | None = None  # DDPM's sigma^2: beta or beta_tilde
+    guidance: float | None = None  # classifier-free guidance scale
+    guidance_sweep: tuple[float, ...] | None = None  # several scales, one row each
+    class_label: int | str | None = None  # an index or a class name; None: every class
+    class_rows: bool = False  # no class chosen: every class in blocks of a row each (a grid with
+    # one row per class, rounded up to whole rows) instead of the classes in turn
+    clip: bool | None = None  # False: do not clip the predicted x0 to [-1, 1]
+    trajectory: str | None = None  # the flag that asks for the intermediate steps, if any
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """A request checked and completed for one model: everything the sampler needs, nothing left
+    to resolve."""
+
+    sampler: str  # one of SAMPLERS, CONSISTENCY or GENERATOR
+    steps: int  # network evaluations per image
+    timesteps: tuple[int, ...]  # the code timesteps visited, noisiest first (empty for a GAN)
+    num_images: int
+    seed: int
+    labels: torch.Tensor | None = None  # one per image; None: unconditional
+    guidance: float = 1.0  # the scale applied while sampling (1: one conditional pass)
+    shown_guidance: float | None = None  # the scale to report: baked in for a distilled model
+    eta: float = 0.0  # DDIM's noise
+    variance: str = "beta"  # DDPM's sigma^2
+    clip_x0: bool = True  # clip the predicted x0 to [-1, 1]
+    guidance_sweep: tuple[float, ...] = ()  # scales of a sweep, checked
+    rows: int = 0  # >0: the labels are classes in blocks of this many (one grid row per class)
+    extra: dict[str, Any] = field(default_factory=dict)  # sampler options beyond these
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keywords of ``sampling.draw.generate`` that carry this plan out."""
+        kwargs: dict[str, Any] = {
+            "num_images": self.num_images, "seed": self.seed, "sampler": self.sampler,
+            "steps": self.steps, "timesteps": list(self.timesteps), "labels": self.labels,
+            "guidance": self.guidance, "clip_x0": self.clip_x0, "eta": self.eta, **self.extra,
+        }  # fmt: skip
+        if self.sampler == "ddpm":
+            kwargs["variance"] = self.variance
+        return kwargs
+
+    def with_guidance(self, guidance: float) -> SamplingPlan:
+        """The same plan at another guidance scale (one of its checked ``guidance_sweep``)."""
+        assert guidance in self.guidance_sweep
+        return replace(self, guidance=guidance, shown_guidance=guidance)
+
+
+def class_labels(
+    config: RunConfig, class_label: int | str | None, num_images: int
+) -> torch.Tensor | None:
+    """The label of each image to draw: ``class_label`` for all, or classes in turn (0, 1, 2, ...).
+
+    ``class_label`` may be an index or one of the checkpoint's class names. Unconditional models
+    get None; asking them for a class is an error.
+    """
+    k = config.model.num_classes
+    if k == 0:
+        if class_label is not None:
+            raise ValueError(
+                f"class label {class_label!r} given, but this model is unconditional "
+                "(train with --conditional to generate chosen classes)"
+            )
+        return None
+    if class_label is None:
+        return torch.arange(num_images) % k
+    names = list(config.class_names)
+    if isinstance(class_label, str) and not class_label.lstrip("-").isdigit():
+        if class_label not in names:
+            raise ValueError(f"unknown class {class_label!r}; expected one of {', '.join(names)}")
+        index = names.index(class_label)
+    else:
+        index = int(class_label)
+    if not 0 <= index < k:
+        shown = f" ({', '.join(f'{i}={n}' for i, n in enumerate(names))})" if names else ""
+        raise ValueError(f"class label {index} out of range; expected 0..{k - 1}{shown}")
+    return torch.full((num_images,), index, dtype=torch.long)
+
+
+def check_guidance(config: RunConfig, guidance: float | None) -> float:
+    """The guidance scale to use: 1 (plain conditional) by default; an error without labels."""
+    if guidance is None:
+        return 1.0
+    if config.model.num_classes == 0:
+        raise ValueError(
+            f"guidance {guidance:g} needs a class-conditional model; this checkpoint is "
+            "unconditional (train with --conditional)"
+        )
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+    return guidance
+
+
+def _labels(config: RunConfig, request: SamplingRequest) -> tuple[torch.Tensor | None, int, int]:
+    """The labels, the number of images and the rows of a request: every class in blocks of a
+    row each when ``class_rows`` and no class was chosen, else ``class_labels``."""
+    k = config.model.num_classes
+    if request.class_rows and k and request.class_label is None:
+        per_class = -(-request.num_images // k)
+        labels = torch.arange(k).repeat_interleave(per_class)
+        return labels, len(labels), per_class
+    labels = class_labels(config, request.class_label, request.num_images)
+    return labels, request.num_images, 0
+
+
+def _check_count(request: SamplingRequest) -> None:
+    if request.num_images < 1:
+        raise ValueError(f"number of images must be >= 1, got {request.num_images}")
+
+
+def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A diffusion model's plan (pixel or latent): any sampler in any valid steps, guidance and a
+    class for a conditional model; x0 clipped unless asked not to or the samples are latents."""
+    _check_count(request)
+    config, schedule = loaded.config, loaded.schedule
+    assert schedule is not None
+    sampler = request.sampler or DEFAULT_SAMPLER
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    steps = request.steps or default_steps(sampler, schedule.num_timesteps)
+    spacing = request.spacing or "trailing"
+    grid = timestep_sequence(schedule.num_timesteps, steps, spacing)  # a bad --steps fails here
+    guidance = check_guidance(config, request.guidance)
+    labels, n, rows = _labels(config, request)
+    sweep = tuple(check_guidance(config, w) for w in request.guidance_sweep or ())
+    if sweep and labels is None:
+        raise ValueError("--guidance-sweep needs a class-conditional model")
+    return SamplingPlan(
+        sampler=sampler, steps=steps, timesteps=tuple(grid), num_images=n, seed=request.seed,
+        labels=labels, guidance=guidance, shown_guidance=guidance,
+        eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
+        variance=request.variance or "beta", clip_x0=request.clip is not False and
+        loaded.space.clip_x0, guidance_sweep=sweep, rows=rows,
+    )  # fmt: skip
+
+
+def _baked_guidance(baked: float, request: SamplingRequest) -> None:
+    """A distilled model's guidance was baked in: asking for another is an error."""
+    if request.guidance_sweep:
+        raise ValueError("--guidance-sweep: a distilled model has its guidance baked in")
+    if request.guidance is not None and request.guidance != baked:
+        raise ValueError(
+            f"--guidance {request.guidance:g}: this model was distilled at guidance {baked:g}, "
+            "which is baked in (distil again with --guidance W for another)"
+        )
+
+
+def plan_consistency(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A consistency student's plan: consistency sampling in 1, 2 or 4 steps (1 by default), its
+    guidance the one it was distilled at."""
+    _check_count(request)
+    config, schedule = loaded.config, loaded.schedule
+    assert schedule is not None and config.consistency is not None
+    if request.guidance_sweep:
+        _baked_guidance(config.consistency.guidance, request)
+    steps = request.steps or 1
+    grid = consistency_timesteps(schedule.num_timesteps, steps)  # an unsupported --steps fails
+    _baked_guidance(config.consistency.guidance, request)
+    labels, n, rows = _labels(config, request)
+    return SamplingPlan(
+        sampler=CONSISTENCY, steps=steps, timesteps=tuple(grid), num_images=n,
+        seed=request.seed, labels=labels, shown_guidance=config.consistency.guidance, rows=rows,
+    )  # fmt: skip
+
+
+def plan_progressive(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A progressive student's plan: deterministic DDIM in its own steps (or others asked for),
+    unclipped as it was trained, its guidance the one it was distilled at."""
+    _check_count(request)
+    config, schedule = loaded.config, loaded.schedule
+    assert schedule is not None and config.progressive is not None
+    if request.guidance_sweep:
+        _baked_guidance(config.progressive.guidance, request)
+    steps = request.steps or config.progressive.steps
+    grid = timestep_sequence(schedule.num_timesteps, steps)  # an unsupported --steps fails here
+    _baked_guidance(config.progressive.guidance, request)
+    labels, n, rows = _labels(config, request)
+    return SamplingPlan(
+        sampler="ddim", steps=steps, timesteps=tuple(grid), num_images=n, seed=request.seed,
+        labels=labels, shown_guidance=config.progressive.guidance, clip_x0=False, rows=rows,
+    )  # fmt: skip
+
+
+# What a GAN takes of a request: the number of images and the seed. Everything else is a
+# diffusion model's, in the order the error names the first one given.
+DIFFUSION_ONLY = {
+    "sampler": "--sampler", "steps": "--steps", "spacing": "--spacing", "eta": "--eta",
+    "variance": "--variance", "trajectory": None, "guidance_sweep": "--guidance-sweep",
+    "guidance": "--guidance", "class_label": "--class-label", "clip": "--no-clip",
+}  # fmt: skip
+
+
+def plan_gan(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A GAN's plan: G(z) for ``num_images`` latents z from ``seed``; a diffusion-only value is a
+    one-line error naming it."""
+    for name, flag in DIFFUSION_ONLY.items():
+        value = getattr(request, name)
+        if value is not None and value is not False:
+            raise ValueError(
+                f"{flag or value} applies to diffusion checkpoints; {loaded.config.train.data} "
+                f"GAN {loaded.path} draws each image in one generator evaluation (flags it "
+                "takes: --num-images, --seed, --raw-weights, --device, --out)"
+            )
+    _check_count(request)
+    return SamplingPlan(
+        sampler=GENERATOR, steps=1, timesteps=(), num_images=request.num_images, seed=request.seed
+    )
