@@ -85,10 +85,16 @@ def _nothing(config: RunConfig) -> dict[str, Any]:
     return {}
 
 
-def _teacher(config: RunConfig) -> dict[str, Any]:
-    method = config.consistency or config.progressive
-    assert method is not None
-    return {"teacher": load_teacher(method.teacher, method.teacher_sha256)}
+def _consistency_teacher(config: RunConfig) -> dict[str, Any]:
+    cc = config.consistency
+    assert cc is not None
+    return {"teacher": load_teacher(cc.teacher, cc.teacher_sha256)}
+
+
+def _progressive_teacher(config: RunConfig) -> dict[str, Any]:
+    pc = config.progressive
+    assert pc is not None
+    return {"teacher": load_teacher(pc.teacher, pc.teacher_sha256)}
 
 
 def _autoencoder_file(config: RunConfig) -> dict[str, Any]:
@@ -122,7 +128,8 @@ KINDS: dict[str, Kind] = {
             objective=lambda config, data, ctx, out, teacher: ConsistencyDistillation(
                 config, teacher, data, ctx
             ),
-            prepare=_teacher, load=load_unet, plan=planners.plan_consistency, denoiser=False,
+            prepare=_consistency_teacher, load=load_unet,
+            plan=planners.plan_consistency, denoiser=False,
             refusal="this checkpoint is a consistency model (made by difflab distill): it samples "
             "with difflab sample / evaluate --steps 1, 2 or 4, not with a diffusion sampler or the "
             "editing commands",
@@ -134,7 +141,8 @@ KINDS: dict[str, Kind] = {
             objective=lambda config, data, ctx, out, teacher: ProgressiveDistillation(
                 config, teacher, data, ctx, out
             ),
-            prepare=_teacher, load=load_unet, plan=planners.plan_progressive, denoiser=True,
+            prepare=_progressive_teacher, load=load_unet,
+            plan=planners.plan_progressive, denoiser=True,
             refusal="", step_choices=_progressive_steps,
             title=lambda config: "progressively distilled model (DDIM, "
             f"{_progressive_steps(config)[0]} steps)",

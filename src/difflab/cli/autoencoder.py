@@ -15,12 +15,14 @@ from difflab import distributed
 from difflab.cli.flags import (
     add_command,
     add_data_flags,
-    check_resume_flags,
+    add_run_flags,
+    config_from_flags,
     int_tuple,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    resume_from_flags,
 )
 from difflab.config import PRECISIONS, AutoencoderConfig, TrainConfig
 
@@ -78,33 +80,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every,
                    help="write a reconstruction preview every N epochs; 0: at the end")  # fmt: skip
     p.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every)
-    p.add_argument("--out", help="run directory (default: runs/autoencoder-<data>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an autoencoder run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(
+        p, default_out="runs/autoencoder-<data>", resume_help="continue an autoencoder run"
+    )
 
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> None:
     from difflab.config import ModelConfig, RunConfig
     from difflab.data import load_dataset
-    from difflab.kinds import resume_run, train
+    from difflab.kinds import train
     from difflab.objectives.autoencoder import autoencoder_config_for
 
     if args.resume:
-        check_resume_flags(args, RESUME_FLAGS)
-        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
-        config, dataset, _ = resume_run(args.resume, "train-autoencoder", **changes)
+        config, dataset, _ = resume_from_flags(args, "train-autoencoder", RESUME_FLAGS)
         out = Path(args.resume)
     else:
-        d = TrainConfig()
-        train_cfg = TrainConfig(
-            data=args.data, data_dir=args.data_dir, num_images=args.num_images,
-            epochs=args.epochs or d.epochs, max_minutes=args.max_minutes,
-            max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-            warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, seed=args.seed,
-            device=args.device or d.device, precision=args.precision or d.precision,
-            sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-        )  # fmt: skip
+        train_cfg = config_from_flags(TrainConfig, args)
         train_cfg.validate()
         dataset = load_dataset(
             args.data, data_dir=args.data_dir, image_size=args.image_size, seed=args.seed,

@@ -16,10 +16,12 @@ from pathlib import Path
 from difflab import distributed
 from difflab.cli.flags import (
     add_command,
-    check_resume_flags,
+    add_run_flags,
+    config_from_flags,
     flags_given,
     positive_float,
     positive_int,
+    resume_from_flags,
 )
 from difflab.config import (
     TEACHER_SOLVERS,
@@ -71,7 +73,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "safetensors for each round's student N; on MNIST at 10 CPU-minutes it won at every "
         "step count, 4 steps FID 2.87 against 23.6: docs/few_step.md)",
     )  # fmt: skip
-    p.add_argument("--out", help="run directory (default: runs/distill)")
     p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
     p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
     p.add_argument("--max-minutes", type=positive_float, help="stop after this much time")
@@ -148,21 +149,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--sample-every", type=int, default=1, help="preview every N epochs; 0: end")
     p.add_argument("--num-preview", type=positive_int, default=64, help="images per preview")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a distillation run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(p, default_out="runs/distill", resume_help="continue a distillation run")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.io import file_sha256
-    from difflab.kinds import resume_run, train
+    from difflab.kinds import train
     from difflab.objectives.consistency import load_teacher, student_config
     from difflab.objectives.progressive import student_config as progressive_config
 
     if args.resume:
-        check_resume_flags(args, RESUME_FLAGS)
-        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
-        config, dataset, resources = resume_run(args.resume, "distill", **changes)
+        config, dataset, resources = resume_from_flags(args, "distill", RESUME_FLAGS)
         out = Path(args.resume)
     else:
         if args.teacher is None:
@@ -177,12 +174,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
         teacher = load_teacher(args.teacher)
         tc = teacher.config.train
-        train_cfg = TrainConfig(
-            data=tc.data, data_dir=args.data_dir or tc.data_dir, num_images=tc.num_images,
-            epochs=args.epochs or 20, max_minutes=args.max_minutes, max_steps=args.max_steps,
-            batch_size=args.batch_size, lr=args.lr or LR[args.method], ema_decay=args.ema_decay,
-            seed=args.seed, device=args.device or "auto", sample_every=args.sample_every,
-            num_preview=args.num_preview, preview_steps=args.preview_steps,
+        train_cfg = config_from_flags(
+            TrainConfig, args, data=tc.data, data_dir=args.data_dir or tc.data_dir,
+            num_images=tc.num_images, lr=args.lr or LR[args.method],
         )  # fmt: skip
         train_cfg.validate()
         dataset = _dataset(train_cfg, teacher.config.model.image_size)

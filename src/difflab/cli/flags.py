@@ -8,15 +8,18 @@ second command starts to take moves here, as ``add_<group>_flags(parser)``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
-from difflab.config import DiffusionConfig
-from difflab.data import DATASETS
+from difflab.config import DiffusionConfig, RunConfig
+from difflab.data import DATASETS, ImageDataset
 from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
 from difflab.sampling.plan import SamplingRequest
 from difflab.schedules import SCHEDULES
+
+T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -176,6 +179,15 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 
+def add_run_flags(p: argparse.ArgumentParser, *, default_out: str, resume_help: str) -> None:
+    """The run directory of a training command: where it goes, how to continue one, and the
+    progress bar (train, train-gan, train-autoencoder, distill)."""
+    p.add_argument("--out", help=f"run directory (default: {default_out})")
+    p.add_argument("--resume", metavar="RUN_DIR", help=resume_help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def add_input_flags(p: argparse.ArgumentParser) -> None:
     """The images to edit: files, or test-set images of the data the model was trained on."""
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="input image file")
@@ -215,6 +227,17 @@ def sampling_request(args: argparse.Namespace, **fields: Any) -> SamplingRequest
     return SamplingRequest(**{**request, **fields})
 
 
+def config_from_flags(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
+    """The config dataclass ``cls`` from the flags named like its fields (a flag left unset, None,
+    takes the field's default), with ``values`` for the fields a command sets itself."""
+    flags = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if getattr(args, f.name, None) is not None
+    }
+    return cls(**{**flags, **values})
+
+
 def check_suffix(path: str | None, suffix: str, flag: str) -> None:
     if path is not None and Path(path).suffix.lower() != suffix:
         raise ValueError(f"{flag} {path} must end in {suffix}")
@@ -224,6 +247,17 @@ def check_png(path: str) -> Path:
     """``--out``, which must name a .png file."""
     check_suffix(path, ".png", "--out")
     return Path(path)
+
+
+def resume_from_flags(
+    args: argparse.Namespace, command: str, allowed: Sequence[str]
+) -> tuple[RunConfig, ImageDataset, dict[str, Any]]:
+    """``COMMAND --resume RUN_DIR``: the flags checked (only ``allowed`` may change), then the
+    run's configuration with them, its data and its objective's resources (``kinds.resume_run``)."""
+    from difflab.kinds import resume_run
+
+    check_resume_flags(args, allowed)
+    return resume_run(args.resume, command, **{name: getattr(args, name) for name in allowed})
 
 
 def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:

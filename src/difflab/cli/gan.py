@@ -20,10 +20,12 @@ from difflab import distributed, viz
 from difflab.cli.flags import (
     add_command,
     add_data_flags,
-    check_resume_flags,
+    add_run_flags,
+    config_from_flags,
     non_negative_int,
     positive_float,
     positive_int,
+    resume_from_flags,
     sampling_request,
 )
 from difflab.config import GAN_LOSSES, GANConfig, TrainConfig
@@ -72,34 +74,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-checkpoints", type=positive_int, default=3)
     p.add_argument("--num-preview", type=positive_int, default=64, help="images per preview")
     p.add_argument("--num-images", type=positive_int, help="train on the first N images only")
-    p.add_argument("--out", help="run directory (default: runs/gan-<data>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the GAN run in RUN_DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(p, default_out="runs/gan-<data>", resume_help="continue the GAN run in RUN_DIR")
 
 
 def cmd_train_gan(args: argparse.Namespace) -> None:
-    from difflab.kinds import resume_run, train
+    from difflab.kinds import train
     from difflab.objectives.gan import GAN_TRAIN_DEFAULTS, default_gan_config, gan_run_config
 
     if args.resume:
-        check_resume_flags(args, RESUME_FLAGS)
+        config, dataset, _ = resume_from_flags(args, "train-gan", RESUME_FLAGS)
         out = Path(args.resume)
-        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
-        config, dataset, _ = resume_run(out, "train-gan", **changes)
     else:
         if not 0.0 <= args.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
         if not 0.0 <= args.beta1 < 1.0:
             raise ValueError(f"--beta1 must lie in [0, 1), got {args.beta1}")
-        train_cfg = TrainConfig(
-            **{**GAN_TRAIN_DEFAULTS, "lr": args.lr}, data=args.data, data_dir=args.data_dir,
-            epochs=args.epochs or 20, max_minutes=args.max_minutes, max_steps=args.max_steps,
-            batch_size=args.batch_size, ema_decay=args.ema_decay, seed=args.seed,
-            device=args.device or "auto", sample_every=args.sample_every,
-            checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-            num_preview=args.num_preview, num_images=args.num_images,
-        )  # fmt: skip
+        train_cfg = config_from_flags(TrainConfig, args, **{**GAN_TRAIN_DEFAULTS, "lr": args.lr})
         train_cfg.validate()
         dataset = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size,
                                seed=args.seed, num_images=args.num_images)  # fmt: skip

@@ -16,12 +16,14 @@ from difflab import distributed
 from difflab.cli.flags import (
     add_command,
     add_data_flags,
-    check_resume_flags,
+    add_run_flags,
+    config_from_flags,
     int_tuple,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    resume_from_flags,
 )
 from difflab.config import PRECISIONS, PRESETS, DiffusionConfig, TrainConfig
 from difflab.diffusion import PREDICTIONS
@@ -163,10 +165,7 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """The run directory, resuming, and the stopping, numerics and speed flags."""
     d, dd = TrainConfig(), DiffusionConfig()
-    p.add_argument("--out", default=None, help="run directory (default: runs/<data>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_flags(p, default_out="runs/<data>", resume_help="continue the run in RUN_DIR")
     # Flags that default to None may also be given with --resume (difflab.training.RESUME_FLAGS).
     p.add_argument(
         "--max-steps", type=positive_int,
@@ -209,33 +208,15 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
         args.min_snr_gamma = None  # --min-snr-gamma 0: no weighting
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    d = TrainConfig()
-    return TrainConfig(
-        data=args.data, data_dir=args.data_dir, epochs=args.epochs or d.epochs,
-        max_minutes=args.max_minutes, max_steps=args.max_steps, batch_size=args.batch_size,
-        lr=args.lr, warmup_steps=args.warmup_steps, lr_decay=args.lr_decay,
-        grad_clip=args.grad_clip, ema_decay=args.ema_decay, seed=args.seed,
-        device=args.device or d.device, sample_every=args.sample_every,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        preview_sampler=args.preview_sampler, preview_steps=args.preview_steps,
-        num_images=args.num_images, precision=args.precision or d.precision,
-        channels_last=args.channels_last, compile=bool(args.compile),
-        skip_nonfinite=bool(args.skip_nonfinite),
-    )  # fmt: skip
-
-
 def cmd_train(args: argparse.Namespace) -> None:
-    from difflab.kinds import resume_run, train
+    from difflab.kinds import train
     from difflab.objectives.diffusion import model_config_overrides, prepare_run
     from difflab.training import RESUME_FLAGS
 
     resources: dict[str, Any] = {}
     if args.resume:
-        check_resume_flags(args, RESUME_FLAGS)
+        config, dataset, resources = resume_from_flags(args, "train", RESUME_FLAGS)
         out = Path(args.resume)
-        changes = {name: getattr(args, name) for name in RESUME_FLAGS}
-        config, dataset, resources = resume_run(out, "train", **changes)
     else:
         _resolve_recipe(args)
         if not 0.0 <= args.ema_decay < 1.0:
@@ -257,12 +238,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             if args.image_size:
                 raise ValueError("--image-size cannot go with --latent (the autoencoder's is used)")
             config, dataset = latent_run_config(
-                args.latent, _train_config(args), diffusion, overrides,
+                args.latent, config_from_flags(TrainConfig, args), diffusion, overrides,
                 conditional=args.conditional,
             )  # fmt: skip
         else:
             config, dataset = prepare_run(
-                _train_config(args), diffusion, overrides, image_size=args.image_size,
+                config_from_flags(TrainConfig, args), diffusion, overrides, image_size=args.image_size,
                 conditional=args.conditional, backend=args.backend,
             )  # fmt: skip
         out = Path(args.out or f"runs/{args.data}")
