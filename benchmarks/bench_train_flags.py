@@ -15,7 +15,7 @@ After a warm-up (which holds torch.compile's compilation, reported as ``warmup_s
 variants take their steps in turn, so that a load change on a shared machine hits each alike.
 Prints JSON: images/s and median seconds per step of each variant, and the fastest.
 
-``--loop`` adds the row ``loop_default``: the whole training loop, ``difflab.train.train`` (the
+``--loop`` adds the row ``loop_default``: the whole training loop, ``difflab.kinds.train`` (the
 harness and the diffusion objective: data order, noise draws, the non-finite checks, logging,
 progress) with the default flags on synthetic data of the same shape, timed by difference: one
 run of ``warmup`` steps and one of ``warmup + steps``, repeated ``--loop-repeats`` times in turn,
@@ -71,7 +71,7 @@ CUDA_VARIANTS = {
 def make_step(
     precision: str, channels_last: bool, compile_: bool, device: torch.device, batch: int
 ) -> Callable[[], None]:
-    """One training step of train.py's loop for this variant, on a fixed synthetic batch."""
+    """One training step of the diffusion objective for this variant, on a fixed synthetic batch."""
     config = default_model_config("mnist", 28, 1, 0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def make_step(
 
 
 def time_loop(device: torch.device, batch: int, steps: int, warmup: int, repeats: int) -> dict:
-    """images/s of ``difflab.train.train`` with the default flags, by the difference of a
+    """images/s of ``difflab.kinds.train`` with the default flags, by the difference of a
     ``warmup``-step run and a ``warmup + steps``-step run (fixed costs cancel)."""
     rng = np.random.default_rng(0)
     n = batch * (warmup + steps)  # one epoch: no epoch-end work inside the timed steps
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--variants", help="comma-separated subset (default: all for the device)")
     parser.add_argument("--quick", action="store_true", help="batch 8, 2 steps: a smoke check")
-    parser.add_argument("--loop", action="store_true", help="also time difflab.train.train")
+    parser.add_argument("--loop", action="store_true", help="also time difflab.kinds.train")
     parser.add_argument("--loop-repeats", type=int, default=3, help="runs of each length")
     args = parser.parse_args(argv)
     if args.quick:

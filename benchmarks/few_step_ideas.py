@@ -1,6 +1,6 @@
 """Measured attempts to close the few-step gap (docs/few_step.md), one command each, so that anyone
 can rerun them. Those that did not help enough stay here; ``dmd``, which did, became the stage of
-``difflab distill --method progressive --dmd-steps`` (``difflab.progressive``).
+``difflab distill --method progressive --dmd-steps`` (``difflab.objectives.progressive``).
 
     .venv/bin/python benchmarks/few_step_ideas.py stochastic --checkpoint S --mode meng \\
         --out images.npz                      # then: difflab evaluate --images images.npz ...
@@ -22,7 +22,7 @@ can rerun them. Those that did not help enough stay here; ``dmd``, which did, be
   distilled models (``meng``: a deterministic DDIM jump two grid points down, then forward noise
   back up one, x_s = (alpha_s / alpha_u) x_u + sqrt(sigma_s^2 - (alpha_s sigma_u / alpha_u)^2) z).
 - ``adversarial``: fine-tunes a 4-step student with its last round's loss (its 8-step teacher,
-  DDIM, ``difflab.progressive``) plus a hinge GAN loss (Lim & Ye 2017) against a fresh spectrally
+  DDIM, ``difflab.objectives.progressive``) plus a hinge GAN loss (Lim & Ye 2017) against a fresh spectrally
   normalised discriminator (``difflab.models.gan``), weighted by VQGAN's adaptive rule (Esser et
   al. 2021, Eq. 7: the ratio of the losses' gradient norms at the student's last layer) times
   ``--weight``; on the x0 prediction at every grid step from noised real images (``--place x0``,

@@ -1,6 +1,6 @@
 """Checkpoints: safetensors weights with the JSON configuration inside, written atomically.
 
-One file holds everything an objective declares (``difflab.harness``): the tensors of each network
+One file holds everything an objective declares (``difflab.training``): the tensors of each network
 under its name (``model.*`` the raw weights, ``ema.*`` the moving average used for sampling, and
 any others, e.g. a discriminator), of each optimiser (``optim.*``, the moments) and ``rng.*``; the
 safetensors metadata holds the run configuration, the network names, the optimisers' scalars and

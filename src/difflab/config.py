@@ -170,7 +170,7 @@ GAN_LOSSES = ("dcgan", "hinge")
 
 @dataclass(frozen=True)
 class GANConfig:
-    """A GAN baseline (``difflab train-gan``, ``difflab.gan``): its losses and networks. The image
+    """A GAN baseline (``difflab train-gan``, ``difflab.objectives.gan``): its losses and networks. The image
     size and channels are ``RunConfig.model``'s; the U-Net fields there are unused."""
 
     loss: str = (

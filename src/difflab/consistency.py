@@ -20,7 +20,7 @@ An eps-predicting one would need c_skip = alpha_min / alpha_t, which grows witho
 noise (alpha_{T-1} ~ 0): it is refused. Linear and cosine schedules are both VP: both work.
 
 A student initialised from its v- (or x0-) teacher starts as "one DDIM step to the data", and
-distillation (``difflab.distill``) teaches it to land where the teacher's ODE lands.
+distillation (``difflab.objectives.consistency``) teaches it to land where the teacher's ODE lands.
 """
 
 from __future__ import annotations

@@ -196,7 +196,7 @@ class AutoencoderObjective(Objective):
             f"reconstruction PSNR ({len(test)} held-out images)": f"{float(psnr(rec, test.cpu()).mean()):.2f} dB",
             "reconstruction FID": reconstruction_fid(self.config, rec.numpy(), self.test),
             "loss": f"L1 + {ac.l2_weight:g} L2 (pixel mean) + {ac.kl_weight:g} KL (LDM's sum "
-            "weight; see difflab.autoencoder)",
+            "weight; see difflab.objectives.autoencoder)",
         }
         x = test[:6]
         with torch.no_grad():

@@ -85,7 +85,7 @@ class DiffusionObjective(Objective):
 
     def x0_batch(self, batch: Batch) -> torch.Tensor:
         """This process's share of the batch's clean data x0, (b / world, C, H, W): the images
-        (``difflab.latent.LatentDiffusion`` draws latents here instead)."""
+        (``objectives.latent.LatentDiffusion`` draws latents here instead)."""
         return self.images[batch.idx[batch.mine]]
 
     def describe(self) -> str:

@@ -1,5 +1,5 @@
 """The GAN baseline: a generator and a discriminator trained against each other on the shared
-harness (``difflab.harness``), for measuring diffusion against the model family it displaced.
+harness (``difflab.training``), for measuring diffusion against the model family it displaced.
 
 Each training step takes two phases on the same batch of real images x, in this order:
 

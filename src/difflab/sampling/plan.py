@@ -12,7 +12,7 @@ in the student's steps, unclipped), ``plan_gan`` (one generator evaluation). A b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,20 +60,19 @@ class SamplingPlan:
     seed: int
     labels: torch.Tensor | None = None  # one per image; None: unconditional
     guidance: float = 1.0  # the scale applied while sampling (1: one conditional pass)
-    shown_guidance: float | None = None  # the scale to report: baked in for a distilled model
+    shown_guidance: float = 1.0  # the scale to report: baked in for a distilled model
     eta: float = 0.0  # DDIM's noise
     variance: str = "beta"  # DDPM's sigma^2
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1]
     guidance_sweep: tuple[float, ...] = ()  # scales of a sweep, checked
     rows: int = 0  # >0: the labels are classes in blocks of this many (one grid row per class)
-    extra: dict[str, Any] = field(default_factory=dict)  # sampler options beyond these
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keywords of ``sampling.draw.generate`` that carry this plan out."""
         kwargs: dict[str, Any] = {
             "num_images": self.num_images, "seed": self.seed, "sampler": self.sampler,
             "steps": self.steps, "timesteps": list(self.timesteps), "labels": self.labels,
-            "guidance": self.guidance, "clip_x0": self.clip_x0, "eta": self.eta, **self.extra,
+            "guidance": self.guidance, "clip_x0": self.clip_x0, "eta": self.eta,
         }  # fmt: skip
         if self.sampler == "ddpm":
             kwargs["variance"] = self.variance

@@ -5,7 +5,7 @@ Two layers, so the logic is tested without a browser or even Gradio installed:
 
   core.py   what the page does, in plain Python: ``DemoModel`` loads a checkpoint, validates a
             request (``parse_request``), streams the denoising as frames (``stream``) by calling
-            ``difflab.generate.generate`` exactly as ``difflab sample`` does, and computes the
+            ``difflab.sampling.generate`` exactly as ``difflab sample`` does, and computes the
             forward-process view (``forward_view``). Errors are ``ValueError`` with one line.
   app.py    the Gradio face: ``build_app`` lays out the tabs and wires thin handlers onto
             ``DemoModel``; ``serve`` launches it offline, bounded and local

@@ -278,7 +278,7 @@ class DemoModel:
         plan = replace(plan, seed=parse_seed(seed, draw_seed))
         return GenerateRequest(
             sampler=plan.sampler, steps=plan.steps, seed=plan.seed, num_images=plan.num_images,
-            class_label=label, guidance=plan.shown_guidance or 1.0, eta=plan.eta,
+            class_label=label, guidance=plan.shown_guidance, eta=plan.eta,
             every=k or max(1, round(plan.steps / PREVIEWS)), plan=plan,
         )  # fmt: skip
 
