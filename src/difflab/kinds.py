@@ -4,7 +4,7 @@
 sections a configuration has); ``KINDS`` below maps each kind to the command that trains it, its
 objective (``difflab.objectives``), what that objective needs loaded beforehand, the loader of its
 network and its sampling planner (``difflab.sampling``). Every face asks this module: ``load_model``
-and ``plan_sampling`` for drawing, ``load_denoiser`` for the editing commands, ``train`` and
+and ``plan_sampling`` for drawing, ``load_denoiser`` and ``plan_editing`` for the editing commands, ``train`` and
 ``resume_run`` for training. After it, the code is kind-agnostic (nanoGPT's one ``init_from``
 switch, DiT's ``create_diffusion`` factory).
 
@@ -236,6 +236,13 @@ def plan_sampling(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan
     planner = kind_of(loaded.config).plan
     assert planner is not None  # load_model loads only kinds that draw
     return planner(loaded, request)
+
+
+def plan_editing(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """The plan of an editing command (``sampling.plan.plan_edit``) for a model whose kind has a
+    denoiser; another kind is refused in one line."""
+    check_denoiser(loaded)
+    return planners.plan_edit(loaded, request)
 
 
 def draw(

@@ -26,15 +26,13 @@ from difflab.cli.flags import (
     float_tuple,
     int_tuple,
     positive_int,
-    sampler_options,
+    sampling_request,
 )
 from difflab.editing import MASK_REGIONS
-from difflab.kinds import check_denoiser, load_denoiser, load_model
-from difflab.samplers import timestep_sequence
+from difflab.kinds import load_denoiser, load_model, plan_editing
 from difflab.sampling import (
     LoadedGAN,
-    check_guidance,
-    class_labels,
+    SamplingPlan,
     load_input_images,
     load_mask,
     model_denoiser,
@@ -110,28 +108,26 @@ def _add_interpolate(subparsers: argparse._SubParsersAction) -> None:
 # Shared set-up ----------------------------------------------------------------------------------
 
 
-def _edit_setup(args: argparse.Namespace) -> tuple[Any, torch.Tensor, Any]:
-    """Model, input images and labels for the editing commands (all checked before any work)."""
+def _edit_setup(args: argparse.Namespace, sampler: str) -> tuple[Any, torch.Tensor, SamplingPlan]:
+    """Model, input images and the edit's plan (``sampler``'s steps, the class and guidance), all
+    checked before any work."""
     loaded = load_denoiser(args.checkpoint, args.device, ema=not args.raw_weights)
     images = load_input_images(loaded.config, args.image, args.from_data)
-    return loaded, images, _edit_label(loaded, args)
+    return loaded, images, _edit_plan(loaded, args, sampler)
 
 
-def _edit_label(loaded: Any, args: argparse.Namespace) -> tuple[torch.Tensor | None, float]:
-    """The (1,) label and guidance scale of an editing command; without --class-label a
-    conditional model edits unconditionally (its null label)."""
-    guidance = check_guidance(loaded.config, args.guidance)
-    if args.class_label is None:
-        return None, guidance
-    return class_labels(loaded.config, args.class_label, 1).to(loaded.device), guidance
+def _edit_plan(loaded: Any, args: argparse.Namespace, sampler: str) -> SamplingPlan:
+    """The plan of an edit with ``sampler``: without --class-label a conditional model edits
+    unconditionally (its null label)."""
+    request = sampling_request(args, sampler=sampler, num_images=args.num_images, seed=args.seed)
+    return plan_editing(loaded, request)
 
 
 def _edit_each(
     args: argparse.Namespace,
     loaded: Any,
     images: torch.Tensor,
-    label: torch.Tensor | None,
-    guidance: float,
+    plan: SamplingPlan,
     edit: Any,
     desc: str,
 ) -> torch.Tensor:
@@ -145,9 +141,9 @@ def _edit_each(
         with torch.no_grad():
             x = space.from_images(image[None].to(loaded.device))[0]  # (C, H, W)
         batch = x.expand(n, *x.shape).to(loaded.device)  # (n, C, H, W)
-        y = None if label is None else label.expand(n)
+        y = None if plan.labels is None else plan.labels.to(loaded.device).expand(n)
         denoiser = model_denoiser(
-            loaded.model, config, loaded.schedule, y, guidance, not args.no_clip and space.clip_x0
+            loaded.model, config, loaded.schedule, y, plan.guidance, plan.clip_x0
         )
         with torch.no_grad():
             columns = edit(image, denoiser, batch, gen)
@@ -162,16 +158,14 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     from difflab.editing import inpaint, region_mask
 
     out = check_png(args.out)
-    loaded, images, (label, guidance) = _edit_setup(args)
-    config, schedule, n = loaded.config, loaded.schedule, args.num_images
+    loaded, images, plan = _edit_setup(args, "ddpm")  # RePaint's DDPM, all T steps by default
+    config, schedule, n, steps = loaded.config, loaded.schedule, args.num_images, plan.steps
     if not loaded.space.clip_x0:  # a latent space: its cells are not pixels
         raise ValueError(
             f"{args.checkpoint} is a latent diffusion model, which cannot keep the pixels outside "
             "a mask (a latent cell covers several pixels, and decoding mixes them): use img2img, "
             "or inpaint with a pixel model"
         )
-    steps = args.steps or schedule.num_timesteps
-    timestep_sequence(schedule.num_timesteps, steps)  # a bad --steps fails before any work
     if args.mask:
         mask = load_mask(args.mask, config)
     else:
@@ -185,7 +179,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
         )  # fmt: skip
         return [(image * (1 - mask[0]))[None], result]  # the masked region shown mid-grey
 
-    rows = _edit_each(args, loaded, images, label, guidance, edit, "inpaint")
+    rows = _edit_each(args, loaded, images, plan, edit, "inpaint")
     headers = ["input", "masked", *[str(k + 1) for k in range(n)]]
     viz.save_labelled_grid(rows, out, headers)
     seconds = time.perf_counter() - start
@@ -197,9 +191,8 @@ def cmd_img2img(args: argparse.Namespace) -> None:
     from difflab.editing import sdedit
 
     out = check_png(args.out)
-    loaded, images, (label, guidance) = _edit_setup(args)
+    loaded, images, plan = _edit_setup(args, args.sampler)
     schedule, n = loaded.schedule, args.num_images
-    options = sampler_options(args, schedule.num_timesteps)
     for s in args.strength:
         if not 0 < s <= 1:
             raise ValueError(f"--strength {s:g} out of range; expected a number in (0, 1]")
@@ -209,13 +202,13 @@ def cmd_img2img(args: argparse.Namespace) -> None:
         columns = []
         for s in args.strength:
             result = sdedit(
-                denoiser, batch, schedule, strength=s, sampler=options["sampler"],
-                steps=options["steps"], eta=options.get("eta", 0.0), generator=gen,
+                denoiser, batch, schedule, strength=s, sampler=plan.sampler, steps=plan.steps,
+                eta=plan.eta, generator=gen,
             )  # fmt: skip
             columns.append(result)
         return columns
 
-    rows = _edit_each(args, loaded, images, label, guidance, edit, "img2img")
+    rows = _edit_each(args, loaded, images, plan, edit, "img2img")
     headers = ["input", *[f"s={s:g}" for s in args.strength for _ in range(n)]]
     viz.save_labelled_grid(rows, out, headers)
     seconds = time.perf_counter() - start
@@ -235,13 +228,11 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         from difflab.cli.gan import interpolate_gan
 
         return interpolate_gan(args, loaded, out)
-    check_denoiser(loaded)
     config, schedule = loaded.config, loaded.schedule
-    timestep_sequence(schedule.num_timesteps, args.steps)  # a bad --steps fails before any work
-    y, guidance = _edit_label(loaded, args)
+    plan = plan_editing(loaded, sampling_request(args, sampler="ddim", num_images=args.frames))
+    y = None if plan.labels is None else plan.labels.to(loaded.device)
     space = loaded.space  # a latent model walks between latents
-    clip = not args.no_clip and space.clip_x0
-    denoiser = model_denoiser(loaded.model, config, schedule, y, guidance, clip)
+    denoiser = model_denoiser(loaded.model, config, schedule, y, plan.guidance, plan.clip_x0)
     mc = config.model
     if args.seeds:
         if len(args.seeds) != 2 or args.image or args.from_data:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 from difflab.config import DiffusionConfig, RunConfig
 from difflab.data import DATASETS, ImageDataset
-from difflab.samplers import SAMPLERS, SPACINGS, default_steps, timestep_sequence
+from difflab.samplers import SAMPLERS, SPACINGS
 from difflab.sampling.plan import SamplingRequest
 from difflab.schedules import SCHEDULES
 
@@ -198,18 +198,6 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
 
 
 # Checks of flag values --------------------------------------------------------------------------
-
-
-def sampler_options(args: argparse.Namespace, num_timesteps: int) -> dict[str, Any]:
-    """The generate()/sample() keywords the sampler flags ask for, checked before any work."""
-    steps = args.steps or default_steps(args.sampler, num_timesteps)
-    timestep_sequence(num_timesteps, steps, args.spacing)  # a bad --steps fails here
-    options: dict[str, Any] = {"sampler": args.sampler, "steps": steps, "spacing": args.spacing}
-    if args.sampler == "ddpm":
-        options["variance"] = args.variance
-    elif args.sampler == "ddim":
-        options["eta"] = args.eta
-    return options
 
 
 def sampling_request(args: argparse.Namespace, **fields: Any) -> SamplingRequest:

@@ -4,7 +4,8 @@ the loaded model (``SamplingPlan``), so that the sampler executes it without cha
 Every face builds a request from its inputs and asks ``difflab.kinds.plan_sampling``, which hands
 it to the planner of the model's kind below: ``plan_diffusion`` (pixel or latent: any sampler,
 guidance, a class), ``plan_consistency`` (1, 2 or 4 consistency steps), ``plan_progressive`` (DDIM
-in the student's steps, unclipped), ``plan_gan`` (one generator evaluation). A bad value is a
+in the student's steps, unclipped), ``plan_gan`` (one generator evaluation); and ``plan_edit``
+for the editing commands on any model with a denoiser. A bad value is a
 ``ValueError`` with one line naming it; a plan holds its timestep grid as data (k-diffusion's
 ``sigmas``), which the solver takes as it is.
 """
@@ -169,6 +170,29 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
         eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
         variance=request.variance or "beta", clip_x0=request.clip is not False and
         loaded.space.clip_x0, guidance_sweep=sweep, rows=rows,
+    )  # fmt: skip
+
+
+def plan_edit(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """An editing command's plan (inpaint, img2img, interpolate) on a model with a denoiser: the
+    command names the sampler its edit runs (``request.sampler``); the steps default to that
+    sampler's; without a class a conditional model edits unconditionally (its null label), so
+    the labels are the one class asked for, or None."""
+    _check_count(request)
+    config, schedule, sampler = loaded.config, loaded.schedule, request.sampler
+    assert schedule is not None and sampler is not None
+    steps = request.steps or default_steps(sampler, schedule.num_timesteps)
+    grid = timestep_sequence(schedule.num_timesteps, steps, request.spacing or "trailing")
+    guidance = check_guidance(config, request.guidance)
+    labels = None
+    if request.class_label is not None:
+        labels = class_labels(config, request.class_label, 1)  # (1,): one class for every edit
+    return SamplingPlan(
+        sampler=sampler, steps=steps, timesteps=tuple(grid), num_images=request.num_images,
+        seed=request.seed, labels=labels, guidance=guidance, shown_guidance=guidance,
+        eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
+        variance=request.variance or "beta",
+        clip_x0=request.clip is not False and loaded.space.clip_x0,
     )  # fmt: skip
 
 
