@@ -160,7 +160,7 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
     out = check_png(args.out)
     loaded, images, plan = _edit_setup(args, "ddpm")  # RePaint's DDPM, all T steps by default
     config, schedule, n, steps = loaded.config, loaded.schedule, args.num_images, plan.steps
-    if not loaded.space.clip_x0:  # a latent space: its cells are not pixels
+    if not loaded.space.pixels:  # a latent model: its cells are not pixels
         raise ValueError(
             f"{args.checkpoint} is a latent diffusion model, which cannot keep the pixels outside "
             "a mask (a latent cell covers several pixels, and decoding mixes them): use img2img, "

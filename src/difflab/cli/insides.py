@@ -16,7 +16,7 @@ import torch
 
 from difflab import insides, viz
 from difflab.cli.flags import add_command, add_input_flags, int_tuple
-from difflab.kinds import load_denoiser
+from difflab.kinds import load_model
 from difflab.models.unet import UNet
 from difflab.sampling import class_labels, load_input_images
 
@@ -52,7 +52,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    loaded = load_denoiser(args.checkpoint, args.device, ema=not args.raw_weights)
+    loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights, stepwise=True)
+    if not loaded.space.pixels:
+        raise ValueError(
+            f"{args.checkpoint} is a latent diffusion model: inspect shows the insides of a U-Net "
+            "on images, and its U-Net works on latents; inspect a pixel model"
+        )
     model, config, schedule = loaded.model, loaded.config, loaded.schedule
     assert isinstance(model, UNet)
     size = config.model.image_size

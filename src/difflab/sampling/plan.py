@@ -260,8 +260,7 @@ def plan_gan(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
         if value is not None and value is not False:
             raise ValueError(
                 f"{flag or value} applies to diffusion checkpoints; {loaded.config.train.data} "
-                f"GAN {loaded.path} draws each image in one generator evaluation (flags it "
-                "takes: --num-images, --seed, --raw-weights, --device, --out)"
+                f"GAN {loaded.path} draws each image in one generator evaluation, from a seed"
             )
     _check_count(request)
     return SamplingPlan(

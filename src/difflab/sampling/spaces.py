@@ -28,6 +28,7 @@ AUTOENCODER = "autoencoder"
 class PixelSpace:
     """Where a pixel model's samples live: they are the images (clamped to [-1, 1])."""
 
+    pixels = True  # the samples are the images themselves
     clip_x0 = True  # the sampler may clip the predicted x0 to the images' range
 
     def to_images(self, x: Any) -> torch.Tensor:
@@ -89,6 +90,7 @@ def load_autoencoder(
 class LatentSpace:
     """Where a latent model's samples live: z_scaled = scale * z, decoded by D(z_scaled / scale)."""
 
+    pixels = False  # the samples are latents: a cell covers several pixels
     clip_x0 = False  # latents are not bounded like pixels: the sampler must not clip x0 to [-1, 1]
 
     def __init__(self, ae: Autoencoder, scale: float) -> None:
