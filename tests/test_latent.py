@@ -290,3 +290,24 @@ def test_latent_resume_is_bitwise(runs, tmp_path):
     assert main([*LATENT, "--latent", str(runs["ae"]), "--max-steps", "4", "--out", str(out)]) == 0
     assert main(["train", "--resume", str(out), "--no-progress"]) == 0
     assert_bitwise_equal(tensors(out / "model_final.safetensors"), tensors(runs["ld"]))
+
+
+def test_a_latent_run_from_before_the_carried_autoencoder_resumes_bitwise(runs, tmp_path):
+    """Checkpoints written before a latent model carried its autoencoder (no such network, no
+    architecture) resume from the file they name, to the same weights; the new ones carry it."""
+    out = tmp_path / "ld"
+    assert main([*LATENT, "--latent", str(runs["ae"]), "--max-steps", "4", "--out", str(out)]) == 0
+    for path in (out / "checkpoints").glob("*.safetensors"):
+        old = load_checkpoint(path)
+        config = replace(old.config, latent=replace(old.config.latent, architecture=None))
+        networks = {k: v for k, v in old.networks.items() if k != "autoencoder"}
+        write_checkpoint(path, config, networks, optimizers=old.optimizers, rng=old.rng,
+                         state=old.state)  # fmt: skip
+        assert "autoencoder" not in load_checkpoint(path).networks
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    final = tensors(out / "model_final.safetensors")
+    assert_bitwise_equal(
+        {k: v for k, v in final.items() if not k.startswith("autoencoder.")},
+        {k: v for k, v in tensors(runs["ld"]).items() if not k.startswith("autoencoder.")},
+    )
+    assert any(k.startswith("autoencoder.") for k in final)

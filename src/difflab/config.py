@@ -170,8 +170,8 @@ GAN_LOSSES = ("dcgan", "hinge")
 
 @dataclass(frozen=True)
 class GANConfig:
-    """A GAN baseline (``difflab train-gan``, ``difflab.objectives.gan``): its losses and networks. The image
-    size and channels are ``RunConfig.model``'s; the U-Net fields there are unused."""
+    """A GAN baseline (``difflab train-gan``, ``difflab.objectives.gan``): its losses and networks.
+    The image size and channels are ``RunConfig.model``'s; the U-Net fields there are unused."""
 
     loss: str = (
         "dcgan"  # dcgan: non-saturating BCE, BatchNorm D (Radford 2016); hinge: SN D (Miyato 2018)

@@ -3,10 +3,10 @@
 ``config.model_kind`` says what a checkpoint is (the one function that reads which optional
 sections a configuration has); ``KINDS`` below maps each kind to the command that trains it, its
 objective (``difflab.objectives``), what that objective needs loaded beforehand, the loader of its
-network and its sampling planner (``difflab.sampling``). Every face asks this module: ``load_model``
-and ``plan_sampling`` for drawing, ``load_denoiser`` and ``plan_editing`` for the editing commands, ``train`` and
-``resume_run`` for training. After it, the code is kind-agnostic (nanoGPT's one ``init_from``
-switch, DiT's ``create_diffusion`` factory).
+network and its sampling planner (``difflab.sampling``). Every face asks this module:
+``load_model`` and ``plan_sampling`` for drawing, ``load_denoiser`` and ``plan_editing`` for the
+editing commands, ``train`` and ``resume_run`` for training. After it, the code is kind-agnostic
+(nanoGPT's one ``init_from`` switch, DiT's ``create_diffusion`` factory).
 
 Adding a kind: a name in ``config.KINDS`` and a branch in ``config.model_kind`` (with the config
 section that marks it), an objective module in ``difflab/objectives/``, a planner in

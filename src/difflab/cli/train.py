@@ -1,9 +1,10 @@
 """``difflab train``: train a U-Net and write a run directory, or resume one (``--resume``).
 
 The recipe flags (network shape, optimiser, schedule) default to --preset's values; the rest map
-onto ``TrainConfig``. The training itself is the kind table's (``difflab.kinds.train``). A new training command
-(another objective) is a module of its own beside this one, listed in ``difflab/cli/__init__.py``;
-flag groups it shares with this one move to ``flags.py``.
+onto ``TrainConfig`` by their names (``flags.config_from_flags``). The training itself is the kind
+table's (``difflab.kinds.train``). A new training command (another objective) is a module of its
+own beside this one, listed in ``difflab/cli/__init__.py``; flag groups it shares with this one
+move to ``flags.py``.
 """
 
 from __future__ import annotations
@@ -243,8 +244,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             )  # fmt: skip
         else:
             config, dataset = prepare_run(
-                config_from_flags(TrainConfig, args), diffusion, overrides, image_size=args.image_size,
-                conditional=args.conditional, backend=args.backend,
+                config_from_flags(TrainConfig, args), diffusion, overrides,
+                image_size=args.image_size, conditional=args.conditional, backend=args.backend,
             )  # fmt: skip
         out = Path(args.out or f"runs/{args.data}")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -99,6 +98,3 @@ def load_generator(
         raise ValueError(f"checkpoint {ckpt.path} holds no generator weights")
     load_weights_into(generator, ckpt.networks[name], ckpt.path or "<memory>")
     return LoadedGAN(generator.to(dev).eval(), ckpt.config, None, dev, PixelSpace(), ckpt.path)
-
-
-Loader = Any  # (Checkpoint, device, *, ema, backend) -> LoadedModel
