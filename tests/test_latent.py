@@ -210,16 +210,21 @@ def test_latent_checkpoint_samples_and_evaluates(runs, cache, tmp_path, monkeypa
     assert "emoji-8px" in metrics["setup"]["evaluator"]
 
 
-def test_a_latent_checkpoint_carries_its_autoencoder(runs, tmp_path, capsys, monkeypatch):
-    """Sampling needs no autoencoder file: the checkpoint carries it (moved, its autoencoder
-    replaced or deleted, read from another working directory); resuming still reads the file."""
-    sha = load_checkpoint(runs["ld"]).config.latent.autoencoder_sha256
-    # A run on a copy of the autoencoder, then the copy replaced by another autoencoder.
+def latent_run_on_a_copy(runs, tmp_path):
+    """A one-step latent run on a copy of the autoencoder (to be replaced later): the copy's path
+    and the run's final checkpoint."""
     copy = tmp_path / "ae.safetensors"
     shutil.copy(runs["ae"], copy)
     assert main([*LATENT, "--latent", str(copy), "--max-steps", "1", "--out",
                  str(tmp_path / "ld")]) == 0  # fmt: skip
-    ckpt = tmp_path / "ld" / "model_final.safetensors"
+    return copy, tmp_path / "ld" / "model_final.safetensors"
+
+
+def test_a_latent_checkpoint_carries_its_autoencoder(runs, tmp_path, capsys, monkeypatch):
+    """Sampling needs no autoencoder file: the checkpoint carries it (moved, its autoencoder
+    replaced or deleted, read from another working directory); resuming still reads the file."""
+    sha = load_checkpoint(runs["ld"]).config.latent.autoencoder_sha256
+    copy, ckpt = latent_run_on_a_copy(runs, tmp_path)
     assert "autoencoder" in load_checkpoint(ckpt).networks
     before = tmp_path / "before.png"
     assert main(["sample", "--checkpoint", str(ckpt), "--steps", "2", "--out", str(before)]) == 0
@@ -246,12 +251,7 @@ def test_wrong_or_missing_autoencoder_is_one_line(runs, tmp_path, capsys):
     """A latent checkpoint written before checkpoints carried the autoencoder finds it by its
     recorded path, checked by sha256."""
     sha = load_checkpoint(runs["ld"]).config.latent.autoencoder_sha256
-    # A run on a copy of the autoencoder, then the copy replaced by another autoencoder.
-    copy = tmp_path / "ae.safetensors"
-    shutil.copy(runs["ae"], copy)
-    assert main([*LATENT, "--latent", str(copy), "--max-steps", "1", "--out",
-                 str(tmp_path / "ld")]) == 0  # fmt: skip
-    ckpt = tmp_path / "ld" / "model_final.safetensors"
+    copy, ckpt = latent_run_on_a_copy(runs, tmp_path)
     old = load_checkpoint(ckpt)  # as written before: no autoencoder network, no architecture
     config = replace(old.config, latent=replace(old.config.latent, architecture=None))
     networks = {k: v for k, v in old.networks.items() if k != "autoencoder"}
