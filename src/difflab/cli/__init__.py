@@ -1,15 +1,17 @@
 """``difflab visualize | train | train-gan | train-autoencoder | distill | sample | inpaint |
 img2img | interpolate | inspect | evaluate | train-evaluator | demo | serve``: the command line.
 
-Flags map onto the fields of the config dataclasses (``difflab.config``). Errors a user can cause
-are one line on stderr (``difflab: error: ...``) and exit code 2; nothing half-written is left.
+Flags map onto the fields of the config dataclasses (``difflab.config``). What a checkpoint is and
+how it is drawn or trained is the kind table's (``difflab.kinds``): a command asks it and adds no
+checks of its own. Errors a user can cause are one line on stderr (``difflab: error: ...``) and
+exit code 2; nothing half-written is left.
 
 One module per command or family of commands, each with ``add_commands(subparsers)``, which
 defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
 
   visualize.py   visualize
   train.py       train
-  gan.py         train-gan, and what sample / interpolate do with a GAN checkpoint
+  gan.py         train-gan, and what interpolate does with a GAN checkpoint
   autoencoder.py train-autoencoder
   distill.py     distill
   sample.py      sample

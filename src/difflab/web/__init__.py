@@ -3,10 +3,11 @@ process.
 
 Two layers, so the logic is tested without a browser or even Gradio installed:
 
-  core.py   what the page does, in plain Python: ``DemoModel`` loads a checkpoint, validates a
-            request (``parse_request``), streams the denoising as frames (``stream``) by calling
-            ``difflab.sampling.generate`` exactly as ``difflab sample`` does, and computes the
-            forward-process view (``forward_view``). Errors are ``ValueError`` with one line.
+  core.py   what the page does, in plain Python: ``DemoModel`` loads a checkpoint, turns a
+            request into the sampling plan ``difflab sample`` makes (``parse_request``, through
+            ``kinds.plan_sampling``), streams the denoising as frames while it executes that plan
+            (``stream``), and computes the forward-process view (``forward_view``). Errors are
+            ``ValueError`` with one line.
   app.py    the Gradio face: ``build_app`` lays out the tabs and wires thin handlers onto
             ``DemoModel``; ``serve`` launches it offline, bounded and local
             (docs/web_demo.md). Needs the ``demo`` extra: ``pip install -e ".[demo]"``.
