@@ -162,3 +162,28 @@ def test_bad_input_is_one_clear_line(runs, tmp_path, capsys):
             err = capsys.readouterr().err.strip()
             assert exit_.code == 2 and len(err.splitlines()) == 1 and match in err, (argv, err)
     assert not (tmp_path / "never.png").exists()
+
+
+def test_an_input_image_of_the_wrong_size_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    """A small file can hold a huge image: its size is read from the header and refused before
+    a pixel is decoded; an RGBA image of the right size loads as RGB without its alpha."""
+    from PIL import ImageFile
+
+    from difflab.config import ModelConfig, RunConfig
+    from difflab.sampling import load_input_images
+
+    config = RunConfig(model=ModelConfig(image_size=16, in_channels=3, channel_mults=(1, 2)))
+    Image.new("L", (6000, 6000)).save(tmp_path / "huge.png")  # 36 Mpixel in a few kB
+    rgba = np.random.default_rng(0).integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or
+                        real_load(self))  # fmt: skip
+    with pytest.raises(ValueError, match="is 6000x6000 with 1 channel"):
+        load_input_images(config, [tmp_path / "huge.png"])
+    assert decoded == []
+    x = load_input_images(config, [tmp_path / "rgba.png"])
+    assert set(decoded) == {(16, 16)} and x.shape == (1, 3, 16, 16)
+    expected = torch.from_numpy(rgba[:, :, :3].astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
+    torch.testing.assert_close(x[0], expected, rtol=0, atol=0)

@@ -31,21 +31,23 @@ def load_input_images(
     out = []
     for path in paths:
         try:
-            with Image.open(path) as picture:
+            with Image.open(path) as picture:  # reads the header: size and mode, no pixels yet
+                mode, size, bands = picture.mode, picture.size, len(picture.getbands())
+                if mode in ("RGBA", "LA") and channels != bands:
+                    bands -= 1  # the alpha channel is dropped
+                if size != (image_size, image_size) or bands != channels:  # before decoding:
+                    # a small file may hold a huge image (13000x13000 PNGs of 0.7 MB)
+                    raise ValueError(
+                        f"image {path} is {size[0]}x{size[1]} with {bands} channel(s) "
+                        f"(mode {mode}); this checkpoint expects {want}"
+                    )
                 picture.load()
-                mode, size = picture.mode, picture.size
                 pixels = np.asarray(picture)
         except (OSError, SyntaxError) as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]  # (H, W, 1)
-        if mode in ("RGBA", "LA") and channels != pixels.shape[2]:
-            pixels = pixels[:, :, :-1]  # drop the alpha channel
-        if size != (image_size, image_size) or pixels.shape[2] != channels:
-            raise ValueError(
-                f"image {path} is {size[0]}x{size[1]} with {pixels.shape[2]} channel(s) "
-                f"(mode {mode}); this checkpoint expects {want}"
-            )
+        pixels = pixels[:, :, :channels]  # (H, W, C): without a dropped alpha channel
         out.append(torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1))
     if data_indices:
         tc = config.train
