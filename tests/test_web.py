@@ -23,7 +23,7 @@ from difflab.config import (
 from difflab.data import EMOJI_CLASSES
 from difflab.models.unet import UNet
 from difflab.sampling import TrajectoryRecorder, generate
-from difflab.web.core import MAX_SEED, DemoModel, Frame, Result, parse_seed, to_display
+from difflab.web.core import MAX_SEED, DemoModel, Frame, Result, parse_seed, shown, to_display
 
 
 def tiny(path, num_classes=0, distilled=False, progressive=None):
@@ -114,6 +114,30 @@ def test_values_that_do_not_apply_are_ignored_and_defaults_follow_the_sampler(mo
     cm = models["cm"]
     req = cm.parse_request(sampler="ignored", steps=None, guidance=5)
     assert (req.sampler, req.steps, req.guidance) == ("consistency", 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"seed": "7" * 20_000_000},  # a 20 MB seed: the page's value, not difflab's
+        {"seed": "x" * 5000},
+        {"steps": "9" * 5000},
+        {"num_images": "1e400"},
+        {"sampler": "s" * 100_000},
+    ],
+)
+def test_an_error_message_never_echoes_a_long_value(models, fields):
+    with pytest.raises(ValueError) as err:
+        models["uncond"].parse_request(**fields)
+    message = str(err.value)
+    assert len(message) < 200 and "\n" not in message, message[:300]
+    assert "characters)" in message or "1e400" in message
+
+
+def test_a_shown_value_is_its_repr_cut_short():
+    assert shown("euler") == "'euler'" and shown(2.5) == "2.5"
+    long = shown("a" * 1000)
+    assert long.startswith("'aaaa") and long.endswith("... (1,002 characters)") and len(long) < 70
 
 
 def test_random_seed_is_drawn_and_reported():

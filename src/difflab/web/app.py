@@ -46,6 +46,7 @@ from difflab.web.core import (  # noqa: E402
     RANDOM_SEED,
     DemoModel,
     Frame,
+    shown,
 )
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -167,7 +168,7 @@ class Handlers:
     def sampler_changed(self, sampler: str) -> tuple:
         """A new sampler: its default steps; eta only where it applies (DDIM)."""
         if sampler not in SAMPLERS:
-            raise _error(ValueError(f"unknown sampler {sampler!r}"))
+            raise _error(ValueError(f"unknown sampler {shown(sampler)}"))
         steps = gr.update(value=self.demo.default_steps(sampler))
         return steps, gr.update(visible=sampler == "ddim")
 

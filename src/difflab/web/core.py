@@ -31,7 +31,7 @@ from difflab import viz
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import q_sample
 from difflab.kinds import kind_of, load_model, plan_sampling
-from difflab.samplers import DEFAULT_SAMPLER, default_steps
+from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps
 from difflab.sampling import (
     SamplingPlan,
     SamplingRequest,
@@ -47,6 +47,7 @@ MAX_SEED = 2**32 - 1
 PREVIEWS = 20  # about this many live frames when the page leaves "every k steps" at 0 (auto)
 DISPLAY_PX = 384  # streamed grids are upscaled (nearest, integer factor) to at least this width
 FORWARD_IMAGES = 1000  # the forward-process tab offers the first this many test images
+MAX_SHOWN = 40  # characters of a page value that an error message repeats
 
 
 class Stopped(Exception):
@@ -111,6 +112,13 @@ class ForwardView:
         return f"alpha_bar_t = {self.alpha_bar:.4g}, SNR = {self.snr:.4g} (log10 {math.log10(self.snr):+.2f})"
 
 
+def shown(value: Any) -> str:
+    """A page value as an error message repeats it: its repr, cut to ``MAX_SHOWN`` characters
+    (a request may carry megabytes, which a message must not echo)."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[:MAX_SHOWN]}... ({len(text):,} characters)"
+
+
 def _number(name: str, value: Any) -> float:
     """A page value as a finite float, or a one-line error naming the field."""
     if isinstance(value, str):
@@ -118,9 +126,9 @@ def _number(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise ValueError(f"{name} must be a number, got {shown(value)}") from None
     if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
     return number
 
 
@@ -128,14 +136,14 @@ def check_int(name: str, value: Any, low: int, high: int) -> int:
     """``value`` (a number or text from the page) as an integer in ``low..high``."""
     number = _number(name, value)
     if number != int(number) or not low <= number <= high:
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        raise ValueError(f"{name} must be an integer in {low}..{high}, got {shown(value)}")
     return int(number)
 
 
 def check_float(name: str, value: Any, low: float, high: float) -> float:
     number = _number(name, value)
     if not low <= number <= high:
-        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {value!r}")
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {shown(value)}")
     return number
 
 
@@ -250,15 +258,17 @@ class DemoModel:
             if got not in choices:
                 raise ValueError(
                     f"steps must be one of {', '.join(map(str, choices))} for a distilled model, "
-                    f"got {steps!r}"
+                    f"got {shown(steps)}"
                 )
             request = SamplingRequest(num_images=n, steps=got)
         else:
             total = (
                 None if steps in (None, "") else check_int("steps", steps, 1, self.num_timesteps)
             )
-            if total is None:
-                default_steps(str(sampler), self.num_timesteps)  # an unknown sampler fails here
+            if sampler not in SAMPLERS:
+                raise ValueError(
+                    f"unknown sampler {shown(sampler)}; expected one of {', '.join(SAMPLERS)}"
+                )
             w = check_float("guidance", guidance, 0.0, MAX_GUIDANCE) if self.num_classes else None
             eta_value = check_float("eta", eta, 0.0, 1.0) if sampler == "ddim" else None
             request = SamplingRequest(
@@ -269,7 +279,8 @@ class DemoModel:
         if self.num_classes and class_choice not in (None, "", EVERY_CLASS):
             if class_choice not in self.class_names:
                 raise ValueError(
-                    f"unknown class {class_choice!r}; expected one of {', '.join(self.class_choices)}"
+                    f"unknown class {shown(class_choice)}; expected one of "
+                    f"{', '.join(self.class_choices)}"
                 )
             label = self.class_names.index(class_choice)
         # no class chosen: one row per class, as difflab sample draws
