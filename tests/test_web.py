@@ -134,6 +134,23 @@ def test_an_error_message_never_echoes_a_long_value(models, fields):
     assert "characters)" in message or "1e400" in message
 
 
+def test_an_upload_error_names_no_server_path(models, tmp_path):
+    """The server's temporary folder stays out of the page's messages; the size is read from the
+    header, so a huge image is refused without being decoded."""
+    folder = tmp_path / "server-private-folder"
+    folder.mkdir()
+    for name, picture in [("huge.png", Image.new("L", (5000, 5000))), ("junk.png", None)]:
+        path = folder / name
+        if picture is None:
+            path.write_bytes(b"not an image")
+        else:
+            picture.save(path)
+        with pytest.raises(ValueError) as err:
+            models["uncond"].forward_image(upload=str(path))
+        message = str(err.value)
+        assert "server-private-folder" not in message and "the uploaded image" in message, message
+
+
 def test_a_shown_value_is_its_repr_cut_short():
     assert shown("euler") == "'euler'" and shown(2.5) == "2.5"
     long = shown("a" * 1000)

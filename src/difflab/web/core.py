@@ -435,7 +435,12 @@ class DemoModel:
         """(1, C, H, W) in [-1, 1]: an uploaded file (the model's size and channels, checked by
         ``load_input_images``) or test image ``index``."""
         if upload:
-            return load_input_images(self.config, paths=[upload])
+            try:
+                return load_input_images(self.config, paths=[upload])
+            except ValueError as err:  # name the file as the visitor knows it, not where it lies
+                message = str(err).replace(f"image {upload}", "the uploaded image")
+                message = message.replace(f" '{upload}'", "").replace(str(upload), "the upload")
+                raise ValueError(message) from None
         data = self.dataset()
         i = check_int("image index", index, 0, data.num_images - 1)
         return torch.from_numpy(data.images[i : i + 1].copy())
