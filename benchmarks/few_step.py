@@ -48,10 +48,10 @@ import numpy as np
 import torch
 
 from difflab.config import TEACHER_SOLVERS, ProgressiveConfig
-from difflab.kinds import load_model
+from difflab.kinds import load_model, plan_sampling
 from difflab.objectives.progressive import round_plan
 from difflab.samplers import SAMPLERS
-from difflab.sampling import generate
+from difflab.sampling import SamplingRequest, execute, generate
 from difflab.viz import save_grid
 from machine import device_name, matmul_gflops
 
@@ -341,7 +341,8 @@ def timing(teacher: Path, student: Path, repeats: int = 5) -> dict:
     for _ in range(repeats):
         for name, (loaded, options) in models.items():
             start = time.perf_counter()
-            generate(loaded.model, loaded.config, loaded.schedule, num_images=64, seed=0, **options)
+            request = SamplingRequest(num_images=64, seed=0, **options)
+            execute(loaded, plan_sampling(loaded, request))  # the student's own plan
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
     return {"seconds_64": {k: round(v, 4) for k, v in medians.items()},

@@ -232,7 +232,7 @@ def throughput(
 
         def sample(loaded: Any = loaded) -> None:
             generate(loaded.model, loaded.config, loaded.schedule, num_images=64, seed=0,
-                     sampler=sampler, steps=steps)  # fmt: skip
+                     sampler=sampler, steps=steps, space=loaded.space)  # fmt: skip
 
         jobs[f"{kind}_train"], jobs[f"{kind}_sample"] = train_step, sample
     gen = torch.Generator().manual_seed(0)

@@ -33,10 +33,10 @@ from difflab.config import ConsistencyConfig, DiffusionConfig, TrainConfig
 from difflab.consistency import consistency_timesteps
 from difflab.data import load_dataset
 from difflab.io import file_sha256
-from difflab.kinds import load_model, train
+from difflab.kinds import load_model, plan_sampling, train
 from difflab.objectives.consistency import load_teacher, student_config
 from difflab.objectives.diffusion import prepare_run
-from difflab.sampling import TrajectoryRecorder, generate, model_denoiser
+from difflab.sampling import SamplingRequest, TrajectoryRecorder, execute, generate, model_denoiser
 from difflab.schedules import SCHEDULES, make_schedule
 
 SMALL = os.environ.get("DIFFLAB_NOTEBOOK_SMALL") == "1"
@@ -195,6 +195,7 @@ cd_train = TrainConfig(
 student_cfg = student_config(teacher, cd_train, cd)
 train(student_cfg, dataset, OUT / "cd", overwrite=True, progress=False, teacher=teacher)
 student = load_model(OUT / "cd" / "model_final.safetensors", "cpu")
-one_step = generate(student.model, student.config, student.schedule, num_images=64, seed=3, steps=1)
+# The kind table plans it: a consistency student draws with its own sampler, here in 1 step.
+one_step = execute(student, plan_sampling(student, SamplingRequest(num_images=64, seed=3, steps=1)))
 show(viz.save_grid(one_step, OUT / "one_step.png"))
 print("the student's 2-step times:", consistency_timesteps(1000, 2))
