@@ -151,7 +151,10 @@ def parse_seed(value: Any, draw: Callable[[], int] | None = None) -> int:
     """An integer seed in 0..2^32-1, or a fresh one when the box says "random" (or is empty)."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", RANDOM_SEED)):
         return (draw or (lambda: secrets.randbelow(MAX_SEED + 1)))()
-    return check_int(f"seed (an integer or '{RANDOM_SEED}')", value, 0, MAX_SEED)
+    name = f"seed (an integer or '{RANDOM_SEED}')"
+    if isinstance(value, str) and not value.strip().isdigit():  # "1e3" or "7.0": not a seed
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {shown(value)}")
+    return check_int(name, value, 0, MAX_SEED)
 
 
 def to_display(images: Any, nrow: int | None = None, min_width: int = DISPLAY_PX) -> np.ndarray:
