@@ -324,16 +324,26 @@ class RunConfig:
         """What this configuration describes: one of ``KINDS`` (``model_kind``)."""
         return model_kind(self)
 
+    def section(self, cls: type[T]) -> T:
+        """The optional section of type ``cls`` (``ConsistencyConfig``, ``ProgressiveConfig``,
+        ``GANConfig``, ``AutoencoderConfig`` or ``LatentConfig``) that this configuration's kind
+        has; code that knows the kind reads its section here, without testing fields for None."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, cls):
+                return value
+        raise ValueError(f"a {self.kind} configuration has no {cls.__name__} section")
+
     @property
     def image_shape(self) -> tuple[int, int]:
         """(channels, size) of the images the model makes or reads (a latent model's decoded
         images, an autoencoder's inputs)."""
         if self.kind == "latent-diffusion":
-            assert self.latent is not None
-            return self.latent.image_channels, self.latent.image_size
+            latent = self.section(LatentConfig)
+            return latent.image_channels, latent.image_size
         if self.kind == "autoencoder":
-            assert self.autoencoder is not None
-            return self.autoencoder.image_channels, self.autoencoder.image_size
+            ac = self.section(AutoencoderConfig)
+            return ac.image_channels, ac.image_size
         return self.model.in_channels, self.model.image_size
 
 

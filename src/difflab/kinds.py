@@ -25,7 +25,7 @@ import torch
 
 from difflab.checkpoint import Checkpoint, load_checkpoint
 from difflab.config import KINDS as KIND_NAMES
-from difflab.config import RunConfig
+from difflab.config import ConsistencyConfig, LatentConfig, ProgressiveConfig, RunConfig
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
 from difflab.objectives.autoencoder import AutoencoderObjective, load_test_split
@@ -77,8 +77,7 @@ def _consistency_steps(config: RunConfig) -> list[int]:
 
 
 def _progressive_steps(config: RunConfig) -> list[int]:
-    assert config.progressive is not None
-    return [config.progressive.steps]
+    return [config.section(ProgressiveConfig).steps]
 
 
 def _nothing(config: RunConfig) -> dict[str, Any]:
@@ -86,20 +85,17 @@ def _nothing(config: RunConfig) -> dict[str, Any]:
 
 
 def _consistency_teacher(config: RunConfig) -> dict[str, Any]:
-    cc = config.consistency
-    assert cc is not None
+    cc = config.section(ConsistencyConfig)
     return {"teacher": load_teacher(cc.teacher, cc.teacher_sha256)}
 
 
 def _progressive_teacher(config: RunConfig) -> dict[str, Any]:
-    pc = config.progressive
-    assert pc is not None
+    pc = config.section(ProgressiveConfig)
     return {"teacher": load_teacher(pc.teacher, pc.teacher_sha256)}
 
 
 def _autoencoder_file(config: RunConfig) -> dict[str, Any]:
-    lc = config.latent
-    assert lc is not None  # its autoencoder file: missing or different fails here
+    lc = config.section(LatentConfig)
     load_autoencoder(lc.autoencoder, lc.autoencoder_sha256)
     return {}
 

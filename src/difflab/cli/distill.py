@@ -222,8 +222,7 @@ def _progressive_student(config: RunConfig, steps: int, out: Path) -> tuple[Path
     before its last round, what that student is and how to go on."""
     from difflab.objectives.progressive import round_plan
 
-    pc = config.progressive
-    assert pc is not None
+    pc = config.section(ProgressiveConfig)
     plan = round_plan(pc.start_steps, pc.steps, config.diffusion.timesteps)
     rounds, total = len(plan) * pc.round_steps, len(plan) * pc.round_steps + pc.stage_steps()
     go_on = f"; continue with: difflab distill --resume {out}"

@@ -124,8 +124,7 @@ class AutoencoderObjective(Objective):
     def __init__(
         self, config: RunConfig, dataset: ImageDataset, test: ImageDataset, ctx: Context
     ) -> None:
-        cfg, ac = config.train, config.autoencoder
-        assert ac is not None
+        cfg, ac = config.train, config.section(AutoencoderConfig)
         self.config, self.dataset, self.test = config, dataset, test
         self.memory_format = ctx.memory_format
         ae = Autoencoder(ac).to(ctx.device, memory_format=ctx.memory_format)
@@ -146,13 +145,11 @@ class AutoencoderObjective(Objective):
         eps = torch.randn((b, *self.latent_shape), generator=self.noise_gen,
                           device=self.images.device)[mine]  # fmt: skip
         x = self.images[batch.idx[mine]].contiguous(memory_format=self.memory_format)
-        ac = self.config.autoencoder
-        assert ac is not None
+        ac = self.config.section(AutoencoderConfig)
         return autoencoder_loss(nets["autoencoder"], x, eps, ac)  # (b / world,)
 
     def describe(self) -> str:
-        d, ac = self.dataset, self.config.autoencoder
-        assert ac is not None
+        d, ac = self.dataset, self.config.section(AutoencoderConfig)
         n = sum(p.numel() for p in self.networks["autoencoder"].parameters())
         return (
             f"{d.name} ({self.num_items} images, {d.channels}x{d.image_size}x{d.image_size}), "
@@ -174,8 +171,11 @@ class AutoencoderObjective(Objective):
 
     def finish(self, result: TrainResult, final_preview: Path | None) -> None:
         """The latent scale into model_final.safetensors; PSNR, FID and the pictures."""
-        ae, out, ac = self.networks["autoencoder"], result.run_dir, self.config.autoencoder
-        assert ac is not None
+        ae, out, ac = (
+            self.networks["autoencoder"],
+            result.run_dir,
+            self.config.section(AutoencoderConfig),
+        )
         mean, logvar = encode_images(ae, self.images)
         gen = torch.Generator(device=mean.device).manual_seed(self.config.train.seed + 2)
         scale = latent_scale(mean, logvar, gen)
@@ -265,8 +265,7 @@ def autoencoder_config_for(dataset: ImageDataset, **fields: Any) -> AutoencoderC
 
 def load_test_split(config: RunConfig) -> ImageDataset:
     """The held-out images of the autoencoder's data (the report's PSNR, FID and pictures)."""
-    tc, ac = config.train, config.autoencoder
-    assert ac is not None
+    tc, ac = config.train, config.section(AutoencoderConfig)
     return load_dataset(
         tc.data, data_dir=tc.data_dir, split="test", image_size=ac.image_size, seed=tc.seed,
         download=False,

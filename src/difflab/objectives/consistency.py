@@ -54,10 +54,9 @@ def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkp
             "difflab sample, evaluate and interpolate --seeds)"
         )
     if kind == "consistency":
-        assert teacher.config.consistency is not None
         raise ValueError(
             f"{path} is already a consistency model (distilled from "
-            f"{teacher.config.consistency.teacher}); distil a diffusion checkpoint"
+            f"{teacher.config.section(ConsistencyConfig).teacher}); distil a diffusion checkpoint"
         )
     if kind == "latent-diffusion":
         raise ValueError(
@@ -125,8 +124,7 @@ class ConsistencyDistillation(Objective):
     def __init__(
         self, config: RunConfig, teacher: Checkpoint, dataset: ImageDataset, ctx: Context
     ) -> None:
-        cfg, cc = config.train, config.consistency
-        assert cc is not None
+        cfg, cc = config.train, config.section(ConsistencyConfig)
         self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
         self.teacher, self.teacher_config = UNet(teacher.config.model), teacher.config
         load_weights_into(self.teacher, teacher.sampling_weights, teacher.path or "")
@@ -150,8 +148,7 @@ class ConsistencyDistillation(Objective):
 
     def loss(self, phase: str, batch: Batch, nets: dict[str, Any]) -> torch.Tensor:
         config, gen, device = self.config, self.noise_gen, self.images.device
-        cc, mc = config.consistency, config.model
-        assert cc is not None
+        cc, mc = config.section(ConsistencyConfig), config.model
         b = len(batch.idx)  # draws for the global batch, then this process's share (ddp)
         n = torch.randint(0, cc.intervals, (b,), generator=gen, device=device)
         z = torch.randn((b, *self.images.shape[1:]), generator=gen, device=device)
@@ -170,8 +167,7 @@ class ConsistencyDistillation(Objective):
         return pseudo_huber(pred - target)  # (b / world,)
 
     def describe(self) -> str:
-        d, cc = self.dataset, self.config.consistency
-        assert cc is not None
+        d, cc = self.dataset, self.config.section(ConsistencyConfig)
         return (
             f"consistency distillation of {cc.teacher} (a U-Net with {sum(p.numel() for p in self.teacher.parameters()):,} "
             f"parameters) on {d.name} ({self.num_items} images), {cc.intervals} intervals"
@@ -188,8 +184,7 @@ class ConsistencyDistillation(Objective):
         return viz.save_grid(x, path)
 
     def report(self) -> Report:
-        cc = self.config.consistency
-        assert cc is not None
+        cc = self.config.section(ConsistencyConfig)
         return Report(
             facts={
                 "teacher": cc.teacher,

@@ -105,8 +105,7 @@ class GANObjective(Objective):
     ``g_optim`` and ``d_optim``; generator ``z`` (the latents of every step)."""
 
     def __init__(self, config: RunConfig, dataset: ImageDataset, ctx: Context) -> None:
-        cfg, gan = config.train, config.gan
-        assert gan is not None
+        cfg, gan = config.train, config.section(GANConfig)
         self.config, self.gan, self.dataset = config, gan, dataset
         self.memory_format = ctx.memory_format
         g, d = build_networks(dataset.image_size, dataset.channels, gan)

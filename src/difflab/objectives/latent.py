@@ -26,6 +26,7 @@ import torch
 
 from difflab import viz
 from difflab.config import (
+    AutoencoderConfig,
     DiffusionConfig,
     LatentConfig,
     RunConfig,
@@ -46,8 +47,7 @@ class LatentDiffusion(DiffusionObjective):
 
     def __init__(self, config: RunConfig, dataset: ImageDataset, ctx: Context) -> None:
         super().__init__(config, dataset, ctx)
-        lc = config.latent
-        assert lc is not None
+        lc = config.section(LatentConfig)
         ae, _, _ = load_autoencoder(lc.autoencoder, lc.autoencoder_sha256, ctx.device)
         from difflab.objectives.autoencoder import encode_images
 
@@ -71,8 +71,7 @@ class LatentDiffusion(DiffusionObjective):
         return self.images[idx] + self.sigmas[idx] * eps  # (b / world, c, l, l)
 
     def describe(self) -> str:
-        lc, mc = self.config.latent, self.config.model
-        assert lc is not None
+        lc, mc = self.config.section(LatentConfig), self.config.model
         return (
             f"latent diffusion on {lc.autoencoder}'s {mc.in_channels}x{mc.image_size}x"
             f"{mc.image_size} latents of {self.dataset.name} ({self.num_items} images), "
@@ -102,8 +101,7 @@ class LatentDiffusion(DiffusionObjective):
 
     def report(self) -> Any:
         base = super().report()
-        lc = self.config.latent
-        assert lc is not None
+        lc = self.config.section(LatentConfig)
         return replace(
             base,
             facts={**base.facts, "autoencoder": f"{lc.autoencoder} (sha256 {lc.autoencoder_sha256[:16]}...)",
@@ -128,8 +126,8 @@ def latent_run_config(
     size, and the default U-Net for a dataset shaped like its latent grid (8 x 8 x 4 for MNIST:
     32/64 channels at 8/4 px, one block per level, attention at 4 px; ``default_model_config``)."""
     _, ae_config, sha = load_autoencoder(autoencoder)
-    ac = ae_config.autoencoder
-    assert ac is not None and ac.latent_scale is not None
+    ac = ae_config.section(AutoencoderConfig)
+    assert ac.latent_scale is not None
     if train_cfg.data != ae_config.train.data:
         raise ValueError(
             f"--data {train_cfg.data}: autoencoder {autoencoder} was trained on "

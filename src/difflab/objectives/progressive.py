@@ -203,8 +203,7 @@ class ProgressiveDistillation(Objective):
         self, config: RunConfig, teacher: Checkpoint, dataset: ImageDataset, ctx: Context,
         out_dir: Path,
     ) -> None:  # fmt: skip
-        cfg, pc = config.train, config.progressive
-        assert pc is not None
+        cfg, pc = config.train, config.section(ProgressiveConfig)
         self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
         self.out_dir = out_dir  # where each round's student is written
         net = UNet(teacher.config.model)
@@ -262,8 +261,7 @@ class ProgressiveDistillation(Objective):
         """With ``dmd_average`` N, the stage's last N steps replace the EMA by the plain mean of
         the student's weights since the first of them: d = (n - 1) / n at the n-th (0 at the
         first: a copy). Averaged this way, five seeds of the stage spread less (docs/few_step.md)."""
-        pc = self.config.progressive
-        assert pc is not None
+        pc = self.config.section(ProgressiveConfig)
         first = self.stage_start + pc.stage_steps() - pc.dmd_average  # the first averaged step
         if pc.dmd_average and step >= first:  # validated: dmd_average > 0 needs dmd_steps >= it
             n = step - first + 1
@@ -276,8 +274,7 @@ class ProgressiveDistillation(Objective):
         constant, the run's clock (one warm-up at its start), as runs from before had."""
         if self.config.train.lr_decay == "constant":
             return step, total_steps
-        pc = self.config.progressive
-        assert pc is not None
+        pc = self.config.section(ProgressiveConfig)
         if self.round_at(step) == len(self.plan):  # the DMD stage: a clock of its own too
             return step - self.stage_start, pc.stage_steps()
         return step - self.round_at(step) * pc.round_steps, pc.round_steps
@@ -312,8 +309,7 @@ class ProgressiveDistillation(Objective):
         ``teacher_solver``, later rounds' DDIM (their teachers are students trained for DDIM)."""
         denoiser = model_denoiser(self.networks["teacher"], self.config, self.schedule, y,
                                   guidance, clip_x0=False)  # fmt: skip
-        pc = self.config.progressive
-        assert pc is not None
+        pc = self.config.section(ProgressiveConfig)
         solver = pc.teacher_solver if self.round == 0 else "ddim"
         return ode_step(solver, denoiser, x, t, t_next, self.alpha, self.sigma)
 
@@ -322,8 +318,7 @@ class ProgressiveDistillation(Objective):
             self.next_round()
         if phase == "fake":
             return self.fake_loss(batch, nets)
-        pc, mc = self.config.progressive, self.config.model
-        assert pc is not None
+        pc, mc = self.config.section(ProgressiveConfig), self.config.model
         if self.in_stage() and batch.step < self.stage_start + pc.dmd_warmup:
             return None  # the warm-up: only the fake score learns
         if self.in_stage() and batch.step == self.stage_start + pc.dmd_warmup:
@@ -414,8 +409,7 @@ class ProgressiveDistillation(Objective):
         self.round = state["round"]
 
     def describe(self) -> str:
-        pc = self.config.progressive
-        assert pc is not None
+        pc = self.config.section(ProgressiveConfig)
         params = sum(p.numel() for p in self.networks["model"].parameters())
         return (
             f"progressive distillation of {pc.teacher} (a U-Net with {params:,} parameters) on "
@@ -445,8 +439,7 @@ class ProgressiveDistillation(Objective):
         self.save_student(self.round)
 
     def report(self) -> Report:
-        pc = self.config.progressive
-        assert pc is not None
+        pc = self.config.section(ProgressiveConfig)
         return Report(
             facts={
                 "teacher": pc.teacher,

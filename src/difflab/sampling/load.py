@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from difflab.checkpoint import Checkpoint, load_weights_into, numpy_weights
-from difflab.config import RunConfig
+from difflab.config import GANConfig, RunConfig
 from difflab.device import pick_device
 from difflab.models.gan import Generator, build_networks
 from difflab.models.unet import UNet
@@ -90,8 +90,7 @@ def load_generator(
             "backend (the NumPy backend has the diffusion U-Net only)"
         )
     dev = pick_device(device)
-    gan, mc = ckpt.config.gan, ckpt.config.model
-    assert gan is not None
+    gan, mc = ckpt.config.section(GANConfig), ckpt.config.model
     generator, _ = build_networks(mc.image_size, mc.in_channels, gan)
     name = "generator_ema" if ema and "generator_ema" in ckpt.networks else "generator"
     if name not in ckpt.networks:

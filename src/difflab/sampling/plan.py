@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from difflab.config import RunConfig
+from difflab.config import ConsistencyConfig, ProgressiveConfig, RunConfig
 from difflab.consistency import consistency_timesteps
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
@@ -196,10 +196,13 @@ def plan_edit(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     )  # fmt: skip
 
 
-def _baked_guidance(baked: float, request: SamplingRequest) -> None:
-    """A distilled model's guidance was baked in: asking for another is an error."""
+def _refuse_sweep(request: SamplingRequest) -> None:
     if request.guidance_sweep:
         raise ValueError("--guidance-sweep: a distilled model has its guidance baked in")
+
+
+def _baked_guidance(baked: float, request: SamplingRequest) -> None:
+    """A distilled model's guidance was baked in: asking for another is an error."""
     if request.guidance is not None and request.guidance != baked:
         raise ValueError(
             f"--guidance {request.guidance:g}: this model was distilled at guidance {baked:g}, "
@@ -212,16 +215,16 @@ def plan_consistency(loaded: LoadedModel, request: SamplingRequest) -> SamplingP
     guidance the one it was distilled at."""
     _check_count(request)
     config, schedule = loaded.config, loaded.schedule
-    assert schedule is not None and config.consistency is not None
-    if request.guidance_sweep:
-        _baked_guidance(config.consistency.guidance, request)
+    assert schedule is not None
+    baked = config.section(ConsistencyConfig).guidance
+    _refuse_sweep(request)
     steps = request.steps or 1
     grid = consistency_timesteps(schedule.num_timesteps, steps)  # an unsupported --steps fails
-    _baked_guidance(config.consistency.guidance, request)
+    _baked_guidance(baked, request)
     labels, n, rows = _labels(config, request)
     return SamplingPlan(
         sampler=CONSISTENCY, steps=steps, timesteps=tuple(grid), num_images=n,
-        seed=request.seed, labels=labels, shown_guidance=config.consistency.guidance, rows=rows,
+        seed=request.seed, labels=labels, shown_guidance=baked, rows=rows,
     )  # fmt: skip
 
 
@@ -230,16 +233,16 @@ def plan_progressive(loaded: LoadedModel, request: SamplingRequest) -> SamplingP
     unclipped as it was trained, its guidance the one it was distilled at."""
     _check_count(request)
     config, schedule = loaded.config, loaded.schedule
-    assert schedule is not None and config.progressive is not None
-    if request.guidance_sweep:
-        _baked_guidance(config.progressive.guidance, request)
-    steps = request.steps or config.progressive.steps
+    assert schedule is not None
+    pc = config.section(ProgressiveConfig)
+    _refuse_sweep(request)
+    steps = request.steps or pc.steps
     grid = timestep_sequence(schedule.num_timesteps, steps)  # an unsupported --steps fails here
-    _baked_guidance(config.progressive.guidance, request)
+    _baked_guidance(pc.guidance, request)
     labels, n, rows = _labels(config, request)
     return SamplingPlan(
         sampler="ddim", steps=steps, timesteps=tuple(grid), num_images=n, seed=request.seed,
-        labels=labels, shown_guidance=config.progressive.guidance, clip_x0=False, rows=rows,
+        labels=labels, shown_guidance=pc.guidance, clip_x0=False, rows=rows,
     )  # fmt: skip
 
 

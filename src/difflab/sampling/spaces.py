@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into
-from difflab.config import RunConfig
+from difflab.config import AutoencoderConfig, LatentConfig, RunConfig
 from difflab.io import file_sha256
 from difflab.models.autoencoder import Autoencoder
 
@@ -69,12 +69,12 @@ def load_autoencoder(
     if key in _LOADED:
         return (*_LOADED[key], sha)
     ckpt = load_checkpoint(path)
-    ac = ckpt.config.autoencoder
-    if ckpt.config.kind != "autoencoder" or ac is None or AUTOENCODER not in ckpt.networks:
+    if ckpt.config.kind != "autoencoder" or AUTOENCODER not in ckpt.networks:
         raise ValueError(
             f"{path} is not an autoencoder (made by difflab train-autoencoder); --latent takes "
             "an autoencoder's model_final.safetensors"
         )
+    ac = ckpt.config.section(AutoencoderConfig)
     if ac.latent_scale is None:
         raise ValueError(
             f"autoencoder {path} has no latent scale (a checkpoint of an unfinished run); use "
@@ -136,8 +136,7 @@ class LatentSpace:
 def latent_space(ckpt: Checkpoint, device: Any = "cpu") -> LatentSpace:
     """The latent space of a latent diffusion checkpoint: the autoencoder it carries, or for a
     checkpoint written before it carried one, the file at its recorded path (checked by sha256)."""
-    lc = ckpt.config.latent
-    assert lc is not None
+    lc = ckpt.config.section(LatentConfig)
     if AUTOENCODER in ckpt.networks and lc.architecture is not None:
         ae = Autoencoder(lc.architecture)
         load_weights_into(ae, ckpt.networks[AUTOENCODER], ckpt.path or "<memory>")
