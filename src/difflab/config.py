@@ -324,6 +324,11 @@ class RunConfig:
         """What this configuration describes: one of ``KINDS`` (``model_kind``)."""
         return model_kind(self)
 
+    @property
+    def label_names(self) -> list[str]:
+        """A name for each class label: the data's class names, else the label indices."""
+        return list(self.class_names) or [str(k) for k in range(self.model.num_classes)]
+
     def section(self, cls: type[T]) -> T:
         """The optional section of type ``cls`` (``ConsistencyConfig``, ``ProgressiveConfig``,
         ``GANConfig``, ``AutoencoderConfig`` or ``LatentConfig``) that this configuration's kind

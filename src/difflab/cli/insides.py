@@ -97,7 +97,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     )  # fmt: skip
     if config.model.num_classes > 0:
         points, share = insides.class_embedding_projection(model)
-        names = [*(config.class_names or map(str, range(config.model.num_classes))), "null"]
+        names = [*config.label_names, "null"]
         paths.append(viz.plot_embedding_2d(points, names, share, out / "class_embeddings.png"))
     for path in paths:
         print(f"wrote {path}")

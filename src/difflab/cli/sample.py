@@ -72,9 +72,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if plan.guidance_sweep:
         return _guidance_sweep(loaded, plan, args, out)
 
-    names = list(loaded.config.class_names) or [
-        str(k) for k in range(loaded.config.model.num_classes)
-    ]
+    names = loaded.config.label_names
     seq = plan.timesteps
     shown = set(seq[:: max(1, len(seq) // 10)]) | set(seq[-1:])
     recorder = TrajectoryRecorder(lambda i, t: t in shown, num_images=min(8, plan.num_images))
@@ -115,7 +113,7 @@ def _guidance_sweep(loaded: Any, plan: SamplingPlan, args: argparse.Namespace, o
     """One row per guidance scale; columns are classes (or samples of the chosen class), and
     each column keeps its noise across rows, so only the guidance changes down a column."""
     config = loaded.config
-    names = list(config.class_names) or [str(k) for k in range(config.model.num_classes)]
+    names = config.label_names
     assert plan.labels is not None  # the plan refuses a sweep without classes
     if args.class_label is not None:
         cols = plan.labels[: min(args.num_images, 10)]

@@ -202,7 +202,7 @@ class DemoModel:
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.config.class_names) or [str(k) for k in range(self.num_classes)]
+        return self.config.label_names
 
     @property
     def class_choices(self) -> list[str]:
