@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from attacks import png_bomb, reset_peak_rss, rss_kb
 from difflab.checkpoint import save_checkpoint
 from difflab.cli import main
 from difflab.config import (
@@ -95,11 +96,22 @@ def test_every_page_value_is_checked_on_the_server(models, which, fields, match)
     assert match in str(err.value) and "\n" not in str(err.value)
 
 
-def test_values_that_do_not_apply_are_ignored_and_defaults_follow_the_sampler(models):
+def test_values_that_do_not_apply_are_checked_then_ignored_and_defaults_follow_the_sampler(models):
     m = models["uncond"]
     # eta applies to DDIM only; guidance and class to conditional models only
-    req = m.parse_request(sampler="dpmpp-2m", steps=None, eta=7, guidance=99, class_choice="x")
+    req = m.parse_request(sampler="dpmpp-2m", steps=None, eta=0.7, guidance=9, class_choice="x")
     assert (req.steps, req.eta, req.guidance, req.class_label) == (20, 0.0, 1.0, None)
+    # ... but a malformed or out-of-range value is refused even where it would be ignored
+    for field, value, message in [
+        ("guidance", float("nan"), "guidance must be a finite number, got nan"),
+        ("guidance", "Infinity", "guidance must be a finite number, got 'Infinity'"),
+        ("guidance", "abc", "guidance must be a number, got 'abc'"),
+        ("guidance", 99, "guidance must lie in [0, 20], got 99"),
+        ("eta", 7, "eta must lie in [0, 1], got 7"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            m.parse_request(sampler="dpmpp-2m", **{field: value})
+        assert str(err.value) == message
     assert m.parse_request(sampler="ddpm", steps="").steps == 30  # all T
     assert m.parse_request(sampler="ddim", steps="12", eta="0.5").eta == 0.5
     # every k steps: 0 is about 20 previews
@@ -112,7 +124,7 @@ def test_values_that_do_not_apply_are_ignored_and_defaults_follow_the_sampler(mo
     assert c.labels(one).tolist() == [3] * 7
     assert c.labels(c.parse_request(num_images=4)).tolist() == [0, 1, 2, 3, 4]
     cm = models["cm"]
-    req = cm.parse_request(sampler="ignored", steps=None, guidance=5)
+    req = cm.parse_request(sampler="ignored", steps=None, guidance=5)  # baked in: ignored
     assert (req.sampler, req.steps, req.guidance) == ("consistency", 1, 1.0)
 
 
@@ -139,16 +151,26 @@ def test_an_upload_error_names_no_server_path(models, tmp_path):
     header, so a huge image is refused without being decoded."""
     folder = tmp_path / "server-private-folder"
     folder.mkdir()
-    for name, picture in [("huge.png", Image.new("L", (5000, 5000))), ("junk.png", None)]:
-        path = folder / name
-        if picture is None:
-            path.write_bytes(b"not an image")
-        else:
-            picture.save(path)
+    Image.new("L", (5000, 5000)).save(folder / "huge.png")
+    (folder / "junk.png").write_bytes(b"not an image")
+    Image.new("P", (8, 8)).save(folder / "palette.png")  # 8x8, but its pixels are indices
+    (folder / "bomb.png").write_bytes(png_bomb(13000, 13000))  # 0.7 MB, 676 MB decoded
+    (folder / "bigger.png").write_bytes(png_bomb(20000, 20000, 0))  # over Pillow's bomb limit
+    expected = {
+        "huge.png": "the uploaded image is 5000x5000 with 1 channel(s) (mode L); this checkpoint expects 8x8 with 3 channel(s)",
+        "junk.png": "cannot read the uploaded image: cannot identify image file",
+        "palette.png": "the uploaded image has mode P; expected 8-bit greyscale or RGB (L, LA, RGB, RGBA), 8x8 with 3 channel(s)",
+        "bomb.png": "the uploaded image is 13000x13000 with 3 channel(s) (mode RGBA); this checkpoint expects 8x8 with 3 channel(s)",
+        "bigger.png": "the uploaded image has 400,000,000 pixels, more than Pillow's limit of 89,478,485 allows; this checkpoint expects 8x8 with 3 channel(s)",
+    }  # fmt: skip
+    reset_peak_rss()
+    before, _ = rss_kb()
+    for name, message in expected.items():
         with pytest.raises(ValueError) as err:
-            models["uncond"].forward_image(upload=str(path))
-        message = str(err.value)
-        assert "server-private-folder" not in message and "the uploaded image" in message, message
+            models["uncond"].forward_image(upload=str(folder / name))
+        assert str(err.value) == message
+    _, peak = rss_kb()
+    assert peak - before < 100_000, f"the peak grew by {peak - before} kB"  # 676 MB if decoded
 
 
 def test_a_shown_value_is_its_repr_cut_short():

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from difflab.checkpoint import save_checkpoint
 from difflab.cli import main
 from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from difflab.models.unet import UNet
+from difflab.web.core import data_from_html
 from difflab.web.process import running_server
 
 pytestmark = pytest.mark.slow
@@ -199,8 +199,8 @@ def test_eight_clients_at_once_finish_or_are_told_busy(server, checkpoint, tmp_p
                  "--out", str(reference)]) == 0  # fmt: skip
     for out in ok:
         assert out[2].startswith("done") and out[6] == "3"
-        png = Path(out[4])  # the PNG download, as the client saved it
-        assert np.array_equal(decode(png.read_bytes()), decode(reference.read_bytes()))
+        png = data_from_html(out[4])  # the PNG download link holds the file
+        assert np.array_equal(decode(png), decode(reference.read_bytes()))
     # and it still serves a page, and a generation, afterwards
     assert b"<html" in fetch(url).lower()
     assert one(99)[0] == "ok"

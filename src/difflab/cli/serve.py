@@ -93,6 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     path = checkpoint_path(args.checkpoint)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} does not exist")
+    from difflab.web.guard import parse_size
+
+    parse_size(
+        args.max_upload, "--max-upload"
+    )  # before anything starts: "--max-upload 1zb" is one line
     work_dir = Path(tempfile.mkdtemp(prefix="difflab-serve-"))
     os.environ["GRADIO_TEMP_DIR"] = str(work_dir / "gradio")  # Gradio's files, removed at exit
     try:

@@ -5,6 +5,8 @@ inpainting mask, checked against what the checkpoint expects.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +15,8 @@ from PIL import Image
 
 from difflab.config import RunConfig
 from difflab.data import load_dataset
+
+PIXEL_MODES = ("L", "LA", "RGB", "RGBA")  # the 8-bit modes whose pixels the model's values are
 
 
 def load_input_images(
@@ -31,10 +35,18 @@ def load_input_images(
     out = []
     for path in paths:
         try:
-            with Image.open(path) as picture:  # reads the header: size and mode, no pixels yet
+            with warnings.catch_warnings():  # the size is checked below, before any decoding
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                picture = Image.open(path)  # reads the header: size and mode, no pixels yet
+            with picture:
                 mode, size, bands = picture.mode, picture.size, len(picture.getbands())
                 if mode in ("RGBA", "LA") and channels != bands:
                     bands -= 1  # the alpha channel is dropped
+                if mode not in PIXEL_MODES:  # palette, 1-bit, 16-bit or float: no 8-bit pixels
+                    raise ValueError(
+                        f"image {path} has mode {mode}; expected 8-bit greyscale or RGB "
+                        f"({', '.join(PIXEL_MODES)}), {want}"
+                    )
                 if size != (image_size, image_size) or bands != channels:  # before decoding:
                     # a small file may hold a huge image (13000x13000 PNGs of 0.7 MB)
                     raise ValueError(
@@ -43,6 +55,13 @@ def load_input_images(
                     )
                 picture.load()
                 pixels = np.asarray(picture)
+        except Image.DecompressionBombError as err:  # raised by the header, before decoding
+            pixels = re.search(r"\((\d+) pixels\)", str(err))
+            count = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+            raise ValueError(
+                f"image {path} has {count}, more than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} "
+                f"allows; this checkpoint expects {want}"
+            ) from None
         except (OSError, SyntaxError) as err:
             raise ValueError(f"cannot read image {path}: {err}") from err
         if pixels.ndim == 2:

@@ -38,6 +38,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS  # noqa: E402
 from difflab.web.core import (  # noqa: E402
@@ -46,15 +48,18 @@ from difflab.web.core import (  # noqa: E402
     RANDOM_SEED,
     DemoModel,
     Frame,
+    download_html,
+    picture_html,
     shown,
 )
+from difflab.web.guard import RequestGuard, parse_size  # noqa: E402
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-IMAGE_BUTTONS = ["download", "fullscreen"]  # not "share" (a post to Hugging Face)
 STOP_WAIT_S = 30.0  # how long the Stop button waits for the generation to end before it answers
-CSS = "#final img, #x_t img, #x0_pred img { image-rendering: pixelated; }"
+MAX_PIXELS = 4096 * 4096  # Pillow's bomb limit in the server (uploads are checked from the header)
+SESSIONS = 256  # page sessions whose values Gradio keeps; each request is at most 64 kB
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,8 @@ class Handlers:
         every: Any,
         request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
-        """Stream (x_t, x0_pred, status, final grid, PNG, GIF, seed used) as sampling goes."""
+        """Stream (x_t, x0_pred, status, final grid, PNG, GIF, seed used) as sampling goes: the
+        pictures and the downloads as HTML that holds them (no file on the server, no path)."""
         try:
             req = self.demo.parse_request(
                 sampler=sampler, steps=steps, seed=seed, num_images=num_images,
@@ -123,12 +129,16 @@ class Handlers:
                 for item in items:
                     if isinstance(item, Frame):
                         if not stop.is_set():  # no frame may overwrite "stopping" on the page
-                            yield item.x_t, item.x0_pred, item.status, None, None, None, seed_text
+                            yield (picture_html(item.x_t, "x_t"),
+                                   picture_html(item.x0_pred, "predicted x0"), item.status, None,
+                                   None, None, seed_text)  # fmt: skip
                         continue
                     finished = True
                     steps = f"{req.steps} step" + ("s" if req.steps > 1 else "")
                     done = f"done: {req.num_images} images, {steps}, seed {req.seed}"
-                    yield (gr.skip(), gr.skip(), done, item.grid, str(item.png), str(item.gif),
+                    yield (gr.skip(), gr.skip(), done, picture_html(item.grid, "final images"),
+                           download_html(item.png, f"PNG ({item.png.name})"),
+                           download_html(item.gif, f"GIF ({item.gif.name})"),
                            seed_text)  # fmt: skip
             if not finished:
                 yield gr.skip(), gr.skip(), "stopped", None, None, None, seed_text
@@ -140,7 +150,7 @@ class Handlers:
                 if self._stops.get(session) == (stop, ended):
                     del self._stops[session]
             ended.set()
-            shutil.rmtree(out, ignore_errors=True)  # Gradio has copied what it shows
+            shutil.rmtree(out, ignore_errors=True)  # the page's HTML holds what it shows
 
     def stop(self, request: gr.Request) -> str:
         """The Stop button: the running generation of this page ends after its current step;
@@ -154,18 +164,25 @@ class Handlers:
         stop.set()
         return "stopped" if ended.wait(STOP_WAIT_S) else "stopping"
 
-    def forward(self, source: str, index: Any, upload: str | None, t: Any, seed: Any) -> tuple:
+    def forward(self, source: Any, index: Any, upload: Any, t: Any, seed: Any) -> tuple:
         """The forward-process tab: the image, x_t, the noise and the schedule's curves at t."""
         try:
-            if source == "upload" and not upload:
+            if source not in ("dataset", "upload"):
+                raise ValueError(f"image must be 'dataset' or 'upload', got {shown(source)}")
+            path = uploaded_path(upload) if source == "upload" else None
+            if source == "upload" and path is None:
                 raise ValueError("no image uploaded: drop one on the upload box, or pick 'dataset'")
-            x0 = self.demo.forward_image(index, upload if source == "upload" else None)
+            x0 = self.demo.forward_image(index, path)
             view = self.demo.forward_view(x0, t, seed)
         except ValueError as err:
             raise _error(err) from None
-        return view.x0, view.x_t, view.eps, view.curves, f"t = {int(float(t))}: {view.status}"
+        return (
+            picture_html(view.x0, "x0"), picture_html(view.x_t, "x_t"),
+            picture_html(view.eps, "noise"), picture_html(view.curves, "schedule"),
+            f"t = {int(float(t))}: {view.status}",
+        )  # fmt: skip
 
-    def sampler_changed(self, sampler: str) -> tuple:
+    def sampler_changed(self, sampler: Any) -> tuple:
         """A new sampler: its default steps; eta only where it applies (DDIM)."""
         if sampler not in SAMPLERS:
             raise _error(ValueError(f"unknown sampler {shown(sampler)}"))
@@ -234,34 +251,26 @@ def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
                         )
                     with gr.Column(scale=2):
                         with gr.Row():
-                            x_t = gr.Image(
-                                label="x_t (noisy sample)", type="numpy", format="png",
-                                interactive=False, buttons=IMAGE_BUTTONS, elem_id="x_t",
-                            )  # fmt: skip
-                            x0_pred = gr.Image(
-                                label="predicted x0", type="numpy", format="png",
-                                interactive=False, buttons=IMAGE_BUTTONS, elem_id="x0_pred",
-                            )  # fmt: skip
-                        final = gr.Image(
-                            label="final images", type="numpy", format="png", interactive=False,
-                            buttons=IMAGE_BUTTONS, elem_id="final",
-                        )  # fmt: skip
+                            x_t = picture("x_t (noisy sample)", "x_t")
+                            x0_pred = picture("predicted x0", "x0_pred")
+                        final = picture("final images", "final")
                         with gr.Row():
-                            png = gr.File(label="PNG", interactive=False, elem_id="png")
-                            gif = gr.File(label="GIF", interactive=False, elem_id="gif")
+                            png = picture("PNG", "png")
+                            gif = picture("GIF", "gif")
                 run.click(
                     handlers.generate,
                     [sampler, steps, seed, num_images, class_choice, guidance, eta, every],
                     [x_t, x0_pred, status, final, png, gif, seed_used],
-                    api_name="generate",
-                )
+                    api_name="generate", preprocess=False,
+                )  # fmt: skip
                 # Stop is cooperative, not Gradio's `cancels`: a cancelled generator never sends
                 # its last update, so a frame already on its way could leave "step k/T" showing
                 stop.click(handlers.stop, None, status, api_name="stop", concurrency_limit=None)
                 if not distilled:
                     sampler.change(
-                        handlers.sampler_changed, sampler, [steps, eta], api_visibility="private"
-                    )
+                        handlers.sampler_changed, sampler, [steps, eta], api_visibility="private",
+                        preprocess=False,
+                    )  # fmt: skip
             with gr.Tab("Forward process"):
                 _forward_tab(demo, handlers)
     return app
@@ -297,31 +306,35 @@ def _forward_tab(demo: DemoModel, handlers: Handlers) -> None:
             info = gr.Textbox(label="alpha_bar and SNR at t", interactive=False, elem_id="info")
         with gr.Column(scale=2):
             with gr.Row():
-                x0 = gr.Image(label="x0", format="png", interactive=False, buttons=IMAGE_BUTTONS)
-                xt = gr.Image(
-                    label="x_t",
-                    format="png",
-                    interactive=False,
-                    buttons=IMAGE_BUTTONS,
-                    elem_id="fwd_x_t",
-                )
-                eps = gr.Image(
-                    label="noise eps (+-3 sigma)",
-                    format="png",
-                    interactive=False,
-                    buttons=IMAGE_BUTTONS,
-                )
-            curves = gr.Image(
-                label="schedule",
-                format="png",
-                interactive=False,
-                buttons=IMAGE_BUTTONS,
-                elem_id="curves",
-            )
+                x0 = picture("x0", "fwd_x0")
+                xt = picture("x_t", "fwd_x_t")
+                eps = picture("noise eps (+-3 sigma)", "fwd_eps")
+            curves = picture("schedule", "curves")
     inputs = [source, index, upload, t, noise_seed]
     outputs = [x0, xt, eps, curves, info]
-    show.click(handlers.forward, inputs, outputs, api_name="forward")
-    t.release(handlers.forward, inputs, outputs, api_visibility="private")
+    # both events decode an upload: one slot between them, so two requests cannot decode at once
+    for event, visibility in ((show.click, "public"), (t.release, "private")):
+        event(
+            handlers.forward, inputs, outputs, api_name="forward" if visibility == "public" else None,
+            api_visibility=visibility, preprocess=False, concurrency_id="forward",
+            concurrency_limit=1,
+        )  # fmt: skip
+
+
+def picture(label: str, elem_id: str) -> gr.HTML:
+    """An output that shows an image (or a download link) as HTML holding the file's bytes."""
+    return gr.HTML(label=label, show_label=True, container=True, elem_id=elem_id, padding=False)
+
+
+def uploaded_path(upload: Any) -> str | None:
+    """The server path of the upload box's file (Gradio's file data; the request guard has
+    checked that it lies in the upload folder), or None when nothing was uploaded."""
+    if upload in (None, ""):
+        return None
+    path = upload.get("path") if isinstance(upload, dict) else None
+    if not isinstance(path, str):
+        raise ValueError("the upload must be an image uploaded with the upload box")
+    return path
 
 
 def is_loopback(host: str) -> bool:
@@ -341,19 +354,32 @@ def blocked_paths(checkpoint: Path, work_dir: Path) -> list[str]:
 def serve(
     demo: DemoModel, options: ServeOptions, work_dir: Path, *, block: bool = True
 ) -> gr.Blocks:
-    """Launch the page on ``options.host:options.port``; with ``block`` until Ctrl-C."""
+    """Launch the page on ``options.host:options.port``; with ``block`` until Ctrl-C.
+
+    In front of Gradio sits ``RequestGuard``: a request of over 64 kB (an upload: over
+    ``--max-upload``), an event the page does not have or a file the page did not upload is
+    refused before Gradio reads it. Pillow refuses images of over ``MAX_PIXELS`` in this process.
+    """
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    max_upload = parse_size(options.max_upload)
     app = build_app(demo, work_dir)
     app.queue(
         api_open=False,  # POST /gradio_api/run/... (no queue) answers 404
         max_size=options.queue_size,
         default_concurrency_limit=options.concurrency,
     )
+    guard = Middleware(
+        RequestGuard,  # type: ignore[arg-type]
+        inputs={index: len(fn.inputs) for index, fn in app.fns.items()},
+        upload_dir=gr.utils.get_upload_folder(), max_upload=max_upload,
+    )  # fmt: skip
     app.launch(
         server_name=options.host, server_port=options.port, share=False, inbrowser=False,
         ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-        run_history=False, footer_links=["api"], max_file_size=options.max_upload,
+        run_history=False, footer_links=["api"], max_file_size=max_upload,
         blocked_paths=blocked_paths(demo.path, work_dir), allowed_paths=[],
-        theme=offline_theme(), css=CSS, show_error=False, quiet=True,
+        theme=offline_theme(), show_error=False, quiet=True,
+        state_session_capacity=SESSIONS, app_kwargs={"middleware": [guard]},
         prevent_thread_lock=not block,
     )  # fmt: skip
     return app

@@ -10,10 +10,14 @@ one is a ``ValueError`` whose one line names the value and the range expected.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
+import io
 import math
 import os
 import queue
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -47,6 +51,7 @@ MAX_SEED = 2**32 - 1
 PREVIEWS = 20  # about this many live frames when the page leaves "every k steps" at 0 (auto)
 DISPLAY_PX = 384  # streamed grids are upscaled (nearest, integer factor) to at least this width
 FORWARD_IMAGES = 1000  # the forward-process tab offers the first this many test images
+PIXELATED = "image-rendering: pixelated; width: 100%; max-width: 768px"  # small images stay sharp
 MAX_SHOWN = 40  # characters of a page value that an error message repeats
 
 
@@ -165,6 +170,38 @@ def to_display(images: Any, nrow: int | None = None, min_width: int = DISPLAY_PX
     return grid.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def data_from_html(text: str) -> bytes:
+    """The bytes of the first data URI in ``text`` (a picture or a download of the page)."""
+    match = re.search(r'"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)"', text)
+    if match is None:
+        raise ValueError(f"no data URI in {shown(text)}")
+    return base64.b64decode(match.group(1))
+
+
+def picture_html(grid: np.ndarray | None, alt: str) -> str:
+    """An (H, W, 3) uint8 grid as an ``<img>`` holding its lossless PNG: the page shows pictures
+    without a file on the server, so no URL names a server path and nothing is left behind."""
+    if grid is None:
+        return ""
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    src = data_uri(buffer.getvalue(), "image/png")
+    return f'<img src="{src}" alt="{html.escape(alt)}" style="{PIXELATED}">'
+
+
+def download_html(path: Path | None, label: str) -> str:
+    """A link that downloads the file ``path`` (read now, so the file can go) under its name."""
+    if path is None:
+        return ""
+    mime = "image/gif" if path.suffix == ".gif" else "image/png"
+    href = data_uri(path.read_bytes(), mime)
+    return f'<a href="{href}" download="{html.escape(path.name)}">{html.escape(label)}</a>'
+
+
 class DemoModel:
     """A checkpoint loaded once for the server, with everything the page needs to know about it."""
 
@@ -254,6 +291,10 @@ class DemoModel:
         apply to this model are ignored), then plan it as ``difflab sample`` plans its flags
         (``kinds.plan_sampling``)."""
         n = check_int("number of images", num_images, 1, self.max_images)
+        # checked even where they do not apply (an unconditional model, a sampler without eta):
+        # a malformed value is refused, never silently ignored
+        w = check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
+        eta_value = check_float("eta", eta, 0.0, 1.0)
         if self.distilled:
             choices = self.step_choices
             given = steps if steps not in (None, "") else choices[0]
@@ -272,11 +313,10 @@ class DemoModel:
                 raise ValueError(
                     f"unknown sampler {shown(sampler)}; expected one of {', '.join(SAMPLERS)}"
                 )
-            w = check_float("guidance", guidance, 0.0, MAX_GUIDANCE) if self.num_classes else None
-            eta_value = check_float("eta", eta, 0.0, 1.0) if sampler == "ddim" else None
             request = SamplingRequest(
-                num_images=n, sampler=str(sampler), steps=total, spacing="trailing", eta=eta_value,
-                guidance=w,
+                num_images=n, sampler=str(sampler), steps=total, spacing="trailing",
+                eta=eta_value if sampler == "ddim" else None,
+                guidance=w if self.num_classes else None,
             )  # fmt: skip
         label: int | None = None
         if self.num_classes and class_choice not in (None, "", EVERY_CLASS):

@@ -1,0 +1,241 @@
+"""A gate in front of the web demo's server: every request is bounded and every file it names is
+one that was uploaded to this page, before Gradio reads it.
+
+Gradio stores each value a queue request carries in the session's state, and moves each file
+a request names into its cache (downloading a URL when a client names one). So the gate, an
+ASGI middleware with no Gradio import, refuses with one line (HTTP 413 or 400, ``{"detail":
+"..."}``):
+
+- a body larger than ``max_body`` (an upload: larger than ``max_upload`` plus its form fields),
+  by its Content-Length before reading it and by counting when there is none;
+- a queue request (``/queue/join``) that is not a JSON object, names an event the page does not
+  have, or carries another number of values than that event takes;
+- a file reference (a JSON object with a ``path``, or Gradio's ``gradio.FileData`` marker) whose
+  path is not inside the upload folder: another file of the server, or a URL (nothing is fetched).
+
+What passes reaches Gradio unchanged; the values themselves are checked by ``difflab.web.core``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from difflab.web.core import shown
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_BODY = 64 * 1024  # a queue request of the page is under 2 kB; 64 kB leaves room, no more
+FORM_OVERHEAD = 64 * 1024  # an upload's multipart headers and boundaries beyond the file itself
+SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}  # as Gradio reads them
+MAX_SESSION = 64  # characters of a session id (the page's are 11)
+MAX_SESSIONS = 4096  # sessions remembered as having joined the queue
+MAX_DEPTH = 8  # JSON nesting a request may have (the page's deepest is 3: data -> file -> meta)
+
+
+class Refused(Exception):
+    """A request the gate answers itself: ``status`` and the one line it says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestGuard:
+    """ASGI middleware: ``RequestGuard(app, inputs=..., upload_dir=..., max_upload=...)``.
+
+    ``inputs`` maps each event's index (Gradio's ``fn_index``) to how many values it takes;
+    ``upload_dir`` is the only folder a request may name files in.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        inputs: dict[int, int],
+        upload_dir: str | os.PathLike[str],
+        max_upload: int,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        self.app = app
+        self.inputs = inputs
+        self.upload_dir = Path(upload_dir).resolve()
+        self.max_upload = max_upload
+        self.max_body = max_body
+        self.sessions: dict[str, None] = {}  # sessions that joined the queue, oldest first
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            if path.endswith("/queue/data") and _query(scope, "session_hash") not in self.sessions:
+                # Gradio would wait for the unknown session, then fail inside its open stream
+                await _refuse(send, Refused(404, "no queued event for this session"))
+                return
+            await self.app(scope, receive, send)
+            return
+        upload = path.endswith("/upload")
+        limit = self.max_upload + FORM_OVERHEAD if upload else self.max_body
+        try:
+            length = _content_length(scope)
+            if length is not None and length > limit:
+                raise Refused(
+                    413, f"request of {length:,} bytes; this server takes {limit:,} at most"
+                )
+            if upload:  # streamed to Gradio's own upload handler, counted as it goes
+                await self.app(scope, _counting(receive, limit), send)
+                return
+            body = await _read_body(receive, limit)
+            if path.endswith("/queue/join"):
+                self.check_join(body)
+        except Refused as refusal:
+            await _refuse(send, refusal)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def check_join(self, body: bytes) -> None:
+        """A queue request: a JSON object naming one of the page's events, with as many values
+        as that event takes, and no file outside the upload folder."""
+        try:
+            request = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            raise Refused(400, "a queue request must be a JSON object") from None
+        if not isinstance(request, dict):
+            raise Refused(400, "a queue request must be a JSON object")
+        fn_index, data = request.get("fn_index"), request.get("data")
+        if type(fn_index) is not int or fn_index not in self.inputs:
+            raise Refused(400, f"no event {shown(fn_index)} on this page")
+        if not isinstance(data, list) or len(data) != self.inputs[fn_index]:
+            count = len(data) if isinstance(data, list) else shown(data)
+            raise Refused(
+                400, f"event {fn_index} takes {self.inputs[fn_index]} values, got {count}"
+            )
+        session = request.get("session_hash")
+        if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION:
+            raise Refused(400, f"session_hash must be text of 1..{MAX_SESSION} characters")
+        for value in (data, request.get("event_data")):
+            self.check_files(value)
+        self.sessions[session] = None  # its event stream may now be read
+        while len(self.sessions) > MAX_SESSIONS:
+            del self.sessions[next(iter(self.sessions))]  # the oldest
+
+    def check_files(self, value: Any, depth: int = 0) -> None:
+        """Every file reference in ``value`` names a file inside the upload folder."""
+        if depth > MAX_DEPTH:
+            raise Refused(400, f"a queue request may nest values {MAX_DEPTH} deep at most")
+        if isinstance(value, list):
+            for item in value:
+                self.check_files(item, depth + 1)
+        elif isinstance(value, dict):
+            meta = value.get("meta")
+            if "path" in value or (
+                isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"
+            ):
+                self.check_path(value.get("path"))
+            for item in value.values():
+                self.check_files(item, depth + 1)
+
+    def check_path(self, path: Any) -> None:
+        refusal = Refused(400, "a file must be one uploaded to this page")
+        if not isinstance(path, str) or "://" in path or "\x00" in path:
+            raise refusal
+        try:
+            inside = Path(path).resolve().is_relative_to(self.upload_dir)
+        except (OSError, ValueError):
+            raise refusal from None
+        if not inside:
+            raise refusal
+
+
+def _query(scope: Scope, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise Refused(400, "Content-Length must be a number of bytes") from None
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refused(400, "the client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Refused(
+                413, f"request of over {limit:,} bytes; this server takes {limit:,} at most"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then waits for the client."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """A ``receive`` that ends the request (as a disconnect) once more than ``limit`` bytes came."""
+    size = 0
+
+    async def counting() -> Message:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            return {"type": "http.disconnect"}
+        return message
+
+    return counting
+
+
+async def _refuse(send: Send, refusal: Refused) -> None:
+    body = json.dumps({"detail": str(refusal)}).encode()
+    await send({
+        "type": "http.response.start", "status": refusal.status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def parse_size(text: str | int, name: str = "size") -> int:
+    """A size such as ``500kb``, ``1mb`` or ``1048576`` (bytes) as bytes; a one-line error else."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)?\s*", str(text).lower())
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(
+            f"{name} must be a positive number of b, kb, mb or gb (e.g. 500kb), got {text!r}"
+        )
+    return int(match.group(1)) * SIZE_UNITS[match.group(2) or "b"]
