@@ -9,7 +9,8 @@ import pytest
 
 from difflab.web.guard import MAX_BODY, RequestGuard, parse_size
 
-INPUTS = {0: 8, 1: 0, 3: 5}  # generate, stop, forward
+V, F = "value", "file"
+INPUTS = {0: (V,) * 8, 1: (), 3: (V, V, F, V, V)}  # generate, stop, forward
 GENERATE = ["ddim", 5, "0", 2, None, 1.0, 0.0, 0]
 
 
@@ -98,6 +99,10 @@ def test_a_good_queue_request_reaches_the_app_unchanged(guarded):
         (join(data=["ddim"]), 400, "event 0 takes 8 values, got 1"),
         (join(data=[*GENERATE, 1]), 400, "event 0 takes 8 values, got 9"),
         (join(data="x" * 100), 400, "event 0 takes 8 values, got 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx... (102 characters)"),
+        (join(trigger_id=float("nan")), 400, "trigger_id must be an integer or null, got nan"),
+        (join(trigger_id=True), 400, "trigger_id must be an integer or null, got True"),
+        (join(oauth_token=0.5), 400, "oauth_token must be text or null, got 0.5"),
+        (join(batched="yes"), 400, "batched must be true, false or null, got 'yes'"),
         (join(session=None), 400, "session_hash must be text of 1..64 characters"),
         (join(session="s" * 65), 400, "session_hash must be text of 1..64 characters"),
     ],
@@ -129,7 +134,7 @@ def test_a_file_not_uploaded_to_the_page_is_refused_wherever_it_sits(guarded, pa
             "SECRET", str(uploads.parent / "secret.txt")
         )
     file = {"path": path, "meta": {"_type": "gradio.FileData"}}
-    for data in (["upload", 0, file, 5, "0"], ["upload", 0, [[{"x": file}]], 5, "0"]):
+    for data in (["upload", 0, file, 5, "0"], ["upload", 0, None, 5, [[{"x": file}]]]):
         status, message = call(guard, "/gradio_api/queue/join", join(3, data))
         assert (status, message) == (400, "a file must be one uploaded to this page")
     # a bare {"path": ...} counts as a file too, and event_data is checked like data
@@ -140,12 +145,33 @@ def test_a_file_not_uploaded_to_the_page_is_refused_wherever_it_sits(guarded, pa
     assert app.seen == []
 
 
+@pytest.mark.parametrize(
+    "upload, message",
+    [
+        ("a string", "value 2 of event 3 must be an uploaded file or null"),
+        (7, "value 2 of event 3 must be an uploaded file or null"),
+        ({"x": 1}, "value 2 of event 3 must be an uploaded file or null"),
+        ({"path": "OK", "size": "big"}, "a file's 'size' must be one of Gradio's file fields"),
+        ({"path": "OK", "size": True}, "a file's 'size' must be one of Gradio's file fields"),
+        ({"path": "OK", "is_stream": "no"}, "a file's 'is_stream' must be one of Gradio's file fields"),
+        ({"path": "OK", "extra": 1}, "a file's 'extra' must be one of Gradio's file fields"),
+    ],
+)  # fmt: skip
+def test_the_upload_box_takes_null_or_a_well_formed_file(guarded, upload, message):
+    guard, _, uploads = guarded
+    if isinstance(upload, dict) and upload.get("path") == "OK":
+        upload = {**upload, "path": str(uploads / "abc" / "x.png")}
+    body = join(3, ["upload", 0, upload, 5, "0"])
+    assert call(guard, "/gradio_api/queue/join", body) == (400, message)
+    assert call(guard, "/gradio_api/queue/join", join(3, ["dataset", 0, None, 5, "0"]))[0] == 200
+
+
 def test_deep_nesting_is_refused(guarded):
     guard, _, _ = guarded
     deep = []
     for _ in range(50):
         deep = [deep]
-    status, message = call(guard, "/gradio_api/queue/join", join(3, ["dataset", 0, deep, 5, "0"]))
+    status, message = call(guard, "/gradio_api/queue/join", join(3, ["dataset", 0, None, 5, deep]))
     assert (status, message) == (400, "a queue request may nest values 8 deep at most")
 
 

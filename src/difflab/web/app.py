@@ -370,7 +370,10 @@ def serve(
     )
     guard = Middleware(
         RequestGuard,  # type: ignore[arg-type]
-        inputs={index: len(fn.inputs) for index, fn in app.fns.items()},
+        inputs={
+            index: tuple("file" if isinstance(block, gr.Image) else "value" for block in fn.inputs)
+            for index, fn in app.fns.items()
+        },
         upload_dir=gr.utils.get_upload_folder(), max_upload=max_upload,
     )  # fmt: skip
     app.launch(

@@ -37,6 +37,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_BODY = 64 * 1024  # a queue request of the page is under 2 kB; 64 kB leaves room, no more
 FORM_OVERHEAD = 64 * 1024  # an upload's multipart headers and boundaries beyond the file itself
 SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}  # as Gradio reads them
+FILE_FIELDS: dict[str, tuple[type, ...]] = {  # Gradio's FileData, and the JSON types it takes
+    "path": (str,), "url": (str, type(None)), "size": (int, type(None)),
+    "orig_name": (str, type(None)), "mime_type": (str, type(None)), "is_stream": (bool,),
+    "meta": (dict,),
+}  # fmt: skip
+JOIN_FIELDS: dict[str, tuple[type, ...]] = {  # the typed fields of a queue request's body
+    "event_id": (str, type(None)), "oauth_token": (str, type(None)),
+    "trigger_id": (int, type(None)), "simple_format": (bool,), "batched": (bool, type(None)),
+}  # fmt: skip
+JOIN_TYPES = {"event_id": "text or null", "oauth_token": "text or null",
+              "trigger_id": "an integer or null", "simple_format": "true or false",
+              "batched": "true, false or null"}  # fmt: skip
 MAX_SESSION = 64  # characters of a session id (the page's are 11)
 MAX_SESSIONS = 4096  # sessions remembered as having joined the queue
 MAX_DEPTH = 8  # JSON nesting a request may have (the page's deepest is 3: data -> file -> meta)
@@ -53,7 +65,8 @@ class Refused(Exception):
 class RequestGuard:
     """ASGI middleware: ``RequestGuard(app, inputs=..., upload_dir=..., max_upload=...)``.
 
-    ``inputs`` maps each event's index (Gradio's ``fn_index``) to how many values it takes;
+    ``inputs`` maps each event's index (Gradio's ``fn_index``) to the kind of each value it takes:
+    ``"file"`` (an upload box: null or a file) or ``"value"`` (anything JSON; difflab checks it);
     ``upload_dir`` is the only folder a request may name files in.
     """
 
@@ -61,7 +74,7 @@ class RequestGuard:
         self,
         app: ASGIApp,
         *,
-        inputs: dict[int, int],
+        inputs: dict[int, tuple[str, ...]],
         upload_dir: str | os.PathLike[str],
         max_upload: int,
         max_body: int = MAX_BODY,
@@ -116,11 +129,18 @@ class RequestGuard:
         fn_index, data = request.get("fn_index"), request.get("data")
         if type(fn_index) is not int or fn_index not in self.inputs:
             raise Refused(400, f"no event {shown(fn_index)} on this page")
-        if not isinstance(data, list) or len(data) != self.inputs[fn_index]:
+        kinds = self.inputs[fn_index]
+        if not isinstance(data, list) or len(data) != len(kinds):
             count = len(data) if isinstance(data, list) else shown(data)
-            raise Refused(
-                400, f"event {fn_index} takes {self.inputs[fn_index]} values, got {count}"
-            )
+            raise Refused(400, f"event {fn_index} takes {len(kinds)} values, got {count}")
+        for i, (kind, value) in enumerate(zip(kinds, data, strict=True)):
+            if kind == "file" and value is not None and not _looks_like_file(value):
+                raise Refused(
+                    400, f"value {i} of event {fn_index} must be an uploaded file or null"
+                )
+        for name, types in JOIN_FIELDS.items():  # as Gradio's model of the body wants them
+            if name in request and not _is_a(request[name], types):
+                raise Refused(400, f"{name} must be {JOIN_TYPES[name]}, got {shown(request[name])}")
         session = request.get("session_hash")
         if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION:
             raise Refused(400, f"session_hash must be text of 1..{MAX_SESSION} characters")
@@ -138,13 +158,18 @@ class RequestGuard:
             for item in value:
                 self.check_files(item, depth + 1)
         elif isinstance(value, dict):
-            meta = value.get("meta")
-            if "path" in value or (
-                isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"
-            ):
-                self.check_path(value.get("path"))
+            if _looks_like_file(value):
+                self.check_file(value)
             for item in value.values():
                 self.check_files(item, depth + 1)
+
+    def check_file(self, file: dict[str, Any]) -> None:
+        """A file reference as the upload box sends it: Gradio's file fields of their types
+        (anything else fails inside Gradio), and a path inside the upload folder."""
+        self.check_path(file.get("path"))
+        for name, value in file.items():
+            if name not in FILE_FIELDS or not _is_a(value, FILE_FIELDS[name]):
+                raise Refused(400, f"a file's {shown(name)} must be one of Gradio's file fields")
 
     def check_path(self, path: Any) -> None:
         refusal = Refused(400, "a file must be one uploaded to this page")
@@ -156,6 +181,19 @@ class RequestGuard:
             raise refusal from None
         if not inside:
             raise refusal
+
+
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+    """``isinstance`` where a bool is not a number (JSON keeps them apart)."""
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _looks_like_file(value: Any) -> bool:
+    """A JSON object that Gradio (or this guard) takes for a file: a ``path``, or the marker."""
+    if not isinstance(value, dict):
+        return False
+    meta = value.get("meta")
+    return "path" in value or (isinstance(meta, dict) and meta.get("_type") == "gradio.FileData")
 
 
 def _query(scope: Scope, name: str) -> str | None:
