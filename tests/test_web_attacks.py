@@ -9,6 +9,7 @@ import http.server
 import json
 import math
 import random
+import tempfile
 import threading
 import time
 import urllib.error
@@ -237,9 +238,11 @@ def test_no_server_path_is_shown_and_nothing_is_left_behind(server):
     """Finding 5: messages and every served file URL showed the server's temporary path, and each
     generation left ~0.8 MB in the temporary folder for 10-15 minutes."""
     url, process, log, _ = server
-    status, stored = upload(url, "probe.png", png_bomb(8, 8))  # where Gradio keeps files
-    assert status == 200
-    temp = Path(stored[0]).parents[1]
+    status, stored = upload(url, "probe.png", png_bomb(8, 8))
+    assert status == 200 and stored[0].startswith("upload/"), stored  # not the server's path
+    # where Gradio keeps files: the server's private folder that holds this upload
+    (held,) = Path(tempfile.gettempdir()).glob(f"difflab-serve-*/gradio/{stored[0][7:]}")
+    temp = held.parents[1]
     files_before = sorted(p for p in temp.rglob("*") if p.is_file())
     for seed in range(10):
         status, message = call_event(url, GENERATE, [*GOOD[:2], str(seed), *GOOD[3:]])

@@ -146,6 +146,32 @@ def test_an_out_of_range_value_shows_its_message_in_the_page(page, server, tmp_p
     assert "Traceback" not in server[2].read_text()  # a user's mistake is not a server error
 
 
+def test_an_uploaded_image_goes_through_the_forward_process_without_a_server_path(
+    page, server, tmp_path
+):
+    """The upload box, then Show: x_t of the uploaded picture. The page is told where its upload
+    lies only by the alias ``upload/...`` (the request guard maps it back), never a server path."""
+    Image.fromarray(np.full((8, 8, 3), 180, np.uint8)).save(tmp_path / "mine.png")
+    answers = []
+    page.on("response", lambda r: answers.append(r) if "/upload" in r.url else None)
+    page.get_by_role("tab", name="Forward process").click()
+    page.set_input_files("#upload input[type=file]", str(tmp_path / "mine.png"))
+    page.wait_for_selector("#upload img", timeout=30_000)  # the preview, served by the alias
+    page.check("#source input[value='upload']")
+    page.click("#show")
+    page.wait_for_selector("#fwd_x0 img", timeout=30_000)
+    x0 = decode(fetch(page.get_attribute("#fwd_x0 img", "src")))
+    assert (x0[x0.shape[0] // 2, x0.shape[1] // 2] == 180).all()  # the upload, not a test image
+    assert "alpha_bar_t =" in page.input_value("#info textarea")
+    save_screenshot(page, tmp_path, "demo_upload.png")
+    stored = [a.json() for a in answers if a.request.method == "POST"]
+    assert stored and all(p.startswith("upload/") for p in stored[0]), stored
+    assert "difflab-serve" not in page.content()
+    assert page.get_attribute("#upload img", "src").split("file=")[1].startswith("upload/")
+    assert all(h.split(":")[0] in LOOPBACK_HOSTS for h in page.hosts)
+    assert "Traceback" not in server[2].read_text()
+
+
 def test_stop_ends_the_generation_and_the_next_one_runs(page):
     page.click("#sampler input")
     page.get_by_role("option", name="ddpm").click()

@@ -19,6 +19,8 @@ class Recorder:
 
     def __init__(self):
         self.seen = []
+        self.answer = b"ok"
+        self.headers = []
 
     async def __call__(self, scope, receive, send):
         body = b""
@@ -31,8 +33,11 @@ class Recorder:
             if not message.get("more_body"):
                 break
         self.seen.append((scope["path"], body))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        self.headers = dict(scope["headers"])
+        length = str(len(self.answer)).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", length)]})  # fmt: skip
+        await send({"type": "http.response.body", "body": self.answer})
 
 
 def call(guard, path, body=b"", method="POST", chunks=None, length=True, query=b""):
@@ -231,3 +236,27 @@ def test_bad_sizes_are_one_line(text):
     assert str(err.value) == (
         f"--max-upload must be a positive number of b, kb, mb or gb (e.g. 500kb), got {text!r}"
     )
+
+
+def test_the_page_never_sees_the_upload_folders_path(guarded):
+    """The upload route's answer names the folder ``upload``; the requests that carry that name
+    (a queue request's file, the file route) reach Gradio with the server's path."""
+    guard, app, uploads = guarded
+    app.answer = json.dumps([str(uploads / "abc" / "x.png")]).encode()
+    status, text = call(guard, "/gradio_api/upload", b"form")
+    assert (status, json.loads(text)) == (200, ["upload/abc/x.png"])
+    app.answer = b"ok"
+    body = join(3, ["upload", 0, {"path": "upload/abc/x.png", "meta": {"_type": "gradio.FileData"}},
+                    5, "0"])  # fmt: skip
+    assert call(guard, "/gradio_api/queue/join", body)[0] == 200
+    sent = json.loads(app.seen[-1][1])
+    assert sent["data"][2]["path"] == str(uploads / "abc" / "x.png")
+    assert app.headers[b"content-length"] == str(len(app.seen[-1][1])).encode()
+    assert call(guard, "/gradio_api/file=upload/abc/x.png", method="GET")[0] == 200
+    assert app.seen[-1][0] == f"/gradio_api/file={uploads}/abc/x.png"
+    # the alias leads nowhere else
+    for path in ("upload/../secret.txt", "upload/../../etc/passwd", "uploads/abc/x.png"):
+        body = join(3, ["upload", 0, {"path": path}, 5, "0"])
+        assert call(guard, "/gradio_api/queue/join", body) == (
+            400, "a file must be one uploaded to this page",
+        )  # fmt: skip

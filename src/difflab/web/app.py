@@ -59,6 +59,9 @@ SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Robo
 MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
 STOP_WAIT_S = 30.0  # how long the Stop button waits for the generation to end before it answers
 MAX_PIXELS = 4096 * 4096  # Pillow's bomb limit in the server (uploads are checked from the header)
+UPLOAD_PX = 192  # height of the upload box and of the picture in it
+# an 8 px upload fills its box, each pixel a sharp square
+CSS = "#upload img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 SESSIONS = 256  # page sessions whose values Gradio keeps; each request is at most 64 kB
 
 
@@ -296,6 +299,7 @@ def _forward_tab(demo: DemoModel, handlers: Handlers) -> None:
             upload = gr.Image(
                 label=f"Upload ({mc.image_size}x{mc.image_size}, {mc.in_channels} channel(s))",
                 type="filepath", image_mode=None, sources=["upload"], buttons=[], elem_id="upload",
+                height=UPLOAD_PX,  # an 8 px upload is shown at this height, not at its own
             )  # fmt: skip
             t = gr.Slider(
                 0, demo.num_timesteps - 1, value=demo.num_timesteps // 2, step=1,
@@ -381,7 +385,7 @@ def serve(
         ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
         run_history=False, footer_links=["api"], max_file_size=max_upload,
         blocked_paths=blocked_paths(demo.path, work_dir), allowed_paths=[],
-        theme=offline_theme(), show_error=False, quiet=True,
+        theme=offline_theme(), css=CSS, show_error=False, quiet=True,
         state_session_capacity=SESSIONS, app_kwargs={"middleware": [guard]},
         prevent_thread_lock=not block,
     )  # fmt: skip

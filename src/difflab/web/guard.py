@@ -13,7 +13,10 @@ ASGI middleware with no Gradio import, refuses with one line (HTTP 413 or 400, `
 - a file reference (a JSON object with a ``path``, or Gradio's ``gradio.FileData`` marker) whose
   path is not inside the upload folder: another file of the server, or a URL (nothing is fetched).
 
-What passes reaches Gradio unchanged; the values themselves are checked by ``difflab.web.core``.
+And no server path reaches the page: the upload folder is named ``upload`` in what the upload
+route answers, and the guard turns that name back into the folder in the requests that carry it
+(a queue request's files, the file route). What passes reaches Gradio otherwise unchanged; the
+values themselves are checked by ``difflab.web.core``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ JOIN_FIELDS: dict[str, tuple[type, ...]] = {  # the typed fields of a queue requ
 JOIN_TYPES = {"event_id": "text or null", "oauth_token": "text or null",
               "trigger_id": "an integer or null", "simple_format": "true or false",
               "batched": "true, false or null"}  # fmt: skip
+UPLOAD_ALIAS = "upload"  # how the page is told where its uploads are: never the server's path
+FILE_ROUTE = "/file="  # Gradio's route that serves a file by its path
 MAX_SESSION = 64  # characters of a session id (the page's are 11)
 MAX_SESSIONS = 4096  # sessions remembered as having joined the queue
 MAX_DEPTH = 8  # JSON nesting a request may have (the page's deepest is 3: data -> file -> meta)
@@ -96,6 +101,10 @@ class RequestGuard:
                 # Gradio would wait for the unknown session, then fail inside its open stream
                 await _refuse(send, Refused(404, "no queued event for this session"))
                 return
+            if FILE_ROUTE in path:  # the page names its upload by the alias: Gradio by the path
+                route, _, file = path.partition(FILE_ROUTE)
+                path = f"{route}{FILE_ROUTE}{self.to_server(file)}"
+                scope = {**scope, "path": path, "raw_path": path.encode()}
             await self.app(scope, receive, send)
             return
         upload = path.endswith("/upload")
@@ -106,20 +115,24 @@ class RequestGuard:
                 raise Refused(
                     413, f"request of {length:,} bytes; this server takes {limit:,} at most"
                 )
-            if upload:  # streamed to Gradio's own upload handler, counted as it goes
-                await self.app(scope, _counting(receive, limit), send)
+            if upload:  # streamed to Gradio's own upload handler, counted as it goes; the paths
+                # it answers name the upload folder by its alias
+                await self.app(scope, _counting(receive, limit), _rewriting(send, self.to_client))
                 return
             body = await _read_body(receive, limit)
             if path.endswith("/queue/join"):
-                self.check_join(body)
+                body = self.check_join(body)
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+                scope = {**scope, "headers": [*headers, (b"content-length", b"%d" % len(body))]}
         except Refused as refusal:
             await _refuse(send, refusal)
             return
         await self.app(scope, _replay(body, receive), send)
 
-    def check_join(self, body: bytes) -> None:
+    def check_join(self, body: bytes) -> bytes:
         """A queue request: a JSON object naming one of the page's events, with as many values
-        as that event takes, and no file outside the upload folder."""
+        as that event takes, and no file outside the upload folder. Returns the body Gradio
+        gets: the same request, its files named by their paths on the server."""
         try:
             request = json.loads(body)
         except (UnicodeDecodeError, ValueError):
@@ -149,6 +162,7 @@ class RequestGuard:
         self.sessions[session] = None  # its event stream may now be read
         while len(self.sessions) > MAX_SESSIONS:
             del self.sessions[next(iter(self.sessions))]  # the oldest
+        return json.dumps(request).encode()
 
     def check_files(self, value: Any, depth: int = 0) -> None:
         """Every file reference in ``value`` names a file inside the upload folder."""
@@ -166,21 +180,34 @@ class RequestGuard:
     def check_file(self, file: dict[str, Any]) -> None:
         """A file reference as the upload box sends it: Gradio's file fields of their types
         (anything else fails inside Gradio), and a path inside the upload folder."""
-        self.check_path(file.get("path"))
+        file["path"] = self.check_path(file.get("path"))  # Gradio gets the path on the server
         for name, value in file.items():
             if name not in FILE_FIELDS or not _is_a(value, FILE_FIELDS[name]):
                 raise Refused(400, f"a file's {shown(name)} must be one of Gradio's file fields")
 
-    def check_path(self, path: Any) -> None:
+    def check_path(self, path: Any) -> str:
+        """The server path of a file the page uploaded (named by the alias, or by its path)."""
         refusal = Refused(400, "a file must be one uploaded to this page")
         if not isinstance(path, str) or "://" in path or "\x00" in path:
             raise refusal
+        path = self.to_server(path)
         try:
             inside = Path(path).resolve().is_relative_to(self.upload_dir)
         except (OSError, ValueError):
             raise refusal from None
         if not inside:
             raise refusal
+        return path
+
+    def to_server(self, path: str) -> str:
+        """``upload/<hash>/name.png`` (what the page is told) as the file's path on the server."""
+        if path == UPLOAD_ALIAS or path.startswith(f"{UPLOAD_ALIAS}/"):
+            return f"{self.upload_dir}{path[len(UPLOAD_ALIAS) :]}"
+        return path
+
+    def to_client(self, text: str) -> str:
+        """``text`` with the upload folder's path replaced by its alias."""
+        return text.replace(str(self.upload_dir), UPLOAD_ALIAS)
 
 
 def _is_a(value: Any, types: tuple[type, ...]) -> bool:
@@ -240,6 +267,30 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def _rewriting(send: Send, rewrite: Callable[[str], str]) -> Send:
+    """A ``send`` that holds back a (small, JSON) response to pass its text through ``rewrite``."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def rewriting(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body" or start is None:
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = rewrite(b"".join(chunks).decode("utf-8", "replace")).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    return rewriting
 
 
 def _counting(receive: Receive, limit: int) -> Receive:
