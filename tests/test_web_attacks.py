@@ -237,7 +237,7 @@ def test_no_file_is_fetched_or_read_that_the_page_did_not_upload(server, tmp_pat
 def test_no_server_path_is_shown_and_nothing_is_left_behind(server):
     """Finding 5: messages and every served file URL showed the server's temporary path, and each
     generation left ~0.8 MB in the temporary folder for 10-15 minutes."""
-    url, process, log, _ = server
+    url, _, log, _ = server
     status, stored = upload(url, "probe.png", png_bomb(8, 8))
     assert status == 200 and stored[0].startswith("upload/"), stored  # not the server's path
     # where Gradio keeps files: the server's private folder that holds this upload
