@@ -33,6 +33,9 @@ It works with no internet (no CDN, system fonts, no analytics, no share link), l
 127.0.0.1 unless --host says otherwise, validates every value on the server, queues requests
 (--concurrency at once, --queue-size waiting, then "queue is full"), refuses direct API calls
 that bypass the queue, limits uploads to --max-upload and never serves the checkpoint's folder.
+A gate in front of it refuses requests over 64 kB, events the page lacks, files it did not
+upload and URLs (nothing is fetched); uploads are checked from their header before decoding.
+docs/web_demo.md lists each protection and the test that proves it.
 
 examples:
   difflab demo && difflab serve          # train the built-in demo model, then open the page
