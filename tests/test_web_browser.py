@@ -27,6 +27,7 @@ STEPS = 12  # DDIM steps in the page tests: several frames, a few seconds on a C
 # Images of the Stop test's 200 DDPM steps: enough that the run is still going when Stop is
 # pressed on a fast, idle machine (64 tiny images finished first there, and Stop found nothing).
 STOP_IMAGES = 1024
+CLIENTS = 16  # gradio_client clients at once against a queue of 2
 
 
 def chromium_path():
@@ -197,8 +198,8 @@ def test_stop_ends_the_generation_and_the_next_one_runs(page):
     assert page.locator("#final img").count() == 1
 
 
-def test_eight_clients_at_once_finish_or_are_told_busy(server, checkpoint, tmp_path):
-    """8 gradio_client clients at once against a queue of 2 with 1 generation at a time: each
+def test_sixteen_clients_at_once_finish_or_are_told_busy(server, checkpoint, tmp_path):
+    """16 gradio_client clients at once against a queue of 2 with 1 generation at a time: each
     gets its images or a "queue is full" answer, the server stays up, and every image equals
     `difflab sample`'s for the same seed."""
     client_mod = pytest.importorskip("gradio_client")
@@ -212,11 +213,11 @@ def test_eight_clients_at_once_finish_or_are_told_busy(server, checkpoint, tmp_p
             return "error", str(err)
         return "ok", out
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(one, range(8)))
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        results = list(pool.map(one, range(CLIENTS)))
     ok = [r for kind, r in results if kind == "ok"]
     errors = [r for kind, r in results if kind == "error"]
-    assert ok and len(ok) + len(errors) == 8, results
+    assert ok and len(ok) + len(errors) == CLIENTS, results
     assert all("queue is full" in e.lower() for e in errors), errors
     assert server[1].poll() is None  # still running
     reference = tmp_path / "ref.png"
