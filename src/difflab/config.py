@@ -95,6 +95,7 @@ class TrainConfig:
 
     data: str = "emoji"  # dataset name (see difflab.data.DATASETS)
     data_dir: str | None = None  # where mnist / fashion-mnist / cifar10 files or a folder lie
+    vendors: str | None = None  # emoji-datasource: google, twitter or both (None: both)
     epochs: int = 20  # passes over the training set
     max_minutes: float | None = None  # stop after this much wall time (checked every step)
     batch_size: int = 64  # images per optimisation step (the tutorials' 128 halves the steps)

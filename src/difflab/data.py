@@ -7,6 +7,9 @@ Sources, all behind one function, ``load_dataset(name, ...)``:
 - ``mnist`` / ``fashion-mnist``: the standard IDX files (gzipped or not), downloaded if missing.
 - ``cifar10``: the python (pickled) or binary batches, downloaded if missing.
 - ``folder``: a directory of images; the immediate subfolders are the classes.
+- ``emoji-datasource``: 64x64 colour emoji of Noto Emoji (google) and Twemoji (twitter), read
+  from the npm packages ``emoji-datasource-google`` / ``-twitter`` 16.0.0 (folders or ``.tgz``),
+  never downloaded; classes are the emoji categories, and each image keeps its name.
 
 Pixels map as ``uint8 / 127.5 - 1``, so 0 -> -1 and 255 -> 1 exactly. Pickled CIFAR batches are
 read with a restricted unpickler that can only rebuild NumPy arrays, and every download is
@@ -18,6 +21,8 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import io
+import json
 import os
 import pickle
 import tarfile
@@ -25,7 +30,7 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import numpy as np
@@ -34,7 +39,8 @@ from tqdm import tqdm
 
 from difflab.io import atomic_path
 
-DATASETS = ("emoji", "shapes", "mnist", "fashion-mnist", "cifar10", "folder")
+EMOJI_DATASOURCE = "emoji-datasource"  # the colour emoji; not the built-in 8x8 "emoji" toy set
+DATASETS = ("emoji", "shapes", "mnist", "fashion-mnist", "cifar10", "folder", EMOJI_DATASOURCE)
 SPLITS = ("train", "test")
 
 
@@ -46,6 +52,8 @@ class ImageDataset:
     images: np.ndarray  # (N, C, H, W) float32 in [-1, 1], square (H == W)
     labels: np.ndarray  # (N,) int64 indices into class_names
     class_names: tuple[str, ...]  # ("all",) for a set without classes
+    names: tuple[str, ...] | None = None  # a name per image (emoji-datasource: for text
+    # conditioning), None for a set whose images have none
 
     def __post_init__(self) -> None:
         n, _, h, w = self.images.shape
@@ -54,6 +62,8 @@ class ImageDataset:
                 f"dataset {self.name!r}: images {self.images.shape} must be square and match "
                 f"labels {self.labels.shape}"
             )
+        if self.names is not None and len(self.names) != n:
+            raise ValueError(f"dataset {self.name!r}: {len(self.names)} names for {n} images")
 
     @property
     def num_images(self) -> int:
@@ -90,17 +100,26 @@ def load_dataset(
     download: bool = True,
     seed: int = 0,
     num_images: int | None = None,
+    vendors: str | None = None,
+    background: tuple[int, int, int] | None = None,
+    components: bool = False,
 ) -> ImageDataset:
     """Load dataset ``name`` (one of ``DATASETS``) as float32 NCHW images in [-1, 1].
 
-    data_dir: where the files are (folder: required; mnist, fashion-mnist, cifar10: default
-        ``default_cache_dir() / name``).
+    data_dir: where the files are (folder: required; mnist, fashion-mnist, cifar10,
+        emoji-datasource: default ``default_cache_dir() / name``).
     split: "train" or "test".
     image_size: None keeps the native size; otherwise images are centre-cropped to square and
-        resized with Pillow's LANCZOS filter (emoji is always 8; shapes are drawn at 16..32).
+        resized with Pillow's LANCZOS filter (emoji is always 8; shapes are drawn at 16..32;
+        emoji-datasource is 64, or 16 or 32 with the BOX filter).
     download: fetch missing MNIST / Fashion-MNIST / CIFAR-10 files (checked against SHA-256).
     seed: draws the built-in sets (the test split uses a different seed derived from it).
     num_images: keep only the first N images (for built-ins: draw only N).
+
+    For emoji-datasource only (``_load_emoji_datasource``):
+    vendors: "google" (Noto Emoji), "twitter" (Twemoji) or "both" (None: both).
+    background: the RGB colour the transparent emoji are composited onto (None: white).
+    components: also keep the "Component" category (the five skin-tone swatches).
     """
     _check_choice("dataset", name, DATASETS)
     _check_choice("split", split, SPLITS)
@@ -108,10 +127,23 @@ def load_dataset(
         raise ValueError(f"number of images must be at least 1, got {num_images}")
     if image_size is not None and image_size < 1:
         raise ValueError(f"image size must be a positive number of pixels, got {image_size}")
+    if name != EMOJI_DATASOURCE:
+        used = {"--vendors": vendors is not None, "background": background is not None,
+                "components": components}  # fmt: skip
+        given = [option for option, is_used in used.items() if is_used]
+        if given:
+            raise ValueError(f"{given[0]} applies to --data {EMOJI_DATASOURCE} only, not to {name}")
 
     if name in ("emoji", "shapes"):
         return _load_builtin(name, split, image_size, seed, num_images)
     directory = Path(data_dir).expanduser() if data_dir is not None else None
+    if name == EMOJI_DATASOURCE:
+        return _load_emoji_datasource(
+            directory or default_cache_dir() / name, split=split, image_size=image_size,
+            vendors="both" if vendors is None else vendors,
+            background=WHITE if background is None else background, components=components,
+            num_images=num_images,
+        )  # fmt: skip
     if name == "folder":
         images, labels, class_names = _load_folder(directory, split, image_size, num_images)
     else:
@@ -793,3 +825,292 @@ def _resize_array(images: np.ndarray, size: int) -> np.ndarray:
         channels_last = channels_last[..., 0]  # (N, H, W): Pillow's shape for greyscale
     resized = [np.asarray(_resize_square(Image.fromarray(img), size)) for img in channels_last]
     return np.stack(resized).reshape(len(images), size, size, -1).transpose(0, 3, 1, 2)
+
+
+# --- colour emoji (emoji-datasource) ------------------------------------------------------------
+
+EMOJI_DATASOURCE_VERSION = "16.0.0"  # of the npm packages emoji-datasource-google / -twitter
+EMOJI_VENDORS = ("google", "twitter")  # Noto Emoji (Apache 2.0), Twemoji (CC BY 4.0)
+VENDOR_CHOICES = ("both", *EMOJI_VENDORS)
+EMOJI_DATASOURCE_SIZES = (64, 32, 16)  # the PNGs' own size, and BOX downscales by 2 and by 4
+WHITE = (255, 255, 255)  # the default background under the transparent emoji
+# emoji.json's categories in Unicode's order (emoji-test.txt's groups, as categories.json lists
+# them). The class names are these without "Component" (the five skin-tone swatches), unless
+# they are asked for.
+EMOJI_CATEGORIES = (
+    "Smileys & Emotion",
+    "People & Body",
+    "Component",
+    "Animals & Nature",
+    "Food & Drink",
+    "Travel & Places",
+    "Activities",
+    "Objects",
+    "Symbols",
+    "Flags",
+)
+EMOJI_DATASOURCE_CLASSES = tuple(c for c in EMOJI_CATEGORIES if c != "Component")
+# The Fitzpatrick modifiers that key emoji.json's skin_variations, by their Unicode (CLDR) names.
+SKIN_TONES = {
+    "1F3FB": "light skin tone",
+    "1F3FC": "medium-light skin tone",
+    "1F3FD": "medium skin tone",
+    "1F3FE": "medium-dark skin tone",
+    "1F3FF": "dark skin tone",
+}
+EMOJI_DATASOURCE_NPM_PACK = (
+    f"npm pack emoji-datasource-google@{EMOJI_DATASOURCE_VERSION} "
+    f"emoji-datasource-twitter@{EMOJI_DATASOURCE_VERSION}"
+)
+TWEMOJI_ATTRIBUTION = (
+    "Twemoji graphics by Twitter, Inc. and other contributors (github.com/jdecked/twemoji, "
+    "v16.0.1), licensed under CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
+)
+_TEST_EVERY = 10  # an emoji is in the test split when the hash of its code points is 0 mod 10
+_MAX_MEMBER_BYTES = 16 * 2**20  # larger files in a tarball are refused (emoji.json is 1.3 MB)
+
+
+def dataset_attribution(name: str, vendors: str | None = None) -> str | None:
+    """The attribution line that pictures of data set ``name`` (with ``vendors``, for
+    emoji-datasource; None: both), and models trained on it, must carry, or None if it needs
+    none: Twemoji's CC BY 4.0 licence requires one."""
+    if name == EMOJI_DATASOURCE and vendors in (None, "both", "twitter"):
+        return TWEMOJI_ATTRIBUTION
+    return None
+
+
+def emoji_in_test_split(unified: str) -> bool:
+    """Whether the emoji with code points ``unified`` (emoji.json's, of the base emoji) is in the
+    test split: about one in ten, by the SHA-256 of its code points, so the same on every
+    machine, and the same for both vendors' images and all its skin tones."""
+    digest = hashlib.sha256(unified.upper().encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") % _TEST_EVERY == 0
+
+
+@dataclass(frozen=True)
+class _EmojiPackage:
+    """One vendor's npm package: an unpacked folder, or the files read from its .tgz."""
+
+    vendor: str
+    source: Path  # the folder that holds emoji.json, or the .tgz file
+    members: (
+        dict[str, bytes] | None
+    )  # the .tgz's files by their path inside package/; None: a folder
+
+    def where(self, inner: str) -> str:
+        """A file of the package as messages name it."""
+        return (
+            str(self.source / inner) if self.members is None else f"{self.source}:package/{inner}"
+        )
+
+    def read(self, inner: str) -> bytes | None:
+        """The bytes of the file at ``inner`` (a path inside the package), None if it has none."""
+        if self.members is not None:
+            return self.members.get(inner)
+        path = self.source / inner
+        if not path.is_file():
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _EmojiImage:
+    """One image of emoji.json: a base emoji or one of its skin-tone variations."""
+
+    order: tuple[tuple[int, ...], str, int]  # (base code points, tones, vendor index)
+    vendor: str
+    image: str  # the PNG's file name in img/<vendor>/64/
+    name: (
+        str  # emoji.json's name, lowercased, with the skin tones: "thumbs up sign: dark skin tone"
+    )
+    category: str  # emoji.json's category
+    unified: str  # the base emoji's code points, which decide the split
+
+
+def _load_emoji_datasource(
+    directory: Path,
+    *,
+    split: str,
+    image_size: int | None,
+    vendors: str,
+    background: tuple[int, int, int],
+    components: bool,
+    num_images: int | None,
+) -> ImageDataset:
+    """The colour emoji of ``vendors`` in ``directory``, composited onto ``background`` and read
+    at ``image_size`` (None: 64) pixels.
+
+    ``directory`` holds each vendor's npm package emoji-datasource-<vendor>@16.0.0, unpacked
+    (``<vendor>/``: the tarball's ``package/`` folder) or as ``npm pack`` wrote it
+    (``emoji-datasource-<vendor>-16.0.0.tgz``, read in memory). Skin-tone variations are images
+    of their own. An emoji's images (both vendors', every skin tone's) are in one split
+    (``emoji_in_test_split``) and follow each other, the emoji in the order of their code points.
+    """
+    _check_choice("vendors", vendors, VENDOR_CHOICES)
+    size = image_size or EMOJI_DATASOURCE_SIZES[0]
+    if size not in EMOJI_DATASOURCE_SIZES:
+        raise ValueError(
+            f"{EMOJI_DATASOURCE} images are read at 64, 32 or 16 pixels, got image size {size}"
+        )
+    if len(background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in background):
+        raise ValueError(
+            f"background must be an RGB colour, three integers 0..255, got {background!r}"
+        )
+    chosen = EMOJI_VENDORS if vendors == "both" else (vendors,)
+    packages = {vendor: _open_emoji_package(directory, vendor, vendors) for vendor in chosen}
+    records = sorted(
+        (r for package in packages.values() for r in _emoji_records(package, components)),
+        key=lambda r: r.order,
+    )
+    records = [r for r in records if emoji_in_test_split(r.unified) == (split == "test")]
+    if not records:
+        raise ValueError(f"no {split} images of {EMOJI_DATASOURCE} in --data-dir {directory}")
+    records = records[:num_images]
+
+    class_names = EMOJI_CATEGORIES if components else EMOJI_DATASOURCE_CLASSES
+    pixels = [_emoji_pixels(packages[r.vendor], r.image, background, size) for r in records]
+    images = np.stack(pixels).transpose(0, 3, 1, 2)  # (N, 3, size, size) uint8
+    labels = np.array([class_names.index(r.category) for r in records], dtype=np.int64)
+    names = tuple(r.name for r in records)
+    return ImageDataset(EMOJI_DATASOURCE, _to_float(images), labels, class_names, names)
+
+
+def _open_emoji_package(directory: Path, vendor: str, vendors: str) -> _EmojiPackage:
+    """``vendor``'s package in ``directory``: the folder ``<vendor>/`` if it holds emoji.json,
+    else the tarball that ``npm pack`` writes; one line saying how to get it if neither is there."""
+    folder = directory / vendor
+    tarball = directory / f"emoji-datasource-{vendor}-{EMOJI_DATASOURCE_VERSION}.tgz"
+    if (folder / "emoji.json").is_file():
+        return _EmojiPackage(vendor, folder, None)
+    if tarball.is_file():
+        return _EmojiPackage(vendor, tarball, _read_npm_tarball(tarball, vendor))
+    found = "does not exist" if not directory.is_dir() else f"has no {vendor} package"
+    alone = vendors == "both" and directory.is_dir()
+    one = "; --vendors google or --vendors twitter reads one alone" if alone else ""
+    raise ValueError(
+        f"--data-dir {directory} {found} (expected {vendor}/emoji.json with "
+        f"{vendor}/img/{vendor}/64/*.png, or {tarball.name}); {EMOJI_DATASOURCE} is never "
+        f"downloaded at run time: get it with `{EMOJI_DATASOURCE_NPM_PACK}` in that folder, and "
+        f"keep the .tgz files there or unpack each one's package/ folder into google/ and "
+        f"twitter/ (mkdir google && tar -xzf emoji-datasource-google-{EMOJI_DATASOURCE_VERSION}"
+        f".tgz -C google --strip-components 1){one}"
+    )
+
+
+def _read_npm_tarball(path: Path, vendor: str) -> dict[str, bytes]:
+    """The files the loader reads from an npm tarball, in memory: emoji.json and
+    img/<vendor>/64/*.png, by their path inside package/. Only regular files under package/ are
+    looked at (no links, nothing outside it), and nothing is written to disk."""
+    images = f"img/{vendor}/64/"
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                inner = PurePosixPath(member.name)
+                if not member.isfile() or inner.parts[:1] != ("package",) or ".." in inner.parts:
+                    continue
+                name = "/".join(inner.parts[1:])
+                wanted = name == "emoji.json" or (
+                    name.startswith(images) and "/" not in name[len(images) :]
+                )
+                if not wanted:
+                    continue
+                if member.size > _MAX_MEMBER_BYTES:
+                    raise ValueError(f"{path}: {member.name} is {member.size} bytes; too large")
+                stream = tar.extractfile(member)
+                assert stream is not None, "a regular file has contents"
+                members[name] = stream.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"cannot read {path} as an npm package tarball (.tgz): {exc}") from exc
+    if "emoji.json" not in members:
+        raise ValueError(f"{path} holds no package/emoji.json; is it emoji-datasource-{vendor}?")
+    return members
+
+
+def _emoji_records(package: _EmojiPackage, components: bool) -> list[_EmojiImage]:
+    """The images that ``package``'s emoji.json lists and the vendor has, skin tones included;
+    the Component category only if ``components``."""
+    where = package.where("emoji.json")
+    try:
+        entries = json.loads(package.read("emoji.json") or b"")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {where}: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ValueError(f"{where} is not emoji-datasource's emoji.json (not a list of emoji)")
+    has_image, vendor_index = f"has_img_{package.vendor}", EMOJI_VENDORS.index(package.vendor)
+    records = []
+    for k, entry in enumerate(entries):
+        try:
+            unified, category = str(entry["unified"]), entry["category"]
+            code_points = tuple(int(c, 16) for c in unified.split("-"))
+            name = str(entry.get("name") or entry["short_name"]).lower()
+            images = [("", entry["image"], entry.get(has_image, True), name)]
+            for tones, variation in (entry.get("skin_variations") or {}).items():
+                images.append(
+                    (tones, variation["image"], variation.get(has_image, True),
+                     f"{name}: {_tone_names(tones)}")
+                )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"{where}: entry {k} is not an emoji-datasource emoji (it needs unified, image, "
+                f"category, name; skin tones 1F3FB..1F3FF): {exc!r}"
+            ) from exc
+        if category not in EMOJI_CATEGORIES:
+            raise ValueError(
+                f"{where}: entry {k} ({name}) has category {category!r}; expected one of "
+                f"{', '.join(EMOJI_CATEGORIES)}"
+            )
+        if category == "Component" and not components:
+            continue
+        for tones, image, present, label in images:
+            if not present:  # the vendor draws no picture of it
+                continue
+            if not (isinstance(image, str) and PurePosixPath(image).name == image != ".."):
+                raise ValueError(f"{where}: entry {k} ({name}) names image {image!r}, not a file")
+            records.append(
+                _EmojiImage((code_points, tones, vendor_index), package.vendor, image, label,
+                            category, unified)
+            )  # fmt: skip
+    return records
+
+
+def _tone_names(tones: str) -> str:
+    """A skin_variations key ("1F3FB", or "1F3FB-1F3FF" for two people) as words."""
+    names = [SKIN_TONES[code.upper()] for code in tones.split("-")]
+    return ", ".join(dict.fromkeys(names))  # one tone once: "light skin tone", not twice
+
+
+def _emoji_pixels(
+    package: _EmojiPackage, image: str, background: tuple[int, int, int], size: int
+) -> np.ndarray:
+    """One emoji's (size, size, 3) uint8 RGB: its 64x64 PNG over ``background``, downscaled."""
+    inner = f"img/{package.vendor}/64/{image}"
+    where, data = package.where(inner), package.read(inner)
+    if data is None:
+        raise ValueError(f"missing image {where} (emoji.json lists it)")
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as picture:
+            found = picture.size
+            rgba = np.asarray(picture.convert("RGBA")) if found == (64, 64) else None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "not a PNG file" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise ValueError(f"cannot read image {where}: {reason}") from exc
+    if rgba is None:
+        raise ValueError(f"image {where} is {found[0]}x{found[1]}; expected 64x64")
+    rgb = composite(rgba, background)
+    if size == rgb.shape[0]:
+        return rgb
+    # BOX averages each 2x2 (4x4) block: the exact coverage of a pixel, where LANCZOS would ring
+    # around the emoji's hard outlines.
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BOX))
+
+
+def composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """(..., 4) uint8 RGBA with straight (PNG) alpha over an opaque ``background`` colour:
+    ``rgb * a + background * (1 - a)`` with ``a = alpha / 255``, rounded to (..., 3) uint8."""
+    rgb, alpha = rgba[..., :3].astype(np.int32), rgba[..., 3:].astype(np.int32)
+    mixed = rgb * alpha + np.asarray(background, np.int32) * (255 - alpha)  # 255 x the result
+    return ((2 * mixed + 255) // 510).astype(np.uint8)  # nearest integer, halves up

@@ -316,6 +316,6 @@ def resume_run(
     tc = config.train
     dataset = load_dataset(
         tc.data, data_dir=tc.data_dir, image_size=config.image_shape[1], seed=tc.seed,
-        num_images=tc.num_images,
+        num_images=tc.num_images, vendors=tc.vendors,
     )  # fmt: skip
     return config, dataset, resources

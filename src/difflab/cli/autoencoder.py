@@ -99,7 +99,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
         train_cfg.validate()
         dataset = load_dataset(
             args.data, data_dir=args.data_dir, image_size=args.image_size, seed=args.seed,
-            num_images=args.num_images,
+            num_images=args.num_images, vendors=args.vendors,
         )  # fmt: skip
         ac = autoencoder_config_for(
             dataset, latent_channels=args.latent_channels, channel_mults=args.channel_mults,

@@ -176,7 +176,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         tc = teacher.config.train
         train_cfg = config_from_flags(
             TrainConfig, args, data=tc.data, data_dir=args.data_dir or tc.data_dir,
-            num_images=tc.num_images, lr=args.lr or LR[args.method],
+            vendors=tc.vendors, num_images=tc.num_images, lr=args.lr or LR[args.method],
         )  # fmt: skip
         train_cfg.validate()
         dataset = _dataset(train_cfg, teacher.config.model.image_size)
@@ -246,5 +246,5 @@ def _progressive_student(config: RunConfig, steps: int, out: Path) -> tuple[Path
 def _dataset(train: TrainConfig, image_size: int) -> ImageDataset:
     return load_dataset(
         train.data, data_dir=train.data_dir, image_size=image_size, seed=train.seed,
-        num_images=train.num_images,
+        num_images=train.num_images, vendors=train.vendors,
     )  # fmt: skip

@@ -103,7 +103,7 @@ def _add_train_evaluator(subparsers: argparse._SubParsersAction) -> None:
         "Train the small CNN classifier whose features `difflab evaluate` compares, and cache "
         "the test split's reference statistics beside it.",
     )
-    add_data_flags(p, default="mnist")
+    add_data_flags(p, default="mnist", vendors=False)
     p.add_argument(
         "--epochs", type=positive_int, help="passes over the data (default: 3, or >= 1000 steps)"
     )

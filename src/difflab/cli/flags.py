@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from difflab.config import DiffusionConfig, RunConfig
-from difflab.data import DATASETS, ImageDataset
+from difflab.data import DATASETS, VENDOR_CHOICES, ImageDataset
 from difflab.samplers import SAMPLERS, SPACINGS
 from difflab.sampling.plan import SamplingRequest
 from difflab.schedules import SCHEDULES
@@ -113,21 +113,35 @@ int_tuple.__name__ = "list of integers"
 # Flag groups ------------------------------------------------------------------------------------
 
 
-def add_data_flags(p: argparse.ArgumentParser, default: str = "emoji") -> None:
+def add_data_flags(
+    p: argparse.ArgumentParser, default: str = "emoji", *, vendors: bool = True
+) -> None:
+    """--data, --data-dir, --image-size and, if ``vendors``, --vendors (for a command that passes
+    it on to ``load_dataset``; the others read both vendors of emoji-datasource)."""
     p.add_argument(
-        "--data", default=default, choices=DATASETS, help="dataset (default: %(default)s)"
-    )
+        "--data", default=default, choices=DATASETS,
+        help="dataset (default: %(default)s); emoji is the built-in 8x8 toy set, emoji-datasource "
+        "the 64x64 colour emoji of Noto Emoji and Twemoji, composited onto white",
+    )  # fmt: skip
     p.add_argument(
         "--data-dir",
         help="folder with the dataset's files (mnist / fashion-mnist: IDX .gz files; cifar10: "
-        "python batches; folder: images, one subfolder per class). Default: the user cache, "
-        "downloading when online",
+        "python batches; folder: images, one subfolder per class; emoji-datasource: google/ and "
+        "twitter/, the unpacked npm packages, or their .tgz files from `npm pack "
+        "emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0`). Default: the user "
+        "cache, downloading when online (emoji-datasource is never downloaded)",
     )
     p.add_argument(
         "--image-size",
         type=positive_int,
-        help="resize images to this size (folder, mnist, cifar10)",
+        help="resize images to this size (folder, mnist, cifar10; emoji-datasource: 16, 32 or 64)",
     )
+    if vendors:
+        p.add_argument(
+            "--vendors", choices=VENDOR_CHOICES,
+            help="emoji-datasource: whose images, google (Noto Emoji), twitter (Twemoji, CC BY "
+            "4.0: name it where its images or models are shown) or both (default: both)",
+        )  # fmt: skip
 
 
 def add_diffusion_flags(p: argparse.ArgumentParser) -> None:

@@ -92,7 +92,8 @@ def cmd_train_gan(args: argparse.Namespace) -> None:
         train_cfg = config_from_flags(TrainConfig, args, **{**GAN_TRAIN_DEFAULTS, "lr": args.lr})
         train_cfg.validate()
         dataset = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size,
-                               seed=args.seed, num_images=args.num_images)  # fmt: skip
+                               seed=args.seed, num_images=args.num_images,
+                               vendors=args.vendors)  # fmt: skip
         gan = default_gan_config(args.data, dataset.image_size, dataset.channels, args.loss,
                                  args.z_dim)  # fmt: skip
         if args.width is not None:

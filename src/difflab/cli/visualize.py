@@ -33,7 +33,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def cmd_visualize(args: argparse.Namespace) -> None:
     dataset = load_dataset(
         args.data, data_dir=args.data_dir, image_size=args.image_size, seed=args.seed,
-        num_images=max(args.num_images, 64),
+        num_images=max(args.num_images, 64), vendors=args.vendors,
     )  # fmt: skip
     schedule = make_schedule(args.schedule, args.timesteps)
     out = Path(args.out)

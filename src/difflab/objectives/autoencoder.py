@@ -268,5 +268,5 @@ def load_test_split(config: RunConfig) -> ImageDataset:
     tc, ac = config.train, config.section(AutoencoderConfig)
     return load_dataset(
         tc.data, data_dir=tc.data_dir, split="test", image_size=ac.image_size, seed=tc.seed,
-        download=False,
+        download=False, vendors=tc.vendors,
     )  # fmt: skip

@@ -139,6 +139,7 @@ def prepare_run(
     dataset = load_dataset(
         train_cfg.data,
         data_dir=train_cfg.data_dir,
+        vendors=train_cfg.vendors,
         image_size=image_size,
         seed=train_cfg.seed,
         num_images=train_cfg.num_images,

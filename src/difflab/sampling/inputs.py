@@ -72,7 +72,7 @@ def load_input_images(
         tc = config.train
         test = load_dataset(
             tc.data, data_dir=tc.data_dir, split="test", image_size=image_size, seed=tc.seed,
-            download=False,
+            download=False, vendors=tc.vendors,
         )  # fmt: skip
         for index in data_indices:
             if not 0 <= index < test.num_images:

@@ -20,6 +20,7 @@ from typing import Any
 from difflab import viz
 from difflab.checkpoint import Checkpoint
 from difflab.config import RunConfig, TrainConfig, to_dict
+from difflab.data import dataset_attribution
 from difflab.device import check_precision, pick_device
 from difflab.io import write_text_atomic
 from difflab.training.objective import Report, TrainResult
@@ -115,6 +116,9 @@ def write_run_report(
         "loss (first step -> last step)": f"{result.first_loss:.4f} -> {result.last_loss:.4f}",
         **report.facts,
     }
+    attribution = dataset_attribution(config.train.data, config.train.vendors)
+    if attribution:  # the data's licence asks for it wherever its images or models are shown
+        summary["data attribution"] = attribution
     return viz.write_report(
         out, title=f"difflab run: {out.name}", summary=summary, images=images,
         config=to_dict(config),

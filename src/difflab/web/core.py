@@ -460,7 +460,7 @@ class DemoModel:
                 try:
                     data = load_dataset(
                         tc.data, data_dir=tc.data_dir, split="test", image_size=mc.image_size,
-                        seed=tc.seed, download=False,
+                        seed=tc.seed, download=False, vendors=tc.vendors,
                     )  # fmt: skip
                     keep = min(FORWARD_IMAGES, data.num_images)
                     self._dataset = ImageDataset(
