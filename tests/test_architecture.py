@@ -20,7 +20,7 @@ SRC = Path(difflab.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("difflab", "difflab.io", "difflab.distributed", "difflab.schedules"),  # plumbing
     ("difflab.diffusion", "difflab.samplers", "difflab.consistency", "difflab.editing",
-     "difflab.device"),  # the formulas and the solvers: pure functions
+     "difflab.device", "difflab.flow"),  # the formulas and the solvers: pure functions
     ("difflab.config",),  # frozen dataclasses, and the kind of a model
     ("difflab.data", "difflab.checkpoint", "difflab.models", "difflab.nn_numpy", "difflab.viz",
      "difflab.insides"),  # data, files, networks, pictures
