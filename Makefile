@@ -9,7 +9,7 @@ $(BIN)/difflab: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-ci.txt
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,export]"
 	touch $(BIN)/difflab
 
 setup: $(BIN)/difflab
@@ -17,7 +17,7 @@ setup: $(BIN)/difflab
 # The web demo's extra (Gradio, and gradio_client + Playwright for its tests) and the notebook's
 # (jupytext, nbclient, ipykernel): the slow target only
 $(VENV)/.demo-installed: $(BIN)/difflab
-	$(BIN)/pip install --quiet -e ".[dev,demo,notebook]"
+	$(BIN)/pip install --quiet -e ".[dev,export,demo,notebook]"
 	touch $@
 
 setup-demo: $(VENV)/.demo-installed

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("difflab.training",),  # the harness and the run directory; knows no objective
     ("difflab.objectives",),  # one module per trainer
     ("difflab.kinds",),  # the table: kind -> objective, loader, sampling plan
-    ("difflab.cli", "difflab.web", "difflab.__main__"),  # faces
+    ("difflab.cli", "difflab.web", "difflab.export", "difflab.__main__"),  # faces
 ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """``difflab visualize | train | train-gan | train-autoencoder | distill | sample | inpaint |
-img2img | interpolate | inspect | evaluate | train-evaluator | demo | serve``: the command line.
+img2img | interpolate | inspect | evaluate | train-evaluator | export | demo | serve``: the command
+line.
 
 Flags map onto the fields of the config dataclasses (``difflab.config``). What a checkpoint is and
 how it is drawn or trained is the kind table's (``difflab.kinds``): a command asks it and adds no
@@ -18,6 +19,7 @@ defines their flags, and a ``cmd_<name>(args)`` per command, which runs it:
   edit.py        inpaint, img2img, interpolate
   insides.py     inspect
   evaluate.py    evaluate, train-evaluator
+  export.py      export (ONNX)
   demo.py        demo
   serve.py       serve (the web demo)
   flags.py       what they share: the parser classes, flag types, flag groups, checks
@@ -39,6 +41,7 @@ from difflab.cli import (
     distill,
     edit,
     evaluate,
+    export,
     gan,
     insides,
     sample,
@@ -60,6 +63,7 @@ EPILOG = """examples:
   difflab train --data mnist --data-dir DIR --latent runs/ae/model_final.safetensors  # latent
   difflab train-evaluator --data mnist --data-dir DIR     # once, then:
   difflab evaluate --checkpoint runs/mnist/model_final.safetensors --num-samples 5000
+  difflab export --onnx model.onnx --checkpoint runs/mnist/model_final.safetensors  # onnxruntime
 """
 
 COMMAND_MODULES = (
@@ -72,6 +76,7 @@ COMMAND_MODULES = (
     edit,
     insides,
     evaluate,
+    export,
     demo,
     serve,
 )  # in the order of --help
@@ -84,7 +89,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "demo": demo.cmd_demo, "evaluate": evaluate.cmd_evaluate,
     "train-evaluator": evaluate.cmd_train_evaluator, "inpaint": edit.cmd_inpaint,
     "img2img": edit.cmd_img2img, "interpolate": edit.cmd_interpolate,
-    "inspect": insides.cmd_inspect, "serve": serve.cmd_serve,
+    "inspect": insides.cmd_inspect, "serve": serve.cmd_serve, "export": export.cmd_export,
 }  # fmt: skip
 
 

@@ -1,0 +1,14 @@
+"""Exports: a checkpoint's network in a format other programs run, with what a sampler needs.
+
+  onnx.py    ``export_onnx``: the denoising network (or a GAN's generator) as ONNX, a latent
+             model's decoder beside it, and a JSON of the schedule, the prediction and the
+             sampling plan (``difflab export``; docs/export.md)
+
+An exporter is a face: it asks the kind table (``kinds.load_model``, ``kinds.plan_sampling``) what
+a checkpoint is and how it is drawn, and adds no checks of its own. Its extra's packages (onnx,
+onnxruntime) are imported when an export runs, so difflab imports without them.
+"""
+
+from difflab.export.onnx import OPSET, ExportResult, export_onnx
+
+__all__ = ["OPSET", "ExportResult", "export_onnx"]
