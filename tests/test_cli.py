@@ -121,7 +121,8 @@ def test_bad_input_is_one_clear_line(tiny_run, tmp_path, capsys):
         (["sample", "--checkpoint", str(tmp_path / "missing.safetensors")], "does not exist"),
         (["sample", "--checkpoint", ckpt, "--steps", "51"], "exceeds the model's 50 timesteps"),
         (["sample", "--checkpoint", ckpt, "--steps", "0"], "expected a positive integer, got 0"),
-        (["sample", "--checkpoint", ckpt, "--sampler", "euler"], "invalid choice: 'euler'"),
+        (["sample", "--checkpoint", ckpt, "--sampler", "euler-a"], "invalid choice: 'euler-a'"),
+        (["sample", "--checkpoint", ckpt, "--sampler", "euler"], "sampler euler walks a flow matching"),
         (["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "x.jpg")], "must end in .png"),
         (["sample", "--checkpoint", ckpt, "--eta", "2", "--sampler", "ddim"], "eta must lie"),
     ]  # fmt: skip

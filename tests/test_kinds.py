@@ -38,6 +38,7 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("kinds")
     runs = {
         "diffusion": ["train", *TINY, *UNET, "--conditional"],
+        "flow": ["train", *TINY, *UNET, "--objective", "flow", "--conditional"],
         "autoencoder": ["train-autoencoder", *TINY, "--base-channels", "8", "--channel-mults", "1,2"],
         "gan": ["train-gan", *TINY, "--width", "8"],
     }  # fmt: skip
@@ -80,7 +81,8 @@ def test_every_kind_round_trips(checkpoints, name):
     channels, size = ckpt.config.image_shape
     assert images.shape == (5, channels, size, size) and images.dtype == torch.float32
     assert images.abs().max() <= 1 and images.std() > 0
-    assert len(plan.timesteps) == (0 if name == "gan" else plan.steps)
+    # a grid of code timesteps (one per step), or euler's flow times (both ends: steps + 1)
+    assert len(plan.timesteps) == {"gan": 0, "flow": plan.steps + 1}.get(name, plan.steps)
     # The same seed and plan give the same images; draw() is plan + execute.
     assert torch.equal(draw(loaded, num_images=5, seed=3), images)
 
@@ -90,6 +92,7 @@ def test_every_kind_round_trips(checkpoints, name):
     [
         ("diffusion", ("dpmpp-2m-sde", 20, True)),
         ("latent-diffusion", ("dpmpp-2m-sde", 20, False)),  # latents are not clipped
+        ("flow", ("euler", 20, False)),  # its own ODE: the x0 of its last step is the image
         ("consistency", ("consistency", 1, True)),
         ("progressive", ("ddim", 2, False)),  # its own steps, unclipped as it was trained
         ("gan", ("gan generator", 1, True)),
@@ -108,7 +111,10 @@ def test_each_kind_plans_its_own_defaults(checkpoints, name, plan):
         ("consistency", {"steps": 3}, "a consistency model samples in 1, 2, 4 steps"),
         ("consistency", {"guidance": 3.0}, "distilled at guidance 1, which is baked in"),
         ("progressive", {"guidance_sweep": (1.0, 2.0)}, "has its guidance baked in"),
-        ("diffusion", {"sampler": "euler"}, "unknown sampler 'euler'"),
+        ("diffusion", {"sampler": "euler"}, "sampler euler walks a flow matching model's ODE"),
+        ("diffusion", {"sampler": "euler-a"}, "unknown sampler 'euler-a'"),
+        ("flow", {"sampler": "euler-a"}, "unknown sampler 'euler-a'"),
+        ("flow", {"steps": 41, "sampler": "ddim"}, "exceeds the model's 40 timesteps"),
         ("diffusion", {"steps": 41}, "exceeds the model's 40 timesteps"),
         ("diffusion", {"class_label": "nope"}, "unknown class 'nope'"),
         ("latent-diffusion", {"guidance": 2.0}, "needs a class-conditional model"),

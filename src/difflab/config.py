@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from difflab.diffusion import PREDICTIONS
+from difflab.flow import TIME_SAMPLINGS
 from difflab.samplers import DEFAULT_SAMPLER
 from difflab.schedules import SCHEDULES
 
@@ -164,6 +165,32 @@ class ConsistencyConfig:
             raise ValueError(f"intervals must be >= 2, got {self.intervals}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Flow matching (``difflab train --objective flow``; ``difflab.flow``): the network learns the
+    velocity eps - x0 of the straight path x_t = (1 - t) x0 + t eps. Its DiffusionConfig says
+    ``prediction = "flow"`` and holds the DDPM schedule whose grid the DDPM samplers walk (each
+    of their timesteps is read as the flow time with the same SNR)."""
+
+    time_sampling: str = "logit-normal"  # how training draws t: SD3's logit-normal, or uniform
+    loc: float = 0.0  # logit-normal: the mean of logit(t)
+    scale: float = 1.0  # logit-normal: the standard deviation of logit(t)
+    shift: float = 1.0  # SD3's timestep shift of the euler/heun grid (1: none; > 1: noisier)
+
+    def validate(self) -> None:
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(
+                f"unknown time sampling {self.time_sampling!r}; expected one of "
+                f"{', '.join(TIME_SAMPLINGS)}"
+            )
+        if not math.isfinite(self.loc):
+            raise ValueError(f"loc must be a finite number, got {self.loc}")
+        for name in ("scale", "shift"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
 
 
 GAN_LOSSES = ("dcgan", "hinge")
@@ -319,6 +346,7 @@ class RunConfig:
     gan: GANConfig | None = None  # set for a GAN (difflab train-gan): no diffusion at all
     autoencoder: AutoencoderConfig | None = None  # set for an autoencoder run (train-autoencoder)
     latent: LatentConfig | None = None  # set for a latent diffusion model (train --latent)
+    flow: FlowConfig | None = None  # set for a flow matching model (train --objective flow)
 
     @property
     def kind(self) -> str:
@@ -332,7 +360,7 @@ class RunConfig:
 
     def section(self, cls: type[T]) -> T:
         """The optional section of type ``cls`` (``ConsistencyConfig``, ``ProgressiveConfig``,
-        ``GANConfig``, ``AutoencoderConfig`` or ``LatentConfig``) that this configuration's kind
+        ``GANConfig``, ``AutoencoderConfig``, ``LatentConfig`` or ``FlowConfig``) that this configuration's kind
         has; code that knows the kind reads its section here, without testing fields for None."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -355,7 +383,9 @@ class RunConfig:
 
 # The kinds of model a checkpoint holds. ``difflab.kinds`` maps each to how it is trained (its
 # objective) and how it is drawn (its sampling plan); a new kind is a new name here and a row there.
-KINDS = ("diffusion", "latent-diffusion", "consistency", "progressive", "gan", "autoencoder")
+KINDS = (
+    "diffusion", "latent-diffusion", "flow", "consistency", "progressive", "gan", "autoencoder",
+)  # fmt: skip
 
 
 def model_kind(config: RunConfig) -> str:
@@ -371,6 +401,8 @@ def model_kind(config: RunConfig) -> str:
         return "progressive"
     if config.latent is not None:
         return "latent-diffusion"
+    if config.flow is not None:
+        return "flow"
     return "diffusion"
 
 
@@ -420,6 +452,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
                 _build(AutoencoderConfig, data["autoencoder"]) if data.get("autoencoder") else None
             ),
             latent=_latent_from_dict(data["latent"]) if data.get("latent") else None,
+            flow=_build(FlowConfig, data["flow"]) if data.get("flow") else None,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"configuration is missing or malformed ({err})") from err

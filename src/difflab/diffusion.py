@@ -9,16 +9,17 @@ batch's timesteps and cast to the batch's dtype in one place, ``coef``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from difflab import flow
 from difflab.schedules import Schedule
 
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "flow")  # flow: the straight path's velocity (difflab.flow)
 
 
 def coef(values: np.ndarray, t: torch.Tensor | np.ndarray, like: Array) -> Array:
@@ -109,6 +110,31 @@ def eps_from_v(x_t: Array, t: torch.Tensor | np.ndarray, v: Array, schedule: Sch
     )
 
 
+def network_inputs(
+    x_t: Array, t: torch.Tensor | np.ndarray, schedule: Schedule, prediction: str
+) -> tuple[Array, Any]:
+    """What the network is called with for the sample x_t at code timestep t: (x_t, t) itself,
+    or for a flow network (``prediction == "flow"``) the same point on its straight path and
+    ``FLOW_TIME_SCALE`` times its time there (``flow.from_vp``: the time with the same SNR)."""
+    if prediction != "flow":
+        return x_t, t
+    x, t_flow = flow.from_vp(x_t, t, schedule)
+    return x, t_flow * flow.FLOW_TIME_SCALE
+
+
+def predict(
+    model_fn: Callable[[Any, Any], Any],
+    x_t: Array,
+    t: torch.Tensor | np.ndarray,
+    schedule: Schedule,
+    prediction: str,
+) -> tuple[Array, Array]:
+    """The (eps, x0) a network ``model_fn(x, t)`` predicts for x_t at code timestep t, whatever
+    it was trained to predict: every sampler and trainer reads a network through here."""
+    return eps_and_x0(model_fn(*network_inputs(x_t, t, schedule, prediction)), x_t, t, schedule,
+                      prediction)  # fmt: skip
+
+
 def eps_and_x0(
     output: Array,
     x_t: Array,
@@ -123,6 +149,9 @@ def eps_and_x0(
         return eps_from_x0(x_t, t, output, schedule), output
     if prediction == "v":
         return eps_from_v(x_t, t, output, schedule), x0_from_v(x_t, t, output, schedule)
+    if prediction == "flow":  # a velocity at the flow point of x_t (network_inputs)
+        x, t_flow = flow.from_vp(x_t, t, schedule)
+        return flow.eps_from_velocity(x, t_flow, output), flow.x0_from_velocity(x, t_flow, output)
     raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
 
 

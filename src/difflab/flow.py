@@ -55,7 +55,12 @@ VelocityFn = Callable[[Any, Any], Any]  # velocity_fn(x_t, t) -> v, t of shape (
 Callback = Callable[[dict[str, Any]], None]
 
 TIME_SAMPLINGS = ("logit-normal", "uniform")
+# A flow network is called with 1000 t (as SD3's is): its sinusoidal time embedding
+# (``models.unet.timestep_embedding``) then spans the range of DDPM's integer code timesteps.
+FLOW_TIME_SCALE = 1000.0
 FLOW_SOLVERS = ("euler", "heun")
+FLOW_DEFAULT_STEPS = {"euler": 20, "heun": 10}  # solver steps when none are asked for (Heun: 19
+# network evaluations, Euler's 20)
 
 
 def _per_sample(t: Times, like: Array) -> Array:
@@ -166,6 +171,29 @@ def _checked_unit_interval(values: float | np.ndarray, name: str) -> np.ndarray:
     return values
 
 
+def from_vp(x_vp: Array, t_index: Any, schedule: Schedule) -> tuple[Array, Array]:
+    """The point of the flow path that a DDPM sample ``x_vp`` at code timesteps ``t_index`` is:
+    (x_flow, t_flow), x_flow = x_vp / (sqrt(ab) + sqrt(1 - ab)) and t_flow (N,) with the same SNR,
+    both in x_vp's backend and dtype (``difflab.diffusion`` calls a flow network there)."""
+    if isinstance(t_index, torch.Tensor):
+        t_index = t_index.detach().cpu().numpy()
+    alpha_bar = schedule.alpha_bar[np.asarray(t_index)]  # (N,) float64
+    x = _per_sample(vp_to_flow_scale(alpha_bar), x_vp) * x_vp
+    return x, _times_like(x, flow_t_from_alpha_bar(alpha_bar))
+
+
+def flow_loss(
+    velocity_fn: VelocityFn, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """Conditional flow matching (Lipman et al. 2023, Eq. 23; SD3 Eq. 2's rectified flow): the
+    per-sample MSE between v_theta(x_t, t) and eps - x0 at x_t = (1 - t) x0 + t eps, shape (B,).
+    ``t`` (B,) is drawn by the caller (``sample_t``); the network sees ``FLOW_TIME_SCALE * t``."""
+    x_t = interpolate(x0, eps, t)
+    output = velocity_fn(x_t, t.to(x_t.dtype) * FLOW_TIME_SCALE)
+    target = velocity_target(x0, eps)
+    return (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+
+
 def as_eps_model(velocity_fn: VelocityFn, schedule: Schedule) -> Callable[[Any, Any], Any]:
     """A velocity model as an eps model ``model_fn(x_t_VP, t_index) -> eps`` of ``schedule``.
 
@@ -178,13 +206,8 @@ def as_eps_model(velocity_fn: VelocityFn, schedule: Schedule) -> Callable[[Any, 
     """
 
     def model_fn(x_vp: Any, t_index: Any) -> Any:
-        if isinstance(t_index, torch.Tensor):
-            t_index = t_index.detach().cpu().numpy()
-        alpha_bar = schedule.alpha_bar[np.asarray(t_index)]  # (N,) float64
-        t = flow_t_from_alpha_bar(alpha_bar)  # (N,) in (0, 1)
-        x = _per_sample(vp_to_flow_scale(alpha_bar), x_vp) * x_vp  # the same point on the flow path
-        v = velocity_fn(x, _times_like(x, t))
-        return eps_from_velocity(x, t, v)
+        x, t = from_vp(x_vp, t_index, schedule)  # the same point on the flow path
+        return eps_from_velocity(x, t, velocity_fn(x, t))
 
     return model_fn
 

@@ -28,13 +28,16 @@ from difflab.config import KINDS as KIND_NAMES
 from difflab.config import ConsistencyConfig, LatentConfig, ProgressiveConfig, RunConfig
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
+from difflab.flow import FLOW_SOLVERS
 from difflab.objectives.autoencoder import AutoencoderObjective, load_test_split
 from difflab.objectives.consistency import ConsistencyDistillation, load_teacher
 from difflab.objectives.diffusion import DiffusionObjective, check_numpy_options
+from difflab.objectives.flow import FlowObjective
 from difflab.objectives.gan import GANObjective
 from difflab.objectives.latent import LatentDiffusion
 from difflab.objectives.numpy_diffusion import train_numpy
 from difflab.objectives.progressive import ProgressiveDistillation
+from difflab.samplers import SAMPLERS
 from difflab.sampling import plan as planners
 from difflab.sampling.draw import execute
 from difflab.sampling.load import LoadedModel, load_generator, load_latent_unet, load_unet
@@ -70,6 +73,8 @@ class Kind:
     stepwise: bool  # draws in steps a page can show (x_t and x0_pred at each)
     step_choices: Callable[[RunConfig], list[int]] | None = None  # a distilled model's steps
     # (its sampler and guidance are fixed); None: any sampler, steps and guidance
+    samplers: tuple[str, ...] = SAMPLERS  # the samplers a face may offer (its planner picks the
+    # default when none is asked for)
 
 
 def _consistency_steps(config: RunConfig) -> list[int]:
@@ -118,6 +123,13 @@ KINDS: dict[str, Kind] = {
             objective=lambda config, data, ctx, out: LatentDiffusion(config, data, ctx),
             prepare=_autoencoder_file, load=load_latent_unet, plan=planners.plan_diffusion,
             denoiser=True, refusal="", title=lambda config: "latent diffusion model", stepwise=True,
+        ),
+        Kind(
+            name="flow", description="flow matching", command="train",
+            objective=lambda config, data, ctx, out: FlowObjective(config, data, ctx),
+            prepare=_nothing, load=load_unet, plan=planners.plan_flow, denoiser=True,
+            refusal="", title=lambda config: "flow matching model", stepwise=True,
+            samplers=(*FLOW_SOLVERS, *SAMPLERS),
         ),
         Kind(
             name="consistency", description="distillation", command="distill",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.diffusion import eps_and_x0, eps_from_x0
+from difflab.diffusion import eps_from_x0, predict
 from difflab.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "ipndm", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m", "unipc")
@@ -48,7 +48,7 @@ def make_denoiser(
     """
 
     def denoiser(x_t: Any, t: Any) -> tuple[Any, Any]:
-        eps, x0 = eps_and_x0(model_fn(x_t, t), x_t, t, schedule, prediction)
+        eps, x0 = predict(model_fn, x_t, t, schedule, prediction)
         if clip_x0:
             x0 = x0.clip(-1.0, 1.0)
             eps = eps_from_x0(x_t, t, x0, schedule)

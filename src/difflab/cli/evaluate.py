@@ -26,6 +26,7 @@ from difflab.cli.flags import (
     sampling_request,
 )
 from difflab.data import DATASETS, ImageDataset
+from difflab.flow import FLOW_SOLVERS
 from difflab.kinds import load_model, plan_sampling
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS
 from difflab.sampling import SamplingPlan, execute
@@ -60,8 +61,9 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sampler",
         default=DEFAULT_SAMPLER,
-        choices=SAMPLERS,
-        help="sampling algorithm: the one difflab sample uses by default",
+        choices=(*SAMPLERS, *FLOW_SOLVERS),
+        help="sampling algorithm: the one difflab sample uses by default (the model's own: "
+        "dpmpp-2m-sde, or euler for a flow matching model)",
     )
     p.add_argument(
         "--steps",

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 from difflab.config import DiffusionConfig, RunConfig
 from difflab.data import DATASETS, VENDOR_CHOICES, ImageDataset
+from difflab.flow import FLOW_SOLVERS
 from difflab.samplers import SAMPLERS, SPACINGS
 from difflab.sampling.plan import SamplingRequest
 from difflab.schedules import SCHEDULES
@@ -153,10 +154,11 @@ def add_diffusion_flags(p: argparse.ArgumentParser) -> None:
 def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
     """How to sample a trained model: shared by sample and the editing commands."""
     p.add_argument(
-        "--sampler", default=default, choices=SAMPLERS,
+        "--sampler", default=default, choices=(*SAMPLERS, *FLOW_SOLVERS),
         help="sampling algorithm: ddpm (ancestral), ddim, the second-order dpmpp-2m and "
         "dpmpp-2m-sde, or the higher-order ODE solvers for 4-10 steps: ipndm, dpmpp-3m, unipc "
-        "(docs/samplers.md)",
+        "(docs/samplers.md); a flow matching model also takes euler and heun on its own ODE "
+        "(docs/flow.md)",
     )  # fmt: skip
     p.add_argument(
         "--steps", type=positive_int,

@@ -10,6 +10,7 @@ move to ``flags.py``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,14 @@ from difflab.cli.flags import (
     positive_int,
     resume_from_flags,
 )
-from difflab.config import PRECISIONS, PRESETS, DiffusionConfig, TrainConfig
+from difflab.config import PRECISIONS, PRESETS, DiffusionConfig, FlowConfig, TrainConfig
 from difflab.diffusion import PREDICTIONS
+from difflab.flow import TIME_SAMPLINGS
 from difflab.samplers import SAMPLERS
 from difflab.schedules import SCHEDULES
 
+OBJECTIVES = ("diffusion", "flow")  # what `difflab train` learns (the kinds diffusion and flow)
+DDPM_PREDICTIONS = tuple(p for p in PREDICTIONS if p != "flow")  # flow: --objective flow
 FROM_PRESET = argparse.SUPPRESS  # the default of a recipe flag: unset, _resolve_recipe fills it
 
 # The train flags a preset may set, with what they are when neither the flag nor the preset is:
@@ -78,8 +82,23 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         help=f"beta schedule (default: {dd.schedule})",
     )
     p.add_argument(
-        "--prediction", choices=PREDICTIONS, default=FROM_PRESET,
-        help=f"network target (default: {dd.prediction})",
+        "--objective", choices=OBJECTIVES, default="diffusion",
+        help="diffusion: DDPM's noising with --prediction's target; flow: flow matching, the "
+        "velocity eps - x0 of the straight path x_t = (1 - t) x0 + t eps (docs/flow.md); every "
+        "sampler draws either, and a flow model also takes --sampler euler or heun",
+    )  # fmt: skip
+    p.add_argument(
+        "--prediction", choices=DDPM_PREDICTIONS, default=FROM_PRESET,
+        help=f"network target of --objective diffusion (default: {dd.prediction})",
+    )  # fmt: skip
+    f = FlowConfig()
+    p.add_argument(
+        "--time-sampling", choices=TIME_SAMPLINGS, default=f.time_sampling,
+        help="--objective flow: how training draws t (SD3's logit-normal, or uniform)",
+    )  # fmt: skip
+    p.add_argument(
+        "--flow-shift", type=positive_float, default=f.shift,
+        help="--objective flow: SD3's timestep shift of the euler/heun grid (1 = none)",
     )  # fmt: skip
     p.add_argument(
         "--epochs", type=positive_int, help=f"passes over the data (default: {d.epochs})"
@@ -231,6 +250,13 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
             dropout=args.dropout,
         )  # fmt: skip
+        if args.objective == "flow":
+            if args.latent or args.backend != "torch":
+                raise ValueError(
+                    "--objective flow trains pixel-space models with the torch backend (not "
+                    "--latent or --backend numpy yet)"
+                )
+            diffusion = replace(diffusion, prediction="flow", min_snr_gamma=None)
         if args.latent:  # diffusion on an autoencoder's latents (objectives.latent)
             from difflab.objectives.latent import latent_run_config
 
@@ -247,6 +273,10 @@ def cmd_train(args: argparse.Namespace) -> None:
                 config_from_flags(TrainConfig, args), diffusion, overrides,
                 image_size=args.image_size, conditional=args.conditional, backend=args.backend,
             )  # fmt: skip
+        if args.objective == "flow":  # flow matching (objectives.flow)
+            config = replace(
+                config, flow=FlowConfig(time_sampling=args.time_sampling, shift=args.flow_shift)
+            )
         out = Path(args.out or f"runs/{args.data}")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
     result = train(

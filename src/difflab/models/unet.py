@@ -22,9 +22,10 @@ from difflab.config import ModelConfig
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Vaswani et al. 2017 sinusoidal embedding of integer timesteps: [sin(t w_i), cos(t w_i)].
+    """Vaswani et al. 2017 sinusoidal embedding of timesteps: [sin(t w_i), cos(t w_i)].
 
-    w_i = max_period^(-i / half) for i = 0 .. half-1; ``t`` is the code timestep 0 .. T-1.
+    w_i = max_period^(-i / half) for i = 0 .. half-1; ``t`` is the code timestep 0 .. T-1
+    (or, for a flow network, 1000 times its continuous time: ``difflab.flow``).
     """
     half = dim // 2
     freqs = torch.exp(
@@ -165,7 +166,7 @@ class UNet(nn.Module):
         emb = self.time_out(F.silu(self.time_in(sinusoid)))  # (B, E)
         if self.label_emb is not None:
             if y is None:  # unconditional call of a conditional model: use the null label
-                y = torch.full_like(t, self.config.num_classes)
+                y = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device)
             emb = emb + self.label_emb(y)
         return emb
 

@@ -216,11 +216,11 @@ def embedding_backward(dy: np.ndarray, cache: tuple) -> np.ndarray:
 
 
 def timestep_embedding(t: np.ndarray, dim: int, max_period: float = 10000.0) -> np.ndarray:
-    """Vaswani et al. 2017 sinusoidal embedding of integer timesteps: [sin(t w_i), cos(t w_i)].
+    """Vaswani et al. 2017 sinusoidal embedding of timesteps: [sin(t w_i), cos(t w_i)].
 
     w_i = max_period^(-i / half), i = 0 .. half-1, exactly as ``difflab.models.unet``; float32
     like the PyTorch backend, so both backends feed the network the same numbers. No parameters
-    and an integer input, so there is no backward. t (B,) -> (B, dim).
+    and a constant input, so there is no backward. t (B,) -> (B, dim).
     """
     half = dim // 2
     exponent = (-math.log(max_period) * np.arange(half, dtype=np.float32)) / np.float32(half)

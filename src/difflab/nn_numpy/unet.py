@@ -318,8 +318,9 @@ class NumpyUNet(Layer):
             raise ValueError(f"image height and width must be multiples of {factor}, got {x.shape}")
         x = x.astype(self.dtype, copy=False)
         t = np.asarray(t)
-        if not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"timesteps t must be integers, got dtype {t.dtype}")
+        if not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+            # integers: DDPM's code timesteps; floats: a flow network's 1000 t (difflab.flow)
+            raise ValueError(f"timesteps t must be numbers, got dtype {t.dtype}")
         if t.ndim == 0:
             t = np.full(x.shape[0], t)
         if t.shape != (x.shape[0],):

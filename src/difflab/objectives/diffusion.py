@@ -63,7 +63,7 @@ class DiffusionObjective(Objective):
         # same generator and keeps its slice: the update and the generator state are the same
         # whatever the number of processes.
         b = len(batch.idx)
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=gen, device=device)
+        t = self.draw_t(b)
         eps = torch.randn((b, *self.images.shape[1:]), generator=gen, device=device)
         y = None
         if config.model.num_classes > 0:
@@ -78,10 +78,23 @@ class DiffusionObjective(Objective):
         def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> Any:
             return net(x_t, t, y)
 
+        return self.batch_loss(model_fn, x0, t, eps)  # (b / world,) float32
+
+    def draw_t(self, b: int) -> torch.Tensor:
+        """The batch's timesteps: (b,) code timesteps, uniform over 0 .. T-1 (Ho et al. Alg. 1)."""
+        return torch.randint(
+            0, self.schedule.num_timesteps, (b,), generator=self.noise_gen,
+            device=self.images.device,
+        )  # fmt: skip
+
+    def batch_loss(
+        self, model_fn: Any, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """The per-sample loss, (b,): ``diffusion.diffusion_loss`` of the network's target."""
+        d = self.config.diffusion
         return diffusion_loss(
-            model_fn, x0, t, eps, self.schedule, config.diffusion.prediction,
-            config.diffusion.min_snr_gamma,
-        )  # (b / world,) float32  # fmt: skip
+            model_fn, x0, t, eps, self.schedule, d.prediction, d.min_snr_gamma
+        )  # fmt: skip
 
     def x0_batch(self, batch: Batch) -> torch.Tensor:
         """This process's share of the batch's clean data x0, (b / world, C, H, W): the images

@@ -39,7 +39,7 @@ from difflab import distributed, viz
 from difflab.checkpoint import Checkpoint, load_weights_into, write_checkpoint
 from difflab.config import ProgressiveConfig, RunConfig, TrainConfig
 from difflab.data import ImageDataset
-from difflab.diffusion import diffusion_loss, eps_and_x0, q_sample
+from difflab.diffusion import diffusion_loss, predict, q_sample
 from difflab.models.unet import UNet
 from difflab.samplers import timestep_sequence
 from difflab.sampling.draw import generate, model_denoiser
@@ -166,7 +166,7 @@ def ddim_chain(model: Any, x: torch.Tensor, grid: torch.Tensor, alpha: torch.Ten
     disabled. ``model`` is called as ``model(x_t, t, None)``."""
     for i in range(len(grid) - 1):
         t = grid[i].expand(len(x))
-        eps, x0 = eps_and_x0(model(x, t, None), x, t, schedule, prediction)
+        eps, x0 = predict(lambda x, t: model(x, t, None), x, t, schedule, prediction)
         x = alpha[grid[i + 1]] * x0 + sigma[grid[i + 1]] * eps
     return x
 
@@ -187,8 +187,8 @@ def dmd_direction(
     ``real`` and ``fake`` are called as ``net(x_t, t, None)``."""
     with torch.no_grad():
         x_t = q_sample(x, t, noise, schedule)
-        x0_real = eps_and_x0(real(x_t, t, None), x_t, t, schedule, prediction)[1]
-        x0_fake = eps_and_x0(fake(x_t, t, None), x_t, t, schedule, prediction)[1]
+        x0_real = predict(lambda x, t: real(x, t, None), x_t, t, schedule, prediction)[1]
+        x0_fake = predict(lambda x, t: fake(x, t, None), x_t, t, schedule, prediction)[1]
         scale = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp(min=1e-8)
         return (x0_fake - x0_real) / scale
 
@@ -342,8 +342,8 @@ class ProgressiveDistillation(Objective):
             z_mid = self._teacher_step(z_t, t, t_mid, y, guidance)
             z_end = self._teacher_step(z_mid, t_mid, t_end, y, guidance)
             x_tilde = x0_target(z_t, z_end, t, t_end, self.alpha, self.sigma)
-        _, x0_pred = eps_and_x0(nets["model"](z_t, t, y), z_t, t, self.schedule,
-                                self.config.diffusion.prediction)  # fmt: skip
+        _, x0_pred = predict(lambda x, t: nets["model"](x, t, y), z_t, t, self.schedule,
+                             self.config.diffusion.prediction)  # fmt: skip
         loss = truncated_snr_loss(x0_pred, x_tilde, t, self.alpha, self.sigma)
         if not self.in_stage():
             return loss

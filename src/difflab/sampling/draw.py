@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from difflab.config import RunConfig
 from difflab.consistency import consistency_function, consistency_timesteps, sample_consistency
+from difflab.flow import FLOW_SOLVERS, FLOW_TIME_SCALE, euler, heun
 from difflab.models.gan import Generator
 from difflab.models.unet import UNet
 from difflab.nn_numpy import NumpyUNet
@@ -26,6 +27,8 @@ from difflab.sampling.load import LoadedModel
 from difflab.sampling.plan import CONSISTENCY, GENERATOR, SamplingPlan
 from difflab.sampling.spaces import LatentSpace, PixelSpace
 from difflab.schedules import Schedule
+
+FLOW_SOLVER_FUNCTIONS = {"euler": euler, "heun": heun}
 
 
 def execute(
@@ -106,6 +109,15 @@ def guided_model_fn(
     return model_fn
 
 
+def flow_velocity(
+    model: Callable[[Any, Any, Any], Any], y: Any, guidance: float, null_label: int
+) -> Callable[[Any, Any], Any]:
+    """A flow network as the solvers call it, ``v(x, t)`` at flow time t (it sees
+    ``FLOW_TIME_SCALE t``), with classifier-free guidance combined on the velocities."""
+    guided = guided_model_fn(model, y, guidance, null_label)
+    return lambda x, t: guided(x, t * FLOW_TIME_SCALE)
+
+
 def model_denoiser(
     model: UNet | NumpyUNet,
     config: RunConfig,
@@ -156,7 +168,7 @@ def generate(
     ``eta``, ``clip_x0``, ``guidance`` and ``options`` (spacing, timesteps, variance) go to it as
     they are: a sampling plan (``sampling.plan``) has already completed them for the model.
     """
-    if sampler not in SAMPLERS and sampler != CONSISTENCY:
+    if sampler not in SAMPLERS and sampler not in FLOW_SOLVERS and sampler != CONSISTENCY:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if space is None:
         if config.kind == "latent-diffusion":
@@ -198,6 +210,11 @@ def generate(
             x = sample_consistency_model(
                 model, config, schedule, x_start, y, steps=steps or 1, generator=generator,
                 callback=callback if start == 0 else None, timesteps=options.get("timesteps"),
+            )  # fmt: skip
+        elif sampler in FLOW_SOLVERS:  # a flow model's own ODE, on its grid of flow times
+            x = FLOW_SOLVER_FUNCTIONS[sampler](
+                flow_velocity(model, y, guidance, config.model.num_classes), x_start,
+                options["timesteps"], callback=callback if start == 0 else None,
             )  # fmt: skip
         else:
             denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0)

@@ -3,7 +3,7 @@ the loaded model (``SamplingPlan``), so that the sampler executes it without cha
 
 Every face builds a request from its inputs and asks ``difflab.kinds.plan_sampling``, which hands
 it to the planner of the model's kind below: ``plan_diffusion`` (pixel or latent: any sampler,
-guidance, a class), ``plan_consistency`` (1, 2 or 4 consistency steps), ``plan_progressive`` (DDIM
+guidance, a class), ``plan_flow`` (its own euler/heun, or any DDPM sampler), ``plan_consistency`` (1, 2 or 4 consistency steps), ``plan_progressive`` (DDIM
 in the student's steps, unclipped), ``plan_gan`` (one generator evaluation); and ``plan_edit``
 for the editing commands on any model with a denoiser. A bad value is a
 ``ValueError`` with one line naming it; a plan holds its timestep grid as data (k-diffusion's
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from difflab.config import ConsistencyConfig, ProgressiveConfig, RunConfig
+from difflab.config import ConsistencyConfig, FlowConfig, ProgressiveConfig, RunConfig
 from difflab.consistency import consistency_timesteps
+from difflab.flow import FLOW_DEFAULT_STEPS, FLOW_SOLVERS, flow_timesteps
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 CONSISTENCY = "consistency"  # the sampler of a consistency student (difflab.consistency)
 GENERATOR = "gan generator"  # a GAN's: one generator evaluation per image
+DEFAULT_FLOW_SAMPLER = "euler"  # a flow model's sampler when none is asked for
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class SamplingPlan:
 
     sampler: str  # one of SAMPLERS, CONSISTENCY or GENERATOR
     steps: int  # network evaluations per image
-    timesteps: tuple[int, ...]  # the code timesteps visited, noisiest first (empty for a GAN)
+    timesteps: tuple[float, ...]  # the grid, noisiest first: the code timesteps visited (ints),
+    # or for euler/heun the flow times from 1 to 0; empty for a GAN
     num_images: int
     seed: int
     labels: torch.Tensor | None = None  # one per image; None: unconditional
@@ -154,6 +157,11 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
     config, schedule = loaded.config, loaded.schedule
     assert schedule is not None
     sampler = request.sampler or DEFAULT_SAMPLER
+    if sampler in FLOW_SOLVERS and config.kind != "flow":
+        raise ValueError(
+            f"sampler {sampler} walks a flow matching model's ODE; this {config.kind} model takes "
+            f"one of {', '.join(SAMPLERS)}"
+        )
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     steps = request.steps or default_steps(sampler, schedule.num_timesteps)
@@ -170,6 +178,28 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
         eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
         variance=request.variance or "beta", clip_x0=request.clip is not False and
         loaded.space.clip_x0, guidance_sweep=sweep, rows=rows,
+    )  # fmt: skip
+
+
+def plan_flow(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A flow matching model's plan: its own ODE with ``euler`` or ``heun`` on the flow grid
+    (``flow.flow_timesteps``, shifted once by the model's ``shift``), or any DDPM sampler, which
+    reads the model through the flow point with the same SNR (``plan_diffusion``)."""
+    sampler = request.sampler or DEFAULT_FLOW_SAMPLER
+    if sampler not in FLOW_SOLVERS:
+        return plan_diffusion(loaded, replace(request, sampler=sampler))
+    _check_count(request)
+    steps = request.steps or FLOW_DEFAULT_STEPS[sampler]
+    grid = flow_timesteps(steps, loaded.config.section(FlowConfig).shift)  # steps + 1 times, 1 -> 0
+    guidance = check_guidance(loaded.config, request.guidance)
+    labels, n, rows = _labels(loaded.config, request)
+    sweep = tuple(check_guidance(loaded.config, w) for w in request.guidance_sweep or ())
+    if sweep and labels is None:
+        raise ValueError("--guidance-sweep needs a class-conditional model")
+    return SamplingPlan(
+        sampler=sampler, steps=steps, timesteps=tuple(float(t) for t in grid), num_images=n,
+        seed=request.seed, labels=labels, guidance=guidance, shown_guidance=guidance,
+        clip_x0=False, guidance_sweep=sweep, rows=rows,
     )  # fmt: skip
 
 

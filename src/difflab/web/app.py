@@ -41,7 +41,6 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS  # noqa: E402
 from difflab.web.core import (  # noqa: E402
     EVERY_CLASS,
     MAX_GUIDANCE,
@@ -187,7 +186,7 @@ class Handlers:
 
     def sampler_changed(self, sampler: Any) -> tuple:
         """A new sampler: its default steps; eta only where it applies (DDIM)."""
-        if sampler not in SAMPLERS:
+        if sampler not in self.demo.samplers:
             raise _error(ValueError(f"unknown sampler {shown(sampler)}"))
         steps = gr.update(value=self.demo.default_steps(sampler))
         return steps, gr.update(visible=sampler == "ddim")
@@ -205,7 +204,7 @@ def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
                     with gr.Column(scale=1):
                         if distilled:
                             sampler = gr.Dropdown(  # hidden; any value is ignored
-                                ["consistency", *SAMPLERS], value="consistency", label="Sampler",
+                                ["consistency", *demo.samplers], value="consistency", label="Sampler",
                                 info="distilled model: its own 1-4 step sampler", visible=False,
                                 elem_id="sampler",
                             )  # fmt: skip
@@ -215,11 +214,11 @@ def build_app(demo: DemoModel, work_dir: str | os.PathLike[str]) -> gr.Blocks:
                             )  # fmt: skip
                         else:
                             sampler = gr.Dropdown(
-                                list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler",
+                                demo.samplers, value=demo.default_sampler, label="Sampler",
                                 elem_id="sampler",
                             )  # fmt: skip
                             steps = gr.Number(
-                                demo.default_steps(DEFAULT_SAMPLER), precision=0,
+                                demo.default_steps(), precision=0,
                                 label=f"Steps (1-{demo.num_timesteps})", elem_id="steps",
                             )  # fmt: skip
                         seed = gr.Textbox(

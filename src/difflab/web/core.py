@@ -35,7 +35,6 @@ from difflab import viz
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import q_sample
 from difflab.kinds import kind_of, load_model, plan_sampling
-from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps
 from difflab.sampling import (
     SamplingPlan,
     SamplingRequest,
@@ -81,13 +80,13 @@ class Frame:
 
     step: int  # 1-based step just evaluated
     total: int  # steps in this generation
-    t: int  # its code timestep (difflab.schedules: paper step t + 1)
+    t: float  # its code timestep (difflab.schedules: paper step t + 1), or a flow time in [0, 1]
     x_t: np.ndarray  # (H, W, 3) uint8 grid of x_t
     x0_pred: np.ndarray  # (H, W, 3) uint8 grid of the predicted x0
 
     @property
     def status(self) -> str:
-        return f"step {self.step}/{self.total} (t = {self.t})"
+        return f"step {self.step}/{self.total} (t = {self.t:g})"
 
 
 @dataclass(frozen=True)
@@ -257,10 +256,21 @@ class DemoModel:
         assert self.kind.step_choices is not None
         return self.kind.step_choices(self.config)
 
-    def default_steps(self, sampler: str = DEFAULT_SAMPLER) -> int:
-        return (
-            self.step_choices[0] if self.distilled else default_steps(sampler, self.num_timesteps)
-        )
+    @property
+    def samplers(self) -> list[str]:
+        """The samplers the page offers: the kind table's for this model."""
+        return list(self.kind.samplers)
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler ``difflab sample`` uses for this model when none is asked for."""
+        return plan_sampling(self.loaded, SamplingRequest(num_images=1)).sampler
+
+    def default_steps(self, sampler: str | None = None) -> int:
+        """The steps ``difflab sample`` takes with ``sampler`` (None: the model's default)."""
+        if self.distilled:
+            return self.step_choices[0]
+        return plan_sampling(self.loaded, SamplingRequest(num_images=1, sampler=sampler)).steps
 
     def describe(self) -> str:
         """One line about the model, for the top of the page."""
@@ -277,7 +287,7 @@ class DemoModel:
     def parse_request(
         self,
         *,
-        sampler: Any = DEFAULT_SAMPLER,
+        sampler: Any = None,
         steps: Any = None,
         seed: Any = 0,
         num_images: Any = 16,
@@ -309,9 +319,10 @@ class DemoModel:
             total = (
                 None if steps in (None, "") else check_int("steps", steps, 1, self.num_timesteps)
             )
-            if sampler not in SAMPLERS:
+            sampler = self.default_sampler if sampler is None else sampler
+            if sampler not in self.samplers:
                 raise ValueError(
-                    f"unknown sampler {shown(sampler)}; expected one of {', '.join(SAMPLERS)}"
+                    f"unknown sampler {shown(sampler)}; expected one of {', '.join(self.samplers)}"
                 )
             request = SamplingRequest(
                 num_images=n, sampler=str(sampler), steps=total, spacing="trailing",
@@ -386,7 +397,7 @@ class DemoModel:
             i = info["i"]
             if i % request.every == 0 or i == seq_len - 1:
                 put(("frame", Frame(
-                    step=i + 1, total=seq_len, t=int(info["t"]),
+                    step=i + 1, total=seq_len, t=float(info["t"]),
                     x_t=to_display(info["x"], nrow), x0_pred=to_display(info["x0_pred"], nrow),
                 )))  # fmt: skip
 
