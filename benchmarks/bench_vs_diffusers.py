@@ -60,6 +60,7 @@ from difflab.diffusion import diffusion_loss
 from difflab.models.unet import UNet, count_parameters
 from difflab.sampling import generate
 from difflab.schedules import make_schedule
+from machine import cpu_name
 
 T = 1000  # training timesteps, linear betas 1e-4 .. 0.02 (difflab's default)
 IMAGE_SHAPE = (1, 28, 28)  # (C, H, W) of MNIST
@@ -454,16 +455,6 @@ def bench_memory(batch: int, num_images: int, threads: int | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def targets(report: dict) -> dict:

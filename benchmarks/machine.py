@@ -6,8 +6,10 @@ on another), so every benchmark records this rate and compares only within its o
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,6 +28,17 @@ def matmul_gflops(repeats: int = 5) -> float:
         torch.mm(a, b, out=out)
         times.append(time.perf_counter() - start)
     return 2 * MATMUL_N**3 / statistics.median(times) / 1e9
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what Python's platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

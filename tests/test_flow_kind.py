@@ -122,7 +122,11 @@ def test_its_own_ode_and_the_ddpm_samplers_reach_the_same_images(flow_run):
         gap = (ends[sampler] - ends["euler"]).abs().max().item()
         assert gap < 0.03, (sampler, gap)
     # and few Euler steps are a coarser solution of that ODE, not another one
-    coarse = execute(loaded, plan_sampling(loaded, SamplingRequest(num_images=6, steps=8)), x_T=x_T)
+    coarse = execute(
+        loaded,
+        plan_sampling(loaded, SamplingRequest(num_images=6, sampler="euler", steps=8)),
+        x_T=x_T,
+    )
     assert 0.003 < (coarse - ends["euler"]).abs().mean().item() < 0.2
 
 
@@ -151,8 +155,9 @@ def test_a_flow_run_resumes_to_the_same_weights(tmp_path):
 def test_the_web_page_offers_its_own_solvers_first(flow_run, tmp_path):
     demo = DemoModel(flow_run / "model_final.safetensors", "cpu")
     assert demo.samplers[:2] == ["euler", "heun"] and "dpmpp-2m-sde" in demo.samplers
-    assert demo.default_sampler == "euler" and demo.default_steps() == 20
-    req = demo.parse_request(num_images=2, steps=5, every=1)
+    assert demo.default_sampler == "unipc" and demo.default_steps() == 10  # measured winner
+    assert demo.default_steps("euler") == 20 and demo.default_steps("heun") == 10
+    req = demo.parse_request(sampler="euler", num_images=2, steps=5, every=1)
     frames = [f for f in demo.stream(req, tmp_path) if hasattr(f, "status")]
     assert [f.t for f in frames] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])  # flow times
     assert frames[0].status == "step 1/5 (t = 1)"

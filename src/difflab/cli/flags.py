@@ -157,8 +157,9 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
         "--sampler", default=default, choices=(*SAMPLERS, *FLOW_SOLVERS),
         help="sampling algorithm: ddpm (ancestral), ddim, the second-order dpmpp-2m and "
         "dpmpp-2m-sde, or the higher-order ODE solvers for 4-10 steps: ipndm, dpmpp-3m, unipc "
-        "(docs/samplers.md); a flow matching model also takes euler and heun on its own ODE "
-        "(docs/flow.md)",
+        "(docs/samplers.md); a flow matching model also takes euler and heun on its own ODE, "
+        "and draws with unipc in 10 steps by default (MNIST FID 1.83 at 8 evaluations against "
+        "Euler's 4.17: docs/flow.md)",
     )  # fmt: skip
     p.add_argument(
         "--steps", type=positive_int,

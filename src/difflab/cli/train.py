@@ -84,8 +84,10 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--objective", choices=OBJECTIVES, default="diffusion",
         help="diffusion: DDPM's noising with --prediction's target; flow: flow matching, the "
-        "velocity eps - x0 of the straight path x_t = (1 - t) x0 + t eps (docs/flow.md); every "
-        "sampler draws either, and a flow model also takes --sampler euler or heun",
+        "velocity eps - x0 of the straight path x_t = (1 - t) x0 + t eps; every sampler draws "
+        "either, and a flow model also takes --sampler euler or heun. On MNIST after 10 "
+        "CPU-minutes they tie at 20 evaluations (FID 1.57 flow, 1.59 diffusion) and 8 (1.83, "
+        "1.87); diffusion wins at 4 (3.27 against 4.19): docs/flow.md",
     )  # fmt: skip
     p.add_argument(
         "--prediction", choices=DDPM_PREDICTIONS, default=FROM_PRESET,
