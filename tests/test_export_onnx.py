@@ -25,6 +25,7 @@ from difflab.config import (
     AutoencoderConfig,
     ConsistencyConfig,
     DiffusionConfig,
+    FlowConfig,
     GANConfig,
     LatentConfig,
     ModelConfig,
@@ -48,7 +49,7 @@ AE = AutoencoderConfig(
     channel_mults=(1, 2), norm_groups=4, latent_scale=0.8,
 )  # fmt: skip
 NAMES = ("cat", "dog", "owl")
-DENOISERS = ("diffusion", "latent-diffusion", "consistency", "progressive")
+DENOISERS = ("diffusion", "latent-diffusion", "flow", "consistency", "progressive")
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +84,9 @@ def configs():
             latent=LatentConfig(autoencoder="ae.safetensors", autoencoder_sha256="0" * 64,
                                 latent_scale=0.8, image_size=6, image_channels=3, architecture=AE),
         ),
+        "flow": RunConfig(model=cond, diffusion=DiffusionConfig(timesteps=30, prediction="flow",
+                                                                min_snr_gamma=None),
+                          class_names=NAMES, flow=FlowConfig()),
         "consistency": RunConfig(model=cond, diffusion=v, class_names=NAMES,
                                  consistency=ConsistencyConfig(**teacher, guidance=2.0)),
         "progressive": RunConfig(model=uncond, diffusion=DiffusionConfig(timesteps=30,
@@ -143,7 +147,7 @@ def both(loaded, sess, x, t, label=None):
         want = loaded.model(x, t, label).numpy()
     feed = {"x": x.numpy(), "t": t.numpy()}
     if loaded.config.model.num_classes:
-        null = torch.full_like(t, loaded.config.model.num_classes)
+        null = torch.full(t.shape, loaded.config.model.num_classes, dtype=torch.long)
         feed["label"] = (null if label is None else label).numpy()
     return want, sess.run(None, feed)[0]
 
@@ -160,6 +164,9 @@ def test_onnxruntime_gives_pytorchs_output_at_every_t_and_label(exported, kind):
     x = torch.randn(5, *meta["input_shape"], generator=gen)
     grids = [torch.full((5,), t) for t in (0, T // 2, T - 1)]
     grids.append(torch.randint(0, T, (5,), generator=gen))  # mixed t in one batch
+    if kind == "flow":  # its t is 1000 times a flow time in [0, 1], float32
+        grids = [torch.full((5,), 1000.0 * s) for s in (0.0, 0.5, 1.0)]
+        grids.append(1000.0 * torch.rand(5, generator=gen))
     pairs = [both(loaded, sess, x, t) for t in grids]  # no label: the null label's output
     if k:
         labels = torch.tensor([0, 1, 2, k, 1])  # classes and the null label, mixed

@@ -4,7 +4,8 @@ What is exported is the network alone, called as every difflab sampler calls it:
 
     x (N, C, H, W) float32, t (N,) int64[, label (N,) int64]  ->  prediction (N, C, H, W) float32
 
-``t`` is the code timestep 0 .. T-1 (``schedules.py``: the paper's step t + 1), one per image;
+``t`` is the code timestep 0 .. T-1 (``schedules.py``: the paper's step t + 1), one per image (a
+flow network's is float32, 1000 times its flow time: ``FLOW_CONVENTION``, ``difflab.flow``);
 ``label`` (a class-conditional model only) is a class 0 .. K-1 or K, the null label the network
 learned under label dropout (``models/unet.py``), which classifier-free guidance runs beside the
 class. The output is the raw eps, x0 or v the network was trained to predict (the JSON says
@@ -50,6 +51,7 @@ from torch import nn
 
 import difflab
 from difflab.consistency import boundary_scalings
+from difflab.flow import FLOW_TIME_SCALE
 from difflab.io import atomic_path, file_sha256
 from difflab.kinds import kind_of, load_model, plan_sampling
 from difflab.models.gan import Generator
@@ -60,11 +62,18 @@ from difflab.sampling.plan import CONSISTENCY
 
 OPSET = 17  # the ONNX operator set written (see the module docstring)
 FORMAT = "difflab-onnx-1"  # the JSON's format name
-PREDICTIONS = ("eps", "x0", "v")  # the network outputs a sampler reads with the JSON alone
+PREDICTIONS = ("eps", "x0", "v", "flow")  # the network outputs a sampler reads with the JSON
 TOLERANCE = 1e-3  # the largest |onnxruntime - PyTorch| accepted, times max(1, |output|)
 TRACED_BATCH, CHECK_BATCH = 2, 3  # the example batch traced, and the other one checked
 EXTRA = 'pip install -e ".[export]"'
 SRC = Path(difflab.__file__).resolve().parent
+FLOW_CONVENTION = (
+    "a flow network (prediction 'flow'): x_t = (1 - s) x0 + s eps with flow time s in [0, 1] "
+    "(s = 1 noise), the output is the velocity v = eps - x0, and t (float32) is 1000 s. A sampler "
+    "on the DDPM grid calls it at the point with alpha_bar[k]'s SNR: x / (sqrt(ab) + sqrt(1 - ab)) "
+    "and s = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab)), then eps = x_flow + (1 - s) v and x0 = "
+    "x_flow - s v (difflab.flow, docs/flow.md)"
+)
 TIMESTEP_CONVENTION = (
     "t is the code timestep 0 .. T-1, the paper's step t + 1: alpha_bar[t] is the paper's "
     "alpha_bar_{t+1}; the data (after the last step) has alpha_bar 1"
@@ -176,19 +185,28 @@ def _network(loaded: LoadedModel) -> _Graph:
             f"that predict {', '.join(PREDICTIONS)}"
         )
     T = loaded.schedule.num_timesteps
+    flow = prediction == "flow"
     return _Graph(
-        model, _unet_inputs(model, T, TRACED_BATCH, seed=0), _unet_inputs(model, T, CHECK_BATCH, 1),
-        "prediction",
+        model, _unet_inputs(model, T, TRACED_BATCH, seed=0, flow=flow),
+        _unet_inputs(model, T, CHECK_BATCH, 1, flow=flow), "prediction",
     )  # fmt: skip
 
 
-def _unet_inputs(model: UNet, num_timesteps: int, n: int, seed: int) -> dict[str, torch.Tensor]:
+def _unet_inputs(
+    model: UNet, num_timesteps: int, n: int, seed: int, *, flow: bool = False
+) -> dict[str, torch.Tensor]:
     """A batch of ``n`` inputs: noise, timesteps from T-1 down to 0 (all different, so none is
-    mistaken for a constant), and for a conditional model the null label, then classes."""
+    mistaken for a constant; a flow network's: 1000 times flow times from 1 down to 0, float32),
+    and for a conditional model the null label, then classes."""
     mc = model.config
+    t = (
+        FLOW_TIME_SCALE * torch.linspace(1, 0, n)
+        if flow
+        else torch.linspace(num_timesteps - 1, 0, n).round().long()
+    )  # (N,)
     inputs = {
         "x": _normal(n, mc.in_channels, mc.image_size, mc.image_size, seed=seed),  # (N, C, H, W)
-        "t": torch.linspace(num_timesteps - 1, 0, n).round().long(),  # (N,)
+        "t": t,
     }
     if mc.num_classes:
         k = mc.num_classes
@@ -309,7 +327,9 @@ def _metadata(
         "prediction": None if schedule is None else config.diffusion.prediction,
         "input_shape": list(next(iter(network.inputs.values())).shape[1:]),  # x or z
         "image_shape": [channels, size, size],
-        "timesteps": None if schedule is None else TIMESTEP_CONVENTION,
+        "timesteps": None
+        if schedule is None
+        else (FLOW_CONVENTION if config.diffusion.prediction == "flow" else TIMESTEP_CONVENTION),
         "schedule": None,
         "sampling": _sampling(loaded),
         "classes": None,
