@@ -1,14 +1,18 @@
 """Exports: a checkpoint's network in a format other programs run, with what a sampler needs.
 
-  onnx.py    ``export_onnx``: the denoising network (or a GAN's generator) as ONNX, a latent
-             model's decoder beside it, and a JSON of the schedule, the prediction and the
-             sampling plan (``difflab export``; docs/export.md)
+  onnx.py       ``export_onnx``: the denoising network (or a GAN's generator) as ONNX, a
+                latent model's decoder beside it, and a JSON of the schedule, the prediction
+                and the sampling plan (``difflab export --onnx``; docs/export.md)
+  diffusers.py  ``export_diffusers``: a pixel diffusion model as a folder that diffusers'
+                ``DDPMPipeline.from_pretrained`` loads: a UNet2DModel holding its weights, a
+                DDPMScheduler with its schedule, a model card (``difflab export --diffusers``)
 
 An exporter is a face: it asks the kind table (``kinds.load_model``, ``kinds.plan_sampling``) what
 a checkpoint is and how it is drawn, and adds no checks of its own. Its extra's packages (onnx,
-onnxruntime) are imported when an export runs, so difflab imports without them.
+onnxruntime; diffusers) are imported when an export runs, so difflab imports without them.
 """
 
+from difflab.export.diffusers import DiffusersExportResult, export_diffusers
 from difflab.export.onnx import OPSET, ExportResult, export_onnx
 
-__all__ = ["OPSET", "ExportResult", "export_onnx"]
+__all__ = ["OPSET", "DiffusersExportResult", "ExportResult", "export_diffusers", "export_onnx"]
