@@ -193,3 +193,25 @@ def test_a_diffusion_model_refuses_the_flow_solvers(tmp_path, capsys):
                  "heun", "--out", str(tmp_path / "s.png")]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert "sampler heun walks a flow matching model's ODE" in err and len(err.splitlines()) == 1
+
+
+def test_inspect_reads_a_flow_network_at_its_own_inputs(flow_run, tmp_path):
+    """The insides of a flow model are those of the network at the flow point with the same
+    SNR (``diffusion.network_inputs``), as every sampler calls it, not at DDPM's inputs."""
+    from difflab.insides import feature_maps
+
+    loaded = load_model(flow_run / "model_final.safetensors", "cpu")
+    seen = []
+    hook = loaded.model.register_forward_pre_hook(lambda _m, args: seen.append(args[:2]))
+    x_t = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(5))
+    try:
+        feature_maps(loaded.model, x_t, [10, 39], reading=(loaded.schedule, "flow"))
+    finally:
+        hook.remove()
+    x_flow, t_flow = from_vp(x_t, np.array([10, 39]), loaded.schedule)
+    torch.testing.assert_close(seen[0][0], x_flow)
+    torch.testing.assert_close(seen[0][1], FLOW_TIME_SCALE * t_flow)
+    out = tmp_path / "insides"
+    assert main(["inspect", "--checkpoint", str(flow_run / "model_final.safetensors"),
+                 "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    assert (out / "feature_maps.png").stat().st_size > 0

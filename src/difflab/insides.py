@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from difflab.diffusion import q_sample
+from difflab.diffusion import network_inputs, q_sample
 from difflab.models.unet import Block, Downsample, SelfAttention, UNet, timestep_embedding
 from difflab.schedules import Schedule
 
@@ -33,6 +33,10 @@ class Level:
 
     name: str  # e.g. "down 14x14", "mid 7x7", "up 28x28"
     features: torch.Tensor  # (len(t), C, h, w)
+
+
+Reading = tuple[Schedule, str]  # (schedule, prediction): how the network is called at a DDPM t
+# (``diffusion.network_inputs``: a flow network at the flow point with the same SNR); None: as is
 
 
 def noised(
@@ -62,7 +66,11 @@ def _stage_modules(model: UNet) -> list[tuple[str, torch.nn.Module]]:
 
 @torch.no_grad()
 def feature_maps(
-    model: UNet, x_t: torch.Tensor, timesteps: Sequence[int], y: torch.Tensor | None = None
+    model: UNet,
+    x_t: torch.Tensor,
+    timesteps: Sequence[int],
+    y: torch.Tensor | None = None,
+    reading: Reading | None = None,
 ) -> list[Level]:
     """Each level's output for the batch ``x_t`` (B, C, H, W) at ``timesteps`` (one per image).
 
@@ -80,7 +88,8 @@ def feature_maps(
     device = next(model.parameters()).device
     try:
         t = torch.tensor(list(timesteps), dtype=torch.long, device=device)
-        model(x_t.to(device), t, None if y is None else y.to(device))
+        x, t = network_inputs(x_t.to(device), t, *reading) if reading else (x_t.to(device), t)
+        model(x, t, None if y is None else y.to(device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -92,7 +101,11 @@ def feature_maps(
 
 @torch.no_grad()
 def bottleneck_attention(
-    model: UNet, x_t: torch.Tensor, timesteps: Sequence[int], y: torch.Tensor | None = None
+    model: UNet,
+    x_t: torch.Tensor,
+    timesteps: Sequence[int],
+    y: torch.Tensor | None = None,
+    reading: Reading | None = None,
 ) -> torch.Tensor:
     """The middle block's attention weights, (B, h*w queries, h*w keys); rows sum to 1.
 
@@ -111,7 +124,8 @@ def bottleneck_attention(
     device = next(model.parameters()).device
     try:
         t = torch.tensor(list(timesteps), dtype=torch.long, device=device)
-        model(x_t.to(device), t, None if y is None else y.to(device))
+        x, t = network_inputs(x_t.to(device), t, *reading) if reading else (x_t.to(device), t)
+        model(x, t, None if y is None else y.to(device))
     finally:
         hook.remove()
     x = seen[0]

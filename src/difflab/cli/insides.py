@@ -72,15 +72,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     label = class_labels(config, args.class_label, len(timesteps)) if args.class_label else None
 
     x_t = insides.noised(image, timesteps, schedule, torch.Generator().manual_seed(args.seed))
+    reading = (schedule, config.diffusion.prediction)  # a flow network: at its own inputs
     out = Path(args.out)
     paths = [
         viz.plot_feature_maps(
-            x_t, timesteps, insides.feature_maps(model, x_t, timesteps, label),
+            x_t, timesteps, insides.feature_maps(model, x_t, timesteps, label, reading),
             out / "feature_maps.png",
         )
     ]  # fmt: skip
     if config.model.mid_attention:
-        weights = insides.bottleneck_attention(model, x_t, timesteps, label)
+        weights = insides.bottleneck_attention(model, x_t, timesteps, label, reading)
         grid = math.isqrt(weights.shape[-1])
         rows = [insides.query_index(r, c, size, grid) for r, c in queries]
         paths.append(
