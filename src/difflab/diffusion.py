@@ -131,8 +131,11 @@ def predict(
 ) -> tuple[Array, Array]:
     """The (eps, x0) a network ``model_fn(x, t)`` predicts for x_t at code timestep t, whatever
     it was trained to predict: every sampler and trainer reads a network through here."""
-    return eps_and_x0(model_fn(*network_inputs(x_t, t, schedule, prediction)), x_t, t, schedule,
-                      prediction)  # fmt: skip
+    if prediction != "flow":
+        return eps_and_x0(model_fn(x_t, t), x_t, t, schedule, prediction)
+    x, t_flow = flow.from_vp(x_t, t, schedule)  # once: the network's input and the reading's
+    v = model_fn(x, t_flow * flow.FLOW_TIME_SCALE)
+    return flow.eps_from_velocity(x, t_flow, v), flow.x0_from_velocity(x, t_flow, v)
 
 
 def eps_and_x0(

@@ -153,6 +153,18 @@ def _check_count(request: SamplingRequest) -> None:
         raise ValueError(f"number of images must be >= 1, got {request.num_images}")
 
 
+def _conditioning(
+    config: RunConfig, request: SamplingRequest
+) -> tuple[float, torch.Tensor | None, int, int, tuple[float, ...]]:
+    """A request's guidance, labels, image count, class rows and checked guidance sweep."""
+    guidance = check_guidance(config, request.guidance)
+    labels, n, rows = _labels(config, request)
+    sweep = tuple(check_guidance(config, w) for w in request.guidance_sweep or ())
+    if sweep and labels is None:
+        raise ValueError("--guidance-sweep needs a class-conditional model")
+    return guidance, labels, n, rows, sweep
+
+
 def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     """A diffusion model's plan (pixel or latent): any sampler in any valid steps, guidance and a
     class for a conditional model; x0 clipped unless asked not to or the samples are latents."""
@@ -160,7 +172,7 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
     config, schedule = loaded.config, loaded.schedule
     assert schedule is not None
     sampler = request.sampler or DEFAULT_SAMPLER
-    if sampler in FLOW_SOLVERS and config.kind != "flow":
+    if sampler in FLOW_SOLVERS:  # plan_flow takes them; here the model is no flow model
         raise ValueError(
             f"sampler {sampler} walks a flow matching model's ODE; this {config.kind} model takes "
             f"one of {', '.join(SAMPLERS)}"
@@ -170,11 +182,7 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
     steps = request.steps or default_steps(sampler, schedule.num_timesteps)
     spacing = request.spacing or "trailing"
     grid = timestep_sequence(schedule.num_timesteps, steps, spacing)  # a bad --steps fails here
-    guidance = check_guidance(config, request.guidance)
-    labels, n, rows = _labels(config, request)
-    sweep = tuple(check_guidance(config, w) for w in request.guidance_sweep or ())
-    if sweep and labels is None:
-        raise ValueError("--guidance-sweep needs a class-conditional model")
+    guidance, labels, n, rows, sweep = _conditioning(config, request)
     return SamplingPlan(
         sampler=sampler, steps=steps, timesteps=tuple(grid), num_images=n, seed=request.seed,
         labels=labels, guidance=guidance, shown_guidance=guidance,
@@ -194,11 +202,7 @@ def plan_flow(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     _check_count(request)
     steps = request.steps or FLOW_DEFAULT_STEPS[sampler]
     grid = flow_timesteps(steps, loaded.config.section(FlowConfig).shift)  # steps + 1 times, 1 -> 0
-    guidance = check_guidance(loaded.config, request.guidance)
-    labels, n, rows = _labels(loaded.config, request)
-    sweep = tuple(check_guidance(loaded.config, w) for w in request.guidance_sweep or ())
-    if sweep and labels is None:
-        raise ValueError("--guidance-sweep needs a class-conditional model")
+    guidance, labels, n, rows, sweep = _conditioning(loaded.config, request)
     return SamplingPlan(
         sampler=sampler, steps=steps, timesteps=tuple(float(t) for t in grid), num_images=n,
         seed=request.seed, labels=labels, guidance=guidance, shown_guidance=guidance,
