@@ -170,8 +170,8 @@ def student_rows(args: argparse.Namespace, teacher: Path):
     run_dir = Path(args.runs) / "student"
     for i, budget in enumerate(args.budgets):
         if i == 0:
-            run(["distill", "--teacher", str(teacher), "--data-dir", args.data_dir,
-                 "--epochs", "1000", "--max-minutes", f"{budget:g}", "--sample-every", "0",
+            run(["distill", "--teacher", str(teacher), "--method", "consistency",
+                 "--data-dir", args.data_dir, "--epochs", "1000", "--max-minutes", f"{budget:g}", "--sample-every", "0",
                  "--no-progress", "--overwrite", "--out", str(run_dir)])  # fmt: skip
         else:
             run(["distill", "--resume", str(run_dir), "--max-minutes", f"{budget:g}",
@@ -267,7 +267,7 @@ def progressive_rows(args: argparse.Namespace, teacher: Path):
         with_dmd = stop in stage_rates
         suffix = "" if stop == 1 else f"_stop{stop}" + ("_dmd" if with_dmd else "")
         for budget in args.budgets:
-            stage_s, stage_steps, dmd = 0.0, 0, []
+            stage_s, stage_steps, dmd = 0.0, 0, ["--dmd-steps", "0"]  # the rounds alone
             if with_dmd:
                 dmd_steps = dmd_steps_for(args.pd_dmd_steps, budget, args.budgets)
                 warm_rate, dmd_rate = stage_rates[stop]

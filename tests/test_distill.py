@@ -155,7 +155,7 @@ def test_pseudo_huber_is_the_ict_distance():
 
 # --- difflab distill ------------------------------------------------------------------------------
 
-DISTILL = ["--epochs", "2", "--intervals", "8", "--batch-size", "16", "--no-progress",
+DISTILL = ["--method", "consistency", "--epochs", "2", "--intervals", "8", "--batch-size", "16", "--no-progress",
            "--device", "cpu", "--num-preview", "8", "--seed", "2"]  # fmt: skip
 
 
@@ -228,11 +228,12 @@ def test_bad_input_to_distill_and_to_a_distilled_model_is_one_line(
         (["distill", "--teacher", str(uncond / "model_final.safetensors"), "--guidance", "3"],
          "--guidance 3 needs a class-conditional teacher"),
         (["distill", "--teacher", str(not_a_checkpoint)], "x.safetensors"),
-        (["distill", "--teacher", str(teacher), "--intervals", "1000"], "--intervals 1000"),
+        (["distill", "--teacher", str(teacher), "--method", "consistency", "--intervals", "1000"],
+         "--intervals 1000"),
         (["distill"], "--teacher is required"),
-        (["distill", "--teacher", str(teacher), "--lr-decay", "cosine"],
+        (["distill", "--teacher", str(teacher), "--method", "consistency", "--lr-decay", "cosine"],
          "--lr-decay is a flag of --method progressive; this run is --method consistency"),
-        (["distill", "--teacher", str(teacher), "--steps", "4"],  # its default value: still given
+        (["distill", "--teacher", str(teacher), "--method", "consistency", "--steps", "4"],
          "--steps is a flag of --method progressive; this run is --method consistency"),
         (["distill", "--resume", str(student), "--teacher", str(teacher)],
          "--teacher cannot change when a run is resumed"),

@@ -28,7 +28,7 @@ BUDGETS = [
     (r"--max-minutes \S+", "--max-steps 3"),
     (r"--num-samples \d+", "--num-samples 32"),
     (r"--sampler ddpm --steps 1000", "--sampler ddpm --steps 10"),
-    (r"--round-steps \d+", "--round-steps 1"),
+    (r"--round-steps \d+", "--round-steps 1 --dmd-steps 3 --dmd-warmup 1"),
     (r"^(difflab train-evaluator .*)$", r"\1 --epochs 1"),
 ]
 SKIPPED = ("make setup", "export DATA=", "pip install", "difflab serve")

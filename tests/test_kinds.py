@@ -48,7 +48,8 @@ def checkpoints(tmp_path_factory):
     more = {
         "latent-diffusion": ["train", *TINY, *UNET, "--latent",
                              str(root / "autoencoder" / "model_final.safetensors")],
-        "consistency": ["distill", "--teacher", teacher, *DISTILL, "--intervals", "4"],
+        "consistency": ["distill", "--teacher", teacher, "--method", "consistency", *DISTILL,
+                        "--intervals", "4"],
         "progressive": ["distill", "--teacher", teacher, "--method", "progressive", *DISTILL,
                         "--start-steps", "4", "--steps", "2", "--round-steps", "1"],
     }  # fmt: skip

@@ -12,8 +12,8 @@ import torch
 
 from difflab.checkpoint import load_checkpoint
 from difflab.cli import main
-from difflab.config import run_config_from_dict, to_dict
-from difflab.kinds import load_model
+from difflab.config import ProgressiveConfig, run_config_from_dict, to_dict
+from difflab.kinds import distill_route, load_model
 from difflab.models.unet import UNet
 from difflab.objectives.progressive import (
     alpha_sigma,
@@ -324,7 +324,7 @@ def test_dmd_steps_move_a_gaussian_generator_onto_the_real_distribution(start):
 
 # --- the distribution-matching stage (--dmd-steps) -------------------------------------------------
 
-DMD = [*PD, "--dmd-steps", "3", "--dmd-warmup", "2"]
+DMD = [*PD, "--dmd-steps", "3", "--dmd-warmup", "2", "--dmd-average", "0"]  # the EMA
 
 
 @pytest.fixture(scope="module")
@@ -460,7 +460,7 @@ def test_bad_dmd_input_is_one_line(teacher, plain_teacher, tmp_path, capsys):
         ([str(plain_teacher), *PD, "--dmd-steps", "-1"], "--dmd-steps and --dmd-warmup must be >= 0"),
         ([str(plain_teacher), *DMD, "--dmd-average", "4"],
          "--dmd-average must lie in 0..3 (--dmd-steps), got 4"),
-        ([str(plain_teacher), "--dmd-steps", "3"],
+        ([str(plain_teacher), "--method", "consistency", "--dmd-steps", "3"],
          "--dmd-steps is a flag of --method progressive; this run is --method consistency"),
     ]  # fmt: skip
     for argv, match in cases:
@@ -469,3 +469,48 @@ def test_bad_dmd_input_is_one_line(teacher, plain_teacher, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
         assert match in err, (argv, err)
         assert not out.exists(), argv
+
+
+# --- difflab distill with no --method: the kind table's measured route -----------------------------
+
+
+def test_the_distill_route_is_the_one_docs_few_step_measured(plain_teacher, teacher):
+    plain, cond = load_checkpoint(plain_teacher).config, load_checkpoint(teacher).config
+    four, two, one = (distill_route(plain, n) for n in (4, 2, 1))
+    assert four.method == two.method == one.method == "progressive"
+    stage = {"dmd_steps": 300, "dmd_warmup": 100, "dmd_average": 200}
+    first = {"start_steps": 16, "teacher_solver": "dpmpp-2s"}
+    assert four.settings == {"steps": 4, **first, **stage, "dmd_weight": 0.2}
+    assert two.settings == {"steps": 2, **first, **stage, "dmd_weight": 0.3}
+    assert one.settings == {"steps": 1, **first}  # the stage is not measured at 1 step
+    assert "3.67" in four.evidence and "4.59" in two.evidence and "9.60" in one.evidence
+    # The stage's fake score has no classes: a conditional teacher gets the rounds alone
+    assert distill_route(cond, 4).settings == {"steps": 4, **first}
+    assert distill_route(plain, 8).settings["start_steps"] == 16  # one round
+    assert distill_route(plain, 3).settings["start_steps"] == 24  # 3 times a power of 2
+
+
+@pytest.mark.parametrize("steps", [2, 1])
+def test_distill_with_no_method_runs_the_route_the_table_names(
+    plain_teacher, steps, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    argv = ["distill", "--teacher", str(plain_teacher), "--steps", str(steps), "--max-steps", "1",
+            "--batch-size", "16", "--no-progress", "--device", "cpu", "--sample-every", "0",
+            "--num-preview", "8", "--out", str(run)]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    route = distill_route(load_checkpoint(plain_teacher).config, steps)
+    config = load_checkpoint(latest_checkpoint(run)).config
+    assert config.kind == route.method
+    progressive = config.section(ProgressiveConfig)
+    assert {name: getattr(progressive, name) for name in route.settings} == route.settings
+    said = capsys.readouterr().out
+    assert route.evidence in said and "--method chooses another" in said
+    # A flag given wins over the route, and the stage's average follows a shorter stage
+    argv[argv.index(str(run))] = str(tmp_path / "short")
+    assert main([*argv, "--dmd-steps", "30", "--dmd-weight", "0.5"]) == 0
+    short = load_checkpoint(latest_checkpoint(tmp_path / "short")).config
+    progressive = short.section(ProgressiveConfig)
+    assert (progressive.dmd_steps, progressive.dmd_weight, progressive.dmd_average) == (30, 0.5, 20)
+    assert progressive.teacher_solver == "dpmpp-2s" and progressive.start_steps == 16

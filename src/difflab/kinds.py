@@ -75,6 +75,76 @@ class Kind:
     # (its sampler and guidance are fixed); None: any sampler, steps and guidance
     samplers: tuple[str, ...] = SAMPLERS  # the samplers a face may offer (its planner picks the
     # default when none is asked for)
+    distill: Callable[[RunConfig, int], DistillRoute] | None = (
+        None  # what ``difflab distill --teacher X
+    )
+    # --steps N`` runs for a teacher of this kind with no --method; None: not a teacher
+
+
+@dataclass(frozen=True)
+class DistillRoute:
+    """The distillation a teacher of one kind gets at N steps when no ``--method`` is given: the
+    best route measured (docs/few_step.md), its settings, and the measurement that chose it."""
+
+    method: str  # "progressive" or "consistency" (difflab distill --method)
+    settings: dict[str, Any]  # fields of the method's config (ProgressiveConfig, ...)
+    evidence: str  # why, with the number
+
+
+# The distribution-matching stage's measured settings per step count (docs/few_step.md, "Results on
+# MNIST" and "Distribution matching after the rounds"): weight 0.2 at 4 steps and 0.3 at 2, 100
+# warm-up + 300 steps, sampled as the mean of the last 200 steps' weights.
+DMD_WEIGHT = {4: 0.2, 2: 0.3}
+DMD_EVIDENCE = {
+    4: "FID 3.67 at 4 steps on MNIST in 20 CPU-minutes against 5.02 without the stage (DDPM-1000 "
+    "3.47; consistency distillation 23.6 at 10 minutes where progressive scored 2.87)",
+    2: "FID 4.59 at 2 steps on MNIST in 20 CPU-minutes against 7.39 without the stage (DDPM-1000 "
+    "3.47; consistency distillation 27.8 at 10 minutes where progressive scored 5.39)",
+}
+
+
+def _diffusion_distill_route(teacher: RunConfig, steps: int) -> DistillRoute:
+    """Progressive distillation (it beat consistency distillation at 1, 2 and 4 steps) from a
+    16-step dpmpp-2s first teacher; at 2 and 4 steps, for an unconditional teacher, with the
+    distribution-matching stage (whose fake score has no classes)."""
+    start = steps
+    while start < 16:
+        start *= 2
+    settings: dict[str, Any] = {
+        "steps": steps, "start_steps": start if start > steps else 2 * steps,
+        "teacher_solver": "dpmpp-2s",
+    }  # fmt: skip
+    if steps == 1:  # the stage was never measured at 1 step: the four rounds alone
+        evidence = (
+            "FID 9.60 at 1 step on MNIST in 20 CPU-minutes, four rounds 16 -> 1 (consistency "
+            "distillation 35.5 at 10 minutes where progressive scored 12.4); the DMD stage is "
+            "not measured at 1 step"
+        )
+        return DistillRoute("progressive", settings, evidence)
+    if teacher.model.num_classes:
+        evidence = (
+            "progressive beat consistency distillation at every step count on MNIST (4 steps: FID "
+            "2.87 against 23.6); the distribution-matching stage takes unconditional teachers only"
+        )
+        return DistillRoute("progressive", settings, evidence)
+    settings |= {
+        "dmd_steps": 300, "dmd_warmup": 100, "dmd_weight": DMD_WEIGHT.get(steps, 0.2),
+        "dmd_average": 200,
+    }  # fmt: skip
+    evidence = DMD_EVIDENCE.get(steps, f"not measured at {steps} steps; the 4-step settings")
+    return DistillRoute("progressive", settings, evidence)
+
+
+def distill_route(teacher: RunConfig, steps: int) -> DistillRoute:
+    """The route ``difflab distill --teacher X --steps N`` takes with no ``--method``: the
+    teacher's kind's measured best, or a one-line refusal for a kind that is no teacher."""
+    kind = kind_of(teacher)
+    if kind.distill is None:
+        raise ValueError(
+            f"difflab distill has no route for {_a(kind.description)} teacher; it distils a pixel "
+            "diffusion model (difflab train)"
+        )
+    return kind.distill(teacher, steps)
 
 
 def _consistency_steps(config: RunConfig) -> list[int]:
@@ -117,6 +187,7 @@ KINDS: dict[str, Kind] = {
             objective=lambda config, data, ctx, out: DiffusionObjective(config, data, ctx),
             prepare=_nothing, load=load_unet, plan=planners.plan_diffusion, denoiser=True,
             refusal="", title=lambda config: "diffusion model", stepwise=True,
+            distill=_diffusion_distill_route,
         ),
         Kind(
             name="latent-diffusion", description="latent diffusion", command="train",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from difflab import distributed
 from difflab.cli.flags import (
@@ -32,6 +33,9 @@ from difflab.config import (
 )
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
+
+if TYPE_CHECKING:
+    from difflab.kinds import DistillRoute
 
 # The default peak learning rate of each method, measured on MNIST (docs/few_step.md):
 # consistency distillation's 1e-3 beat 2e-4; progressive distillation's 3e-4 beat 1e-3 and 1e-4.
@@ -68,10 +72,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--teacher", help="the diffusion checkpoint to distil (model_final.safetensors)")
     p.add_argument(
-        "--method", choices=("consistency", "progressive"), default="consistency",
-        help="consistency distillation, or progressive distillation (writes model_steps_N."
-        "safetensors for each round's student N; on MNIST at 10 CPU-minutes it won at every "
-        "step count, 4 steps FID 2.87 against 23.6: docs/few_step.md)",
+        "--method", choices=("consistency", "progressive"),
+        help="default: the best route measured for the teacher's kind and --steps; for a "
+        "diffusion teacher progressive distillation from a 16-step dpmpp-2s teacher with a "
+        "distribution-matching stage at 2 and 4 steps (MNIST, 20 CPU-minutes: FID 3.67 at 4 "
+        "steps, 4.59 at 2, against DDPM-1000's 3.47; four rounds alone 9.60 at 1 step); "
+        "consistency distillation scored 23.6 at 4 steps where progressive scored 2.87 "
+        "(docs/few_step.md)",
     )  # fmt: skip
     p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
     p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
@@ -90,12 +97,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "(CM Alg. 2)",
     )  # fmt: skip
     p.add_argument(
-        "--steps", type=positive_int, default=ProgressiveConfig.steps,
-        help="progressive: the last student's DDIM steps (stop at the steps you will sample "
-        "with: fewer rounds, so longer ones in the same time)",
+        "--steps", type=positive_int,
+        help="progressive: the student's DDIM steps (default 4; stop at the steps you will "
+        "sample with: fewer rounds, so longer ones in the same time)",
     )  # fmt: skip
     p.add_argument(
-        "--start-steps", type=positive_int, default=ProgressiveConfig.start_steps,
+        "--start-steps", type=positive_int,
         help="progressive: the first teacher's steps (--steps times a power of 2; default 16: "
         "with dpmpp-2s it beat the paper's DDIM from 64 at 1, 2 and 4 steps, docs/few_step.md)",
     )  # fmt: skip
@@ -104,7 +111,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="progressive: training steps per round (the run's length is rounds x this)",
     )  # fmt: skip
     p.add_argument(
-        "--teacher-solver", choices=TEACHER_SOLVERS, default="dpmpp-2s",
+        "--teacher-solver", choices=TEACHER_SOLVERS,
         help="progressive: the first teacher's ODE step, ddim (the paper) or dpmpp-2s (second "
         "order, the default: twice the teacher evaluations in the first round, a closer target)",
     )  # fmt: skip
@@ -114,27 +121,29 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "warm-up and cosine decay to 10%% of --lr",
     )  # fmt: skip
     p.add_argument(
-        "--dmd-steps", type=int, default=ProgressiveConfig.dmd_steps,
+        "--dmd-steps", type=int,
         help="progressive: after the last round, steps of distribution matching (Yin et al. "
         "2024: the student's images pushed towards the teacher's distribution, beside the last "
         "round's loss); writes model_steps_N_dmd.safetensors. In 20-minute MNIST runs 300 took "
         "the 4-step student from FID 5.09 to 3.74 and from 5.07 to 4.48; five seeds from 5.07 "
         "gave 3.66-4.49, and 3.90-4.25 with --dmd-average 200; with it, the few-step table's "
-        "run went from 5.02 to 3.67, docs/few_step.md (default 0: none)",
+        "run went from 5.02 to 3.67, docs/few_step.md (default 300 at 2 steps and more, "
+        "0 at 1 step, where it is not measured)",
     )  # fmt: skip
     p.add_argument(
-        "--dmd-warmup", type=int, default=ProgressiveConfig.dmd_warmup,
+        "--dmd-warmup", type=int,
         help="progressive: steps before those in which only DMD's fake score learns",
     )  # fmt: skip
     p.add_argument(
-        "--dmd-weight", type=float, default=ProgressiveConfig.dmd_weight,
-        help="progressive: the DMD loss's weight beside the last round's loss",
+        "--dmd-weight", type=float,
+        help="progressive: the DMD loss's weight beside the last round's loss (default 0.2 at 4 "
+        "steps, 0.3 at 2: each the best measured for its step count)",
     )  # fmt: skip
     p.add_argument(
-        "--dmd-average", type=int, default=ProgressiveConfig.dmd_average,
+        "--dmd-average", type=int,
         help="progressive: sample the DMD student as the plain mean of its weights over its last "
         "N DMD steps, not their EMA: over five seeds, 200 of 300 halved the spread of its FID "
-        "(docs/few_step.md; default 0: the EMA)",
+        "(docs/few_step.md; default 200, or two thirds of a shorter --dmd-steps; 0: the EMA)",
     )  # fmt: skip
     p.add_argument(
         "--guidance", type=float,
@@ -154,7 +163,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.io import file_sha256
-    from difflab.kinds import train
+    from difflab.kinds import distill_route, train
     from difflab.objectives.consistency import load_teacher, student_config
     from difflab.objectives.progressive import student_config as progressive_config
 
@@ -164,15 +173,19 @@ def cmd_distill(args: argparse.Namespace) -> None:
     else:
         if args.teacher is None:
             raise ValueError("--teacher is required: the diffusion checkpoint to distil")
+        if not 0.0 <= args.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
+        teacher = load_teacher(args.teacher)
+        route = distill_route(teacher.config, args.steps or ProgressiveConfig.steps)
+        args.method = args.method or route.method
         other = "progressive" if args.method == "consistency" else "consistency"
         misplaced = flags_given(args, METHOD_FLAGS[other])
         if misplaced:
             raise ValueError(
                 f"{misplaced[0]} is a flag of --method {other}; this run is --method {args.method}"
             )
-        if not 0.0 <= args.ema_decay < 1.0:
-            raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
-        teacher = load_teacher(args.teacher)
+        if route.method == args.method and "method" not in args.given:
+            print(f"difflab distill: {_describe(route)}")
         tc = teacher.config.train
         train_cfg = config_from_flags(
             TrainConfig, args, data=tc.data, data_dir=args.data_dir or tc.data_dir,
@@ -183,10 +196,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         guidance, sha = 1.0 if args.guidance is None else args.guidance, file_sha256(args.teacher)
         if args.method == "progressive":
             plan = ProgressiveConfig(
-                teacher=str(args.teacher), teacher_sha256=sha, steps=args.steps,
-                start_steps=args.start_steps, round_steps=args.round_steps, guidance=guidance,
-                teacher_solver=args.teacher_solver, dmd_steps=args.dmd_steps,
-                dmd_warmup=args.dmd_warmup, dmd_weight=args.dmd_weight, dmd_average=args.dmd_average,
+                teacher=str(args.teacher), teacher_sha256=sha, round_steps=args.round_steps,
+                guidance=guidance, **_progressive_settings(args, route),
             )  # fmt: skip
             if args.lr_decay == "cosine":  # each round warms up for a tenth of it
                 warmup = min(train_cfg.warmup_steps, max(1, args.round_steps // 10))
@@ -215,6 +226,37 @@ def cmd_distill(args: argparse.Namespace) -> None:
             f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir}; "
             f"sample with: difflab sample --checkpoint {ckpt}{how}{unfinished}"
         )
+
+
+def _progressive_settings(args: argparse.Namespace, route: DistillRoute) -> dict[str, Any]:
+    """ProgressiveConfig's fields that the route sets: each flag given wins, the route's value
+    (for a progressive route) fills the rest, then ProgressiveConfig's own default."""
+    defaults = route.settings if route.method == "progressive" else {}
+    names = ("steps", "start_steps", "teacher_solver", "dmd_steps", "dmd_warmup", "dmd_weight")
+    settings = {
+        n: getattr(args, n) if getattr(args, n) is not None
+        else defaults.get(n, getattr(ProgressiveConfig, n))
+        for n in names
+    }  # fmt: skip
+    if args.dmd_average is not None:
+        settings["dmd_average"] = args.dmd_average
+    elif args.dmd_steps is not None:  # a stage of its own length: its last two thirds, as the
+        settings["dmd_average"] = 2 * args.dmd_steps // 3  # measured 200 of 300
+    else:
+        settings["dmd_average"] = defaults.get("dmd_average", ProgressiveConfig.dmd_average)
+    return settings
+
+
+def _describe(route: DistillRoute) -> str:
+    s = route.settings
+    stage = (
+        f" and a distribution-matching stage of {s['dmd_steps']} steps (weight {s['dmd_weight']:g})"
+        if s.get("dmd_steps") else ""
+    )  # fmt: skip
+    return (
+        f"{route.method} distillation {s['start_steps']} -> {s['steps']} steps{stage}, the "
+        f"measured default for this teacher (--method chooses another): {route.evidence}"
+    )
 
 
 def _progressive_student(config: RunConfig, steps: int, out: Path) -> tuple[Path, str]:

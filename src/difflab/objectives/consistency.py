@@ -62,6 +62,11 @@ def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkp
         raise ValueError(
             f"{path} is a latent diffusion model; difflab distill takes a pixel diffusion model"
         )
+    if kind == "flow":
+        raise ValueError(
+            f"{path} is a flow matching model; difflab distill takes a pixel diffusion model "
+            "(difflab train without --objective flow)"
+        )
     check_prediction(teacher.config.diffusion.prediction)
     teacher.model  # noqa: B018 (a one-line error for a checkpoint without a diffusion network)
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
