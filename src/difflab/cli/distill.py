@@ -1,6 +1,7 @@
-"""``difflab distill``: distil a trained diffusion checkpoint into a 1-4 step consistency model
-(``objectives.consistency``) or, with ``--method progressive``, into DDIM students of halving step
-counts (``objectives.progressive``); or resume such a run (``--resume``).
+"""``difflab distill``: distil a trained diffusion checkpoint into a student that draws in
+``--steps`` N evaluations, by the route the kind table names for the teacher and N
+(``kinds.distill_route``: DDIM students of halving step counts, ``objectives.progressive``, with
+its distribution-matching stage), or by ``--method``; or resume such a run (``--resume``).
 
 The data, network, schedule and classes are the teacher's; the flags here set the distillation
 (intervals or rounds, guidance) and the run (time, batch, learning rate, previews), onto
@@ -66,9 +67,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add_command(
         subparsers,
         "distill",
-        "Distil a trained diffusion checkpoint into a model that draws images in 1-4 network "
-        "evaluations: a consistency model (Song et al. 2023), or with --method progressive "
-        "DDIM students of halving step counts (Salimans & Ho 2022).",
+        "Distil a trained diffusion checkpoint into a model that draws images in --steps N "
+        "network evaluations, by the route measured best for the teacher and N: progressive "
+        "distillation (Salimans & Ho 2022) with a distribution-matching stage (Yin et al. 2024); "
+        "--method consistency makes a consistency model (Song et al. 2023) instead.",
     )
     p.add_argument("--teacher", help="the diffusion checkpoint to distil (model_final.safetensors)")
     p.add_argument(
