@@ -36,6 +36,7 @@ PathLike = str | os.PathLike[str]
 
 FORWARD_TIMESTEPS = [0, 50, 100, 200, 400, 600, 800, 999]  # for T = 1000; scaled to other T
 CELL_MIN_PX = 64  # labelled grids upscale each image to at least this many pixels wide
+PAIR_CELL_MIN_PX = 96  # image pairs too, wider: a pair's label and headers fit under and above it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,23 +126,25 @@ def save_grid(
 
 
 def flat_spread(path: PathLike) -> int:
-    """How many grey levels (of 255) a saved grid's images span: near 0 means every image is
-    one flat colour, the "all-grey samples" of a model that has collapsed to the mean.
+    """How many levels (of 255) a saved grid's images span: near 0 means every image is one flat
+    colour, the "all-grey samples" of a model that has collapsed to the mean.
 
-    Black pixels are left out: they are the grid's padding and the background of MNIST-like
-    data, so a healthy digit grid is judged by its strokes. The spread is the 1st-99th
-    percentile range of the other pixels' channel values (255 when there are too few of them to
-    judge: fewer than 0.1%); an all-black grid spans 0.
+    Black pixels (all three channels 0) are left out: they are the grid's padding and the
+    background of MNIST-like data, so a healthy digit grid is judged by its strokes. The spread
+    is the largest, over the red, green and blue channels, of the 1st-99th percentile range of
+    that channel's values in the other pixels (255 when there are too few of them to judge:
+    fewer than 0.1%); an all-black grid spans 0. Taking each channel on its own makes one flat
+    colour such as beige span 0, as flat grey does, although its channels differ from each other.
     """
     with Image.open(path) as img:
-        pixels = np.asarray(img.convert("RGB")).reshape(-1)
-    lit = pixels[pixels > 0]
-    if lit.size == 0:
+        pixels = np.asarray(img.convert("RGB")).reshape(-1, 3)  # (pixels, 3)
+    lit = pixels[pixels.any(axis=1)]  # (lit pixels, 3)
+    if len(lit) == 0:
         return 0
-    if lit.size < 1e-3 * pixels.size:
+    if len(lit) < 1e-3 * len(pixels):
         return 255
-    low, high = np.percentile(lit, [1, 99])
-    return round(float(high - low))
+    low, high = np.percentile(lit, [1, 99], axis=0)  # each (3,)
+    return round(float((high - low).max()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +266,77 @@ def save_trajectory_grid(
     cells = np.stack(batches, axis=1)  # (n, frames, C, H, W)
     headers = ["x0" if t == -1 else f"t={t}" for t, _ in frames]
     return _save_png(_labelled_grid(cells, headers), path)
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def save_image_pairs(
+    left: Any,
+    right: Any,
+    path: PathLike,
+    *,
+    labels: Sequence[str],
+    headers: tuple[str, str] = ("generated", "training"),
+    per_row: int = 4,
+    title: str | None = None,
+    footer: str | None = None,
+) -> Path:
+    """PNG of image pairs on white: ``left[i]`` beside ``right[i]``, ``labels[i]`` under the pair.
+
+    ``left`` and ``right`` are (N, C, H, W) batches in [-1, 1] of one shape, drawn in colour when
+    C = 3; ``per_row`` pairs make a row, in order. ``headers`` name the two images of a pair above
+    the first row; ``title`` (above) and ``footer`` (below, e.g. the data's attribution) are
+    wrapped to the picture's width. Used by the memorisation check (generated image, nearest
+    training image, distance).
+    """
+    a, b = to_uint8(left), to_uint8(right)  # (N, H, W, 3) each
+    n, h, w, _ = a.shape
+    if n == 0 or b.shape != a.shape or len(labels) != n or per_row < 1:
+        raise ValueError(
+            f"save_image_pairs needs two batches of one shape and a label per pair, got "
+            f"{_as_numpy(left).shape}, {_as_numpy(right).shape}, {len(labels)} labels and "
+            f"per_row={per_row}"
+        )
+    scale = _scale_for(w, PAIR_CELL_MIN_PX)
+    cell_h, cell_w, pad, gap = h * scale, w * scale, 12, 2
+    pair_w = 2 * cell_w + gap
+    font = _font(max(11, min(14, cell_w // 5)))
+    line_h = font.getbbox("Ay0,")[3] + 4
+    cols, rows = min(per_row, n), math.ceil(n / per_row)
+    width = max(pad + cols * (pair_w + pad), 360)
+    title_lines = _wrap(title, font, width - 2 * pad) if title else []
+    footer_lines = _wrap(footer, font, width - 2 * pad) if footer else []
+    top = pad + len(title_lines) * line_h + line_h  # the title, then the pair headers
+    row_h = cell_h + line_h + pad  # a pair, then its label
+    height = top + rows * row_h + len(footer_lines) * line_h + pad
+
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(title_lines):
+        draw.text((pad, pad + k * line_h), line, fill="black", font=font)
+    for i in range(n):
+        x = pad + (i % cols) * (pair_w + pad)
+        y = top + (i // cols) * row_h
+        if i < cols:
+            for j, header in enumerate(headers):
+                center = x + j * (cell_w + gap) + cell_w // 2
+                draw.text((center, y - 2), header, fill="black", font=font, anchor="mb")
+        canvas.paste(Image.fromarray(_upscale(a[i], scale)), (x, y))
+        canvas.paste(Image.fromarray(_upscale(b[i], scale)), (x + cell_w + gap, y))
+        draw.text((x + pair_w // 2, y + cell_h + 2), labels[i], fill="black", font=font,
+                  anchor="ma")  # fmt: skip
+    for k, line in enumerate(footer_lines):
+        draw.text((pad, top + rows * row_h + k * line_h), line, fill="#555", font=font)
+    return _save_png(np.asarray(canvas), path)
 
 
 # ---------------------------------------------------------------------------------------------

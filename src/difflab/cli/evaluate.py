@@ -25,7 +25,7 @@ from difflab.cli.flags import (
     positive_int,
     sampling_request,
 )
-from difflab.data import DATASETS, ImageDataset
+from difflab.data import DATASETS, EMOJI_DATASOURCE, VENDOR_CHOICES, ImageDataset
 from difflab.flow import FLOW_SOLVERS
 from difflab.kinds import load_model, plan_sampling
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -56,6 +56,11 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", choices=DATASETS, help="reference dataset (default: the checkpoint's)")
     p.add_argument("--data-dir", help="its files (default: as recorded by the evaluator)")
+    p.add_argument(
+        "--vendors", choices=VENDOR_CHOICES,
+        help="emoji-datasource: whose images the reference train and test splits hold (default: "
+        "the vendors the checkpoint was trained on, else both)",
+    )  # fmt: skip
     p.add_argument("--num-samples", type=positive_int, default=5000, help="images to generate")
     p.add_argument("--seed", type=int, default=0, help="generation noise and metric subsets")
     p.add_argument(
@@ -94,6 +99,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--device", default="auto")
     p.add_argument("--save-images", help="also keep the generated images in this .npz")
+    p.add_argument(
+        "--memorisation", action="store_true",
+        help="also the memorisation check: each image's distance to its nearest training image, "
+        "in pixels and in the evaluator's features, against the held-out test images' "
+        "(docs/colour.md); draws the closest pairs beside --out as <name>.nearest-pixels.png and "
+        "<name>.nearest-features.png",
+    )  # fmt: skip
     p.add_argument("--out", default="metrics.json", help="JSON report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while generating")
 
@@ -129,6 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from difflab.device import pick_device
     from difflab.io import write_text_atomic
 
+    device = pick_device(args.device)
     if args.inception_weights and args.evaluator:
         raise ValueError("--evaluator and --inception-weights both given; choose one network")
     start = time.perf_counter()
@@ -141,6 +154,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data, size = args.data or config.train.data, config.image_shape[1]
         recorded_dir = config.train.data_dir
         data_seed = config.train.seed if data in ("emoji", "shapes") else 0  # the draw it saw
+        if args.vendors is None and data == config.train.data:  # the images it was trained on
+            args.vendors = config.train.vendors
         setup.update(source="checkpoint", checkpoint=str(args.checkpoint), sampler=sampler,
                      steps=steps, guidance=args.guidance, ema=not args.raw_weights)  # fmt: skip
     else:
@@ -148,9 +163,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         data, size, recorded_dir, data_seed = args.data, images.shape[-1], None, 0
         setup.update(source="images", images=str(args.images))
 
-    evaluator, data_dir, reference_size = _feature_network(
-        args, data, size, recorded_dir, pick_device(args.device)
-    )
+    if args.vendors is not None and data != EMOJI_DATASOURCE:  # before any work
+        raise ValueError(f"--vendors applies to --data {EMOJI_DATASOURCE} only, not to {data}")
+    evaluator, data_dir, reference_size = _feature_network(args, data, size, recorded_dir, device)
     train_set, test_set, reference = _reference(
         args, evaluator, data, data_dir, reference_size, data_seed
     )
@@ -167,16 +182,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.save_images:
         _save_images(Path(args.save_images), images, labels)
 
-    metrics: dict[str, Any] = ev.score_features(
-        evaluator.features(images), reference, seed=args.seed
-    )
+    features = evaluator.features(images)
+    metrics: dict[str, Any] = ev.score_features(features, reference, seed=args.seed)
     metrics["class_accuracy"] = (
         None if labels is None else ev.class_accuracy(evaluator, images, labels)
     )
     if not evaluator.is_inception:  # mode coverage in the evaluator's classes
         metrics.update(ev.class_coverage(evaluator, images))
+    if args.memorisation:
+        metrics["memorisation"] = _memorisation(
+            args, images, features, train_set, test_set, reference, data, device
+        )
     setup.update(
-        data=data, data_dir=None if data_dir is None else str(data_dir), num_images=len(images),
+        data=data, data_dir=None if data_dir is None else str(data_dir), vendors=args.vendors,
+        num_images=len(images),
         evaluator=str(evaluator.path), evaluator_test_accuracy=evaluator.info.get("test_accuracy"),
         feature_network="inception" if evaluator.is_inception else "evaluator",
         feature_dim=evaluator.feature_dim, reference_test_images=test_set.num_images,
@@ -190,7 +209,54 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{evaluator.feature_dim}-d features of {evaluator.path}"
     )
     print(ev.format_table(metrics, data))
+    if args.memorisation:
+        checks = metrics["memorisation"].values()
+        print(ev.format_memorisation(list(checks)))
+        for check in checks:
+            print(f"wrote {check['picture']}")
     print(f"wrote {args.out}")
+
+
+def _memorisation(
+    args: argparse.Namespace,
+    images: np.ndarray,
+    features: np.ndarray,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    reference: Reference,
+    data: str,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """--memorisation: the check in pixels and in the evaluator's features, each with its picture
+    of the closest pairs beside --out and the closest pairs themselves (with the training images'
+    names, where the data has them)."""
+    from difflab import evaluation as ev
+    from difflab.data import dataset_attribution
+
+    if images.shape[1] == 3 and train_set.channels == 1 and np.ptp(images, axis=1).max() <= 1e-6:
+        images = images[:, :1]  # grey images stored as RGB, against grey data (as for Inception)
+    out = Path(args.out)
+    attribution = dataset_attribution(data, args.vendors)
+    inputs = {
+        "pixels": (images, train_set.images, test_set.images),
+        "features": (features, reference.train_features, reference.test_features),
+    }
+    report = {}
+    for space, (generated, train, held_out) in inputs.items():
+        check = ev.memorisation_check(generated, train, held_out, space=space, device=device)
+        picture = ev.save_memorisation_picture(
+            check, images, train_set.images, out.with_name(f"{out.stem}.nearest-{space}.png"),
+            attribution=attribution,
+        )  # fmt: skip
+        closest = []
+        for i in check.closest(16):
+            j = int(check.generated_index[i])
+            pair = {"generated": int(i), "train": j, "distance": float(check.generated_distance[i])}
+            if train_set.names is not None:
+                pair["train_name"] = train_set.names[j]
+            closest.append(pair)
+        report[space] = {**check.summary(), "picture": str(picture), "closest": closest}
+    return report
 
 
 def _checkpoint_to_score(args: argparse.Namespace) -> tuple[Any, SamplingPlan]:
@@ -258,7 +324,9 @@ def _reference(
     (computed once, then read from the cache)."""
     from difflab import evaluation as ev
 
-    train_set, test_set = ev.reference_datasets(data, data_dir, image_size=size, seed=data_seed)
+    train_set, test_set = ev.reference_datasets(
+        data, data_dir, image_size=size, seed=data_seed, vendors=args.vendors
+    )
     train_limit = args.reference_train_images
     if train_limit is None and evaluator.is_inception:
         train_limit = INCEPTION_TRAIN_IMAGES

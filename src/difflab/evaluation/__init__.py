@@ -15,6 +15,10 @@ above it:
 - ``evaluator.py``: the feature network: ``train_classifier``, ``save_evaluator`` and
   ``load_evaluator`` of the project's evaluator file, ``load_inception``, and what the
   ``Evaluator`` predicts of images (``class_accuracy``, ``class_coverage``).
+- ``memorisation.py``: the memorisation check: ``nearest_neighbours`` (distances and indices,
+  in memory-bounded blocks), ``memorisation_check`` (generated against held-out images' distances
+  to the nearest training image, in pixels or features), ``save_memorisation_picture`` (the
+  closest pairs) and ``format_memorisation``, its lines of the report.
 - ``reference.py``: the real data: ``reference_datasets`` (the train and test splits),
   ``reference_statistics`` (their features, mean and covariance, cached beside the evaluator),
   and ``score_features``, generated features against them.
@@ -42,6 +46,14 @@ from difflab.evaluation.evaluator import (
     train_evaluator_command,
 )
 from difflab.evaluation.images import dataset_digest, images_to_float, load_images, subset
+from difflab.evaluation.memorisation import (
+    COPY_QUANTILE,
+    MemorisationCheck,
+    format_memorisation,
+    memorisation_check,
+    nearest_neighbours,
+    save_memorisation_picture,
+)
 from difflab.evaluation.metrics import (
     feature_statistics,
     fid_from_features,
@@ -64,6 +76,7 @@ from difflab.evaluation.reference import (
 )
 
 __all__ = [
+    "COPY_QUANTILE",
     "EVALUATOR_FORMAT",
     "HOLDOUT_EVERY",
     "INCEPTION_FILE",
@@ -71,6 +84,7 @@ __all__ = [
     "NATIVE_SIZES",
     "REFERENCE_FORMAT",
     "Evaluator",
+    "MemorisationCheck",
     "Reference",
     "check_classes",
     "class_accuracy",
@@ -80,6 +94,7 @@ __all__ = [
     "default_evaluator_path",
     "feature_statistics",
     "fid_from_features",
+    "format_memorisation",
     "format_table",
     "frechet_distance",
     "images_to_float",
@@ -88,14 +103,17 @@ __all__ = [
     "load_images",
     "load_inception",
     "match_channels",
+    "memorisation_check",
     "mmd2_unbiased",
     "nearest_distances",
+    "nearest_neighbours",
     "polynomial_kernel",
     "precision_recall",
     "reference_cache_path",
     "reference_datasets",
     "reference_statistics",
     "save_evaluator",
+    "save_memorisation_picture",
     "score_features",
     "subset",
     "train_classifier",

@@ -31,8 +31,9 @@ def subset(dataset: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
     if n is None or n >= dataset.num_images:
         return dataset
     keep = np.sort(np.random.default_rng(seed).choice(dataset.num_images, n, replace=False))
+    names = None if dataset.names is None else tuple(dataset.names[i] for i in keep)
     return ImageDataset(
-        dataset.name, dataset.images[keep], dataset.labels[keep], dataset.class_names
+        dataset.name, dataset.images[keep], dataset.labels[keep], dataset.class_names, names
     )
 
 

@@ -44,14 +44,18 @@ def reference_datasets(
     *,
     image_size: int | None = None,
     seed: int = 0,
+    vendors: str | None = None,
 ) -> tuple[ImageDataset, ImageDataset]:
     """The (train, test) splits that an evaluator learns from and generated images are compared to.
 
     A folder without ``train/`` and ``test/`` subfolders is split here: every 10th image (in
-    sorted file order) is held out as the test split. ``seed`` draws the built-in sets.
+    sorted file order) is held out as the test split. ``seed`` draws the built-in sets;
+    ``vendors`` picks whose images of emoji-datasource (None: both), as ``load_dataset`` does.
     """
     _check_dataset(data)
     kwargs: dict[str, Any] = dict(data_dir=data_dir, image_size=image_size, seed=seed)
+    if vendors is not None:  # load_dataset refuses it for any other data, in one line
+        kwargs["vendors"] = vendors
     folder = Path(data_dir).expanduser() if data_dir is not None else None
     unsplit_folder = (
         data == "folder"
