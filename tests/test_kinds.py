@@ -45,6 +45,7 @@ def checkpoints(tmp_path_factory):
     for kind, argv in runs.items():
         assert main([*argv, "--out", str(root / kind)]) == 0, kind
     teacher = str(root / "diffusion" / "model_final.safetensors")
+    flow = str(root / "flow" / "model_final.safetensors")
     more = {
         "latent-diffusion": ["train", *TINY, *UNET, "--latent",
                              str(root / "autoencoder" / "model_final.safetensors")],
@@ -52,6 +53,9 @@ def checkpoints(tmp_path_factory):
                         "--intervals", "4"],
         "progressive": ["distill", "--teacher", teacher, "--method", "progressive", *DISTILL,
                         "--start-steps", "4", "--steps", "2", "--round-steps", "1"],
+        "reflow": ["distill", "--teacher", flow, "--method", "reflow", *DISTILL, "--pairs", "16",
+                   "--pair-steps", "2"],
+        "meanflow": ["distill", "--teacher", flow, "--method", "meanflow", *DISTILL],
     }  # fmt: skip
     for kind, argv in more.items():
         assert main([*argv, "--out", str(root / kind)]) == 0, kind
@@ -82,7 +86,9 @@ def test_every_kind_round_trips(checkpoints, name):
     channels, size = ckpt.config.image_shape
     assert images.shape == (5, channels, size, size) and images.dtype == torch.float32
     assert images.abs().max() <= 1 and images.std() > 0
-    assert len(plan.timesteps) == (0 if name == "gan" else plan.steps)
+    # A flow grid (euler, heun, meanflow) holds its end point t = 0 too; a DDPM grid does not
+    flow_grid = plan.sampler in ("euler", "heun", "meanflow")
+    assert len(plan.timesteps) == (0 if name == "gan" else plan.steps + flow_grid)
     # The same seed and plan give the same images; draw() is plan + execute.
     assert torch.equal(draw(loaded, num_images=5, seed=3), images)
 
@@ -95,6 +101,8 @@ def test_every_kind_round_trips(checkpoints, name):
         ("flow", ("unipc", 10, True)),  # the measured winner on a flow model (docs/flow.md)
         ("consistency", ("consistency", 1, True)),
         ("progressive", ("ddim", 2, False)),  # its own steps, unclipped as it was trained
+        ("reflow", ("euler", 1, False)),  # one step of its straightened ODE
+        ("meanflow", ("meanflow", 1, False)),  # one jump with its average velocity
         ("gan", ("gan generator", 1, True)),
     ],
 )
@@ -118,6 +126,8 @@ def test_each_kind_plans_its_own_defaults(checkpoints, name, plan):
         ("diffusion", {"steps": 41}, "exceeds the model's 40 timesteps"),
         ("diffusion", {"class_label": "nope"}, "unknown class 'nope'"),
         ("latent-diffusion", {"guidance": 2.0}, "needs a class-conditional model"),
+        ("meanflow", {"guidance": 2.0}, "jumps take no classifier-free guidance"),
+        ("reflow", {"sampler": "consistency"}, "unknown sampler 'consistency'"),
     ],
 )
 def test_a_request_a_kind_cannot_take_is_one_line(checkpoints, name, request_, message):

@@ -41,6 +41,10 @@ class ModelConfig:
     dropout: float = 0.0  # dropout inside residual blocks
     norm_groups: int = 8  # GroupNorm groups; every channel count must divide by it
     num_classes: int = 0  # 0 = unconditional; else a label embedding with one extra null label
+    learn_variance: bool = False  # also output each pixel's reverse-step variance (Nichol &
+    # Dhariwal 2021): conv_out has 2 x in_channels, trained with L_hybrid (diffusion.hybrid_loss)
+    interval_input: bool = False  # a second time input, the interval t - r of MeanFlow's average
+    # velocity u(z_t, r, t) (Geng et al. 2025), embedded like t and added to its embedding
 
     def validate(self) -> None:
         levels = len(self.channel_mults)
@@ -191,6 +195,55 @@ class FlowConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value}")
+
+
+@dataclass(frozen=True)
+class ReflowConfig:
+    """A rectified flow student (``difflab distill --method reflow``; Liu et al. 2022, "Flow
+    Straight and Fast"): the teacher's ODE carries ``pairs`` noise draws to images, and the
+    student, starting from the teacher, learns the straight line of each pair, so one Euler step
+    goes far. Its FlowConfig is the student's (the teacher's, with uniform training times)."""
+
+    teacher: str  # the flow teacher checkpoint's path, as given
+    teacher_sha256: str  # its content hash: --resume refuses another file
+    pairs: int = 10000  # (noise, image) pairs drawn by the teacher before training
+    pair_steps: int = 10  # Heun steps of the teacher's ODE per pair (2 x steps - 1 evaluations)
+    guidance: float = 1.0  # a conditional teacher's guidance scale in the pairs
+
+    def validate(self) -> None:
+        if self.pairs < 1 or self.pair_steps < 1:
+            raise ValueError(
+                f"--pairs and --pair-steps must be >= 1, got {self.pairs} and {self.pair_steps}"
+            )
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
+
+
+@dataclass(frozen=True)
+class MeanFlowConfig:
+    """A MeanFlow student (``difflab distill --method meanflow``; Geng et al. 2025, "Mean Flows
+    for One-step Generative Modeling"), fine-tuned from a flow teacher: the network, given the
+    interval t - r too (ModelConfig.interval_input), learns the average velocity u(z_t, r, t)
+    from the MeanFlow identity (``flow.average_velocity_target``) and jumps from noise to data
+    in one evaluation."""
+
+    teacher: str  # the flow teacher checkpoint's path, as given
+    teacher_sha256: str  # its content hash
+    ratio: float = 0.25  # the share of training pairs with r != t (the paper's best; the rest
+    # are plain flow matching)
+    loc: float = -0.4  # logit-normal location of r and t (the paper's best on ImageNet)
+    scale: float = 1.0  # logit-normal scale
+    power: float = 1.0  # the adaptive loss weight's power (0: plain squared error)
+
+    def validate(self) -> None:
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"--mean-ratio must lie in (0, 1], got {self.ratio}")
+        if not (math.isfinite(self.loc) and math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(
+                f"loc and scale must be finite, scale > 0; got {self.loc}, {self.scale}"
+            )
+        if not (math.isfinite(self.power) and self.power >= 0):
+            raise ValueError(f"power must be a finite number >= 0, got {self.power}")
 
 
 GAN_LOSSES = ("dcgan", "hinge")
@@ -347,6 +400,8 @@ class RunConfig:
     autoencoder: AutoencoderConfig | None = None  # set for an autoencoder run (train-autoencoder)
     latent: LatentConfig | None = None  # set for a latent diffusion model (train --latent)
     flow: FlowConfig | None = None  # set for a flow matching model (train --objective flow)
+    reflow: ReflowConfig | None = None  # set for a rectified flow student (distill --method reflow)
+    meanflow: MeanFlowConfig | None = None  # set for a MeanFlow student (distill --method meanflow)
 
     @property
     def kind(self) -> str:
@@ -360,7 +415,8 @@ class RunConfig:
 
     def section(self, cls: type[T]) -> T:
         """The optional section of type ``cls`` (``ConsistencyConfig``, ``ProgressiveConfig``,
-        ``GANConfig``, ``AutoencoderConfig``, ``LatentConfig`` or ``FlowConfig``) that this configuration's kind
+        ``GANConfig``, ``AutoencoderConfig``, ``LatentConfig``, ``FlowConfig``, ``ReflowConfig`` or
+        ``MeanFlowConfig``) that this configuration's kind
         has; code that knows the kind reads its section here, without testing fields for None."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -384,7 +440,8 @@ class RunConfig:
 # The kinds of model a checkpoint holds. ``difflab.kinds`` maps each to how it is trained (its
 # objective) and how it is drawn (its sampling plan); a new kind is a new name here and a row there.
 KINDS = (
-    "diffusion", "latent-diffusion", "flow", "consistency", "progressive", "gan", "autoencoder",
+    "diffusion", "latent-diffusion", "flow", "consistency", "progressive", "reflow", "meanflow",
+    "gan", "autoencoder",
 )  # fmt: skip
 
 
@@ -401,6 +458,10 @@ def model_kind(config: RunConfig) -> str:
         return "progressive"
     if config.latent is not None:
         return "latent-diffusion"
+    if config.reflow is not None:
+        return "reflow"
+    if config.meanflow is not None:
+        return "meanflow"
     if config.flow is not None:
         return "flow"
     return "diffusion"
@@ -453,6 +514,8 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
             ),
             latent=_latent_from_dict(data["latent"]) if data.get("latent") else None,
             flow=_build(FlowConfig, data["flow"]) if data.get("flow") else None,
+            reflow=_build(ReflowConfig, data["reflow"]) if data.get("reflow") else None,
+            meanflow=_build(MeanFlowConfig, data["meanflow"]) if data.get("meanflow") else None,
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"configuration is missing or malformed ({err})") from err

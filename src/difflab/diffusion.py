@@ -8,6 +8,7 @@ batch's timesteps and cast to the batch's dtype in one place, ``coef``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -158,6 +159,32 @@ def eps_and_x0(
     raise ValueError(f"unknown prediction {prediction!r}; expected one of {', '.join(PREDICTIONS)}")
 
 
+def split_variance(output: Array) -> tuple[Array, Array]:
+    """A learned-variance network's output, (B, 2C, H, W), as its prediction (eps, x0 or v: the
+    first C channels) and its raw variance output (the last C), in [-1, 1] where it interpolates
+    (``learned_log_variance``)."""
+    c = output.shape[1] // 2
+    assert output.shape[1] == 2 * c, "a learned-variance output has twice the image's channels"
+    return output[:, :c], output[:, c:]
+
+
+def predict_learned(
+    model_fn: Callable[[Any, Any], Any],
+    x_t: Array,
+    t: torch.Tensor | np.ndarray,
+    schedule: Schedule,
+    prediction: str,
+) -> tuple[Array, Array, Array]:
+    """``predict`` for a learned-variance network: (eps, x0, v), v its raw variance output."""
+    if prediction not in ("eps", "x0", "v"):
+        raise ValueError(
+            f"a learned variance goes with prediction eps, x0 or v, not {prediction!r}"
+        )
+    output, v = split_variance(model_fn(x_t, t))
+    eps, x0 = eps_and_x0(output, x_t, t, schedule, prediction)
+    return eps, x0, v
+
+
 def training_target(
     x0: Array, t: torch.Tensor | np.ndarray, eps: Array, schedule: Schedule, prediction: str
 ) -> Array:
@@ -209,6 +236,129 @@ def diffusion_loss(
     """
     x_t = q_sample(x0, t, eps, schedule)
     target = training_target(x0, t, eps, schedule, prediction)
-    output = model_fn(x_t, t)
+    return simple_loss(model_fn(x_t, t), target, t, schedule, prediction, min_snr_gamma)
+
+
+def simple_loss(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    t: torch.Tensor,
+    schedule: Schedule,
+    prediction: str,
+    min_snr_gamma: float | None,
+) -> torch.Tensor:
+    """The per-sample mean squared error of a prediction, min-SNR weighted: shape (B,)."""
     per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
     return per_sample * min_snr_weight(t, schedule, prediction, min_snr_gamma)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned variances (Nichol & Dhariwal 2021, Sec. 3.1): L_hybrid = L_simple + lambda L_vlb
+# ---------------------------------------------------------------------------------------------
+
+VLB_WEIGHT = 0.001  # lambda of L_hybrid (Eq. 16)
+
+
+def learned_log_variance(
+    v: torch.Tensor, log_beta: torch.Tensor | float, log_beta_tilde: torch.Tensor | float
+) -> torch.Tensor:
+    """Eq. 15: log Sigma = f log beta_t + (1 - f) log beta_tilde_t, per pixel, f = (v + 1) / 2.
+
+    ``v`` is the network's raw variance output: -1 gives beta_tilde (the exact posterior's
+    variance), 1 gives beta. It is not clipped (the paper leaves it free and saw it stay in the
+    range). ``log_beta`` and ``log_beta_tilde`` are the step's (a respaced sampler's own, for the
+    sub-sequence it walks)."""
+    f = (v + 1.0) / 2.0
+    return f * log_beta + (1.0 - f) * log_beta_tilde
+
+
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats:
+    (logvar2 - logvar1 + (e^logvar1 + (mean1 - mean2)^2) / e^logvar2 - 1) / 2."""
+    return 0.5 * (
+        logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+        + (mean1 - mean2).pow(2) * torch.exp(-logvar2) - 1.0
+    )  # fmt: skip
+
+
+def discretized_gaussian_log_likelihood(
+    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
+) -> torch.Tensor:
+    """Ho et al. 2020, Eq. 13: log p(x) of 8-bit data under N(mean, e^(2 log_scale)), per pixel.
+
+    The data lie on the 256 values -1 + 2k/255; each owns the bin x +- 1/255, and the two end
+    bins reach to -inf and +inf, so the 256 probabilities sum to 1. A bin's probability
+    Phi(b) - Phi(a) is taken on the side of the mean where the two CDFs are small (log Phi by
+    ``log_ndtr``), so far-out bins keep their value instead of rounding to 0; it is floored at
+    1e-12, as Nichol & Dhariwal's code does, which keeps gradients finite.
+    """
+    inv_scale = torch.exp(-log_scale)
+    upper = (x - mean + 1.0 / 255.0) * inv_scale  # the bin's edges, standardised
+    lower = (x - mean - 1.0 / 255.0) * inv_scale
+    flip = upper + lower > 0  # the bin lies right of the mean: use the upper tail
+    a = torch.where(flip, -upper, lower)  # Phi(b) - Phi(a) with a < b, where Phi is small
+    b = torch.where(flip, -lower, upper)
+    log_cdf_b = torch.special.log_ndtr(b)
+    gap = -torch.expm1(torch.special.log_ndtr(a) - log_cdf_b)  # 1 - Phi(a) / Phi(b)
+    log_bin = log_cdf_b + torch.log(gap.clamp_min(1e-12))
+    log_first = torch.special.log_ndtr(upper)  # x = -1: P(X < -1 + 1/255)
+    log_last = torch.special.log_ndtr(-lower)  # x = 1: P(X > 1 - 1/255)
+    return torch.where(x < -0.999, log_first, torch.where(x > 0.999, log_last, log_bin))
+
+
+def vlb_terms(
+    output: torch.Tensor,
+    v: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: Schedule,
+    prediction: str,
+) -> torch.Tensor:
+    """The term of L_vlb (Ho et al. 2020, Eq. 5) at each sample's t, in bits per dimension, (B,).
+
+    p(x_{t-1} | x_t) = N(mu_tilde(x_t, x0_pred), Sigma) with x0_pred read from ``output`` and
+    Sigma from ``v`` (``learned_log_variance``). For t >= 1 (paper t >= 2) the term is
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)); at t = 0 (paper t = 1) it is
+    L_0 = -log p(x_0 | x_1), the discretised decoder (``discretized_gaussian_log_likelihood``).
+    Both are averaged over dimensions and divided by log 2, as Nichol & Dhariwal report them.
+    """
+    output, v, x0, x_t = output.float(), v.float(), x0.float(), x_t.float()
+    _, x0_pred = eps_and_x0(output, x_t, t, schedule, prediction)
+    model_mean, _ = q_posterior(x0_pred, x_t, t, schedule)
+    model_log_var = learned_log_variance(
+        v, coef(np.log(schedule.betas), t, v), coef(schedule.posterior_log_variance_clipped, t, v)
+    )
+    true_mean, _ = q_posterior(x0, x_t, t, schedule)
+    true_log_var = coef(schedule.posterior_log_variance_clipped, t, x_t)
+    kl = normal_kl(true_mean, true_log_var, model_mean, model_log_var).flatten(1).mean(dim=1)
+    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
+    return torch.where(t == 0, nll.flatten(1).mean(dim=1), kl) / math.log(2.0)  # (B,)
+
+
+def hybrid_loss(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    schedule: Schedule,
+    prediction: str = "eps",
+    min_snr_gamma: float | None = None,
+    vlb_weight: float = VLB_WEIGHT,
+) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, Eq. 16: L_hybrid = L_simple + lambda L_vlb, per sample, (B,).
+
+    ``model_fn(x_t, t)`` returns the prediction and the variance output, (B, 2C, H, W)
+    (``split_variance``). L_simple is ``diffusion_loss``'s on the prediction. L_vlb = sum_t L_t
+    is estimated at the sample's uniform t by T L_t (``vlb_terms``), computed from the
+    prediction with its gradient stopped, so L_vlb trains the variance alone and L_simple the
+    mean alone (the paper's Sec. 3.1). With lambda = 0.001 the weight T lambda is 1 at T = 1000.
+    """
+    x_t = q_sample(x0, t, eps, schedule)
+    output, v = split_variance(model_fn(x_t, t))
+    target = training_target(x0, t, eps, schedule, prediction)
+    simple = simple_loss(output, target, t, schedule, prediction, min_snr_gamma)  # (B,)
+    vlb = vlb_terms(output.detach(), v, x0, x_t, t, schedule, prediction)  # (B,)
+    return simple + vlb_weight * schedule.num_timesteps * vlb

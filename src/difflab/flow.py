@@ -385,3 +385,85 @@ def network_evaluations(solver: str, timesteps: Any) -> int:
     if solver == "heun":
         return 2 * steps - (1 if grid[-1] == 0 else 0)
     raise ValueError(f"unknown flow solver {solver!r}; expected one of {', '.join(FLOW_SOLVERS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# MeanFlow: the average velocity over an interval (Geng et al. 2025)
+#
+# u(z_t, r, t) = 1 / (t - r) * integral_r^t v(z_s, s) ds, r <= t: the velocity that carries z_t
+# to z_r in one straight step, z_r = z_t - (t - r) u (Eq. 3 and 9 of the paper, whose path and
+# time convention are this module's: data at 0, noise at 1, v = eps - x0). At r = t it is the
+# instantaneous velocity v, so a flow matching network is a MeanFlow network that ignores r.
+
+AverageVelocityFn = Callable[[Any, Any, Any], Any]  # u_fn(z_t, r, t) -> u; r, t of shape (N,)
+MEANFLOW_DEFAULT_STEPS = 1
+
+
+def average_velocity_target(
+    u_fn: AverageVelocityFn, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's u(z_t, r, t) (with its graph) and MeanFlow's regression target (without).
+
+    Differentiating (t - r) u = integral_r^t v ds in t gives the MeanFlow identity (Eq. 6)
+
+        u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t),
+
+    whose total derivative follows the path: dz/dt = v, dr/dt = 0, dt/dt = 1 (Eq. 8), so it is
+    one Jacobian-vector product of u_fn with tangents (v, 0, 1) (``torch.func.jvp``, forward
+    mode: the same cost as a forward pass, no second backward). In training ``v`` is the
+    conditional velocity eps - x0 (Eq. 10), whose expectation is the marginal v. The target is
+    detached (the stop-gradient of Eq. 9): the loss regresses u onto it like a fixed label.
+    """
+    tangents = (v, torch.zeros_like(r), torch.ones_like(t))
+    u, du_dt = torch.func.jvp(u_fn, (z_t, r, t), tangents)
+    target = v - _per_sample(t - r, z_t) * du_dt
+    return u, target.detach()
+
+
+def adaptive_loss(
+    u: torch.Tensor, target: torch.Tensor, power: float = 1.0, c: float = 1e-3
+) -> torch.Tensor:
+    """MeanFlow's adaptively weighted squared error, per sample (B,): its gradient is that of
+    w ||u - target||^2 with w = sg(1 / (||u - target||^2 + c)^power) (Sec. 4.3; power 1 was the
+    paper's best, 0 the plain squared error; the norm sums over the pixels, as the paper's).
+    Its *value* is the plain mean squared error per pixel: with power 1 the weighted loss is
+    ||.||^2 / (||.||^2 + c), close to 1 whatever the error, and a log of it would show nothing."""
+    squared = (u - target).pow(2).flatten(1).sum(dim=1)  # (B,)
+    weighted = (squared.detach() + c).pow(-power) * squared
+    return weighted - weighted.detach() + squared.detach() / u[0].numel()
+
+
+def sample_t_r(
+    n: int,
+    generator: torch.Generator,
+    ratio: float = 0.25,
+    loc: float = -0.4,
+    scale: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r, t), each (n,) float64 with r <= t: two logit-normal draws sorted (the paper's best:
+    loc -0.4, scale 1), of which a fraction ``1 - ratio`` get r = t (there u is v, and the loss
+    is plain flow matching; the paper's best share of r != t was 25%)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"the share of r != t must lie in [0, 1], got {ratio}")
+    a = sample_t(n, generator, "logit-normal", loc, scale)
+    b = sample_t(n, generator, "logit-normal", loc, scale)
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    equal = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
+    r = torch.where(equal >= ratio, t, r)
+    return r, t
+
+
+def meanflow_sample(
+    u_fn: AverageVelocityFn, x: Any, timesteps: Any, *, callback: Callback | None = None
+) -> Any:
+    """MeanFlow sampling (Alg. 2): z_r = z_t - (t - r) u(z_t, r, t) along the grid, one network
+    evaluation a jump; one jump from t = 1 to r = 0 is one-step generation, x0 = eps - u(eps, 0, 1).
+    The callback sees each jump as the flow solvers' does, with x0_pred the jump to t = 0 that
+    the instantaneous reading of u would give (x - t u)."""
+    grid = _checked_grid(timesteps)
+    for i, (t, r) in enumerate(itertools.pairwise(grid)):
+        u = u_fn(x, _times_like(x, r), _times_like(x, t))
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "x0_pred": x - t * u, "v": u, "nfe": i + 1})
+        x = x - (t - r) * u
+    return x

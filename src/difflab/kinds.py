@@ -25,7 +25,13 @@ import torch
 
 from difflab.checkpoint import Checkpoint, load_checkpoint
 from difflab.config import KINDS as KIND_NAMES
-from difflab.config import ConsistencyConfig, LatentConfig, ProgressiveConfig, RunConfig
+from difflab.config import (
+    ConsistencyConfig,
+    LatentConfig,
+    MeanFlowConfig,
+    ProgressiveConfig,
+    RunConfig,
+)
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
 from difflab.flow import FLOW_SOLVERS
@@ -37,6 +43,7 @@ from difflab.objectives.gan import GANObjective
 from difflab.objectives.latent import LatentDiffusion
 from difflab.objectives.numpy_diffusion import train_numpy
 from difflab.objectives.progressive import ProgressiveDistillation
+from difflab.objectives.reflow import MeanFlow, Reflow, load_flow_teacher
 from difflab.samplers import SAMPLERS
 from difflab.sampling import plan as planners
 from difflab.sampling.draw import execute
@@ -169,6 +176,17 @@ def _progressive_teacher(config: RunConfig) -> dict[str, Any]:
     return {"teacher": load_teacher(pc.teacher, pc.teacher_sha256)}
 
 
+def _flow_teacher(config: RunConfig) -> dict[str, Any]:
+    section = config.reflow or config.section(MeanFlowConfig)
+    return {"teacher": load_flow_teacher(section.teacher, section.teacher_sha256)}
+
+
+def _flow_distill_route(teacher: RunConfig, steps: int) -> DistillRoute:
+    """Reflow for a flow matching teacher: one rectification of its ODE (Liu et al. 2022)."""
+    evidence = "the few-step route for a flow teacher (docs/flow.md); MeanFlow is --method meanflow"
+    return DistillRoute("reflow", {}, evidence)
+
+
 def _autoencoder_file(config: RunConfig) -> dict[str, Any]:
     lc = config.section(LatentConfig)
     load_autoencoder(lc.autoencoder, lc.autoencoder_sha256)
@@ -200,7 +218,7 @@ KINDS: dict[str, Kind] = {
             objective=lambda config, data, ctx, out: FlowObjective(config, data, ctx),
             prepare=_nothing, load=load_unet, plan=planners.plan_flow, denoiser=True,
             refusal="", title=lambda config: "flow matching model", stepwise=True,
-            samplers=(*FLOW_SOLVERS, *SAMPLERS),
+            samplers=(*FLOW_SOLVERS, *SAMPLERS), distill=_flow_distill_route,
         ),
         Kind(
             name="consistency", description="distillation", command="distill",
@@ -226,6 +244,22 @@ KINDS: dict[str, Kind] = {
             title=lambda config: "progressively distilled model (DDIM, "
             f"{_progressive_steps(config)[0]} steps)",
             stepwise=True,
+        ),
+        Kind(
+            name="reflow", description="distillation", command="distill",
+            objective=lambda config, data, ctx, out, teacher: Reflow(
+                config, teacher, data, ctx, out
+            ),
+            prepare=_flow_teacher, load=load_unet, plan=planners.plan_reflow, denoiser=True,
+            refusal="", title=lambda config: "rectified flow model (1 Euler step)",
+            stepwise=True, samplers=(*FLOW_SOLVERS, *SAMPLERS), distill=_flow_distill_route,
+        ),
+        Kind(
+            name="meanflow", description="distillation", command="distill",
+            objective=lambda config, data, ctx, out, teacher: MeanFlow(config, teacher, data, ctx),
+            prepare=_flow_teacher, load=load_unet, plan=planners.plan_meanflow, denoiser=True,
+            refusal="", title=lambda config: "MeanFlow model (1 step)", stepwise=True,
+            samplers=(planners.MEANFLOW, *FLOW_SOLVERS, *SAMPLERS),
         ),
         Kind(
             name="gan", description="GAN", command="train-gan",

@@ -8,8 +8,11 @@ trajectories, previews and GIFs are built from that callback, never inside a sol
 
 ``denoiser(x_t, t) -> (eps, x0_pred)`` wraps the network; ``make_denoiser`` builds one from any
 model function and its prediction target, so samplers never care whether the network predicts
-eps, x0 or v. Samplers work with PyTorch tensors and with NumPy arrays (the NumPy backend):
-randomness comes from the ``generator`` passed in (``torch.Generator`` or ``np.random.Generator``).
+eps, x0 or v. A network that learned its variances (Nichol & Dhariwal 2021) gives DDPM a third
+value, its raw variance output v (``make_denoiser(..., learned_variance=True)``); every other
+sampler reads only its prediction. Samplers work with PyTorch tensors and with NumPy arrays (the
+NumPy backend): randomness comes from the ``generator`` passed in (``torch.Generator`` or
+``np.random.Generator``).
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab.diffusion import eps_from_x0, predict
+from difflab.diffusion import eps_from_x0, predict, predict_learned
 from difflab.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "ipndm", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m", "unipc")
 SPACINGS = ("trailing", "leading", "linspace")
+# DDPM's sigma^2: beta, beta_tilde (Ho et al. 2020), or the network's own (Nichol & Dhariwal 2021)
+VARIANCES = ("beta", "beta_tilde", "learned")
 # What difflab sample, difflab evaluate and the training previews use unless told: on MNIST 20
 # steps of it score as well as 1000 of DDPM (docs/samplers.md). One default, in one place.
 DEFAULT_SAMPLER = "dpmpp-2m-sde"
 
-Denoiser = Callable[[Any, Any], tuple[Any, Any]]
+Denoiser = Callable[[Any, Any], tuple[Any, ...]]  # (eps, x0_pred), or (eps, x0_pred, v)
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -40,19 +45,26 @@ def make_denoiser(
     schedule: Schedule,
     prediction: str = "eps",
     clip_x0: bool = True,
+    learned_variance: bool = False,
 ) -> Denoiser:
     """Turn ``model_fn(x_t, t) -> output`` into ``denoiser(x_t, t) -> (eps, x0_pred)``.
 
     With ``clip_x0`` the predicted x0 is clipped to the data range [-1, 1] (Ho et al. 2020's
     sampling code does this) and eps is recomputed from the clipped x0, so both stay consistent.
+    With ``learned_variance`` the output has the variance channels too
+    (``diffusion.split_variance``) and the denoiser returns (eps, x0_pred, v), for
+    ``sample_ddpm(variance="learned")``.
     """
 
-    def denoiser(x_t: Any, t: Any) -> tuple[Any, Any]:
-        eps, x0 = predict(model_fn, x_t, t, schedule, prediction)
+    def denoiser(x_t: Any, t: Any) -> tuple[Any, ...]:
+        if learned_variance:
+            eps, x0, v = predict_learned(model_fn, x_t, t, schedule, prediction)
+        else:
+            eps, x0 = predict(model_fn, x_t, t, schedule, prediction)
         if clip_x0:
             x0 = x0.clip(-1.0, 1.0)
             eps = eps_from_x0(x_t, t, x0, schedule)
-        return eps, x0
+        return (eps, x0, v) if learned_variance else (eps, x0)
 
     return denoiser
 
@@ -111,10 +123,17 @@ def _resolve(
     return seq
 
 
-def ddpm_step(x: Any, x0: Any, ab_t: float, ab_prev: float, variance: str, noise: Any) -> Any:
+def ddpm_step(
+    x: Any, x0: Any, ab_t: float, ab_prev: float, variance: str, noise: Any, v: Any = None
+) -> Any:
     """One ancestral step t -> s (Ho et al. 2020, Eq. 7 with beta = 1 - alpha_bar_t / alpha_bar_s).
 
     Returns the posterior mean plus sigma * noise; ``noise=None`` returns the mean (the last step).
+    sigma^2 is beta, beta_tilde = beta (1 - alpha_bar_s) / (1 - alpha_bar_t), or (``"learned"``)
+    Nichol & Dhariwal's Eq. 15 between the two for the network's variance output ``v``, per
+    pixel: sigma = sqrt(beta_tilde) exp(f log(beta / beta_tilde) / 2), f = (v + 1) / 2, the
+    same exp(f log beta + (1 - f) log beta_tilde) written so that v = -1 gives sqrt(beta_tilde)
+    to the last bit.
     """
     beta = 1.0 - ab_t / ab_prev
     mean = (math.sqrt(ab_prev) * beta / (1.0 - ab_t)) * x0 + (
@@ -122,7 +141,13 @@ def ddpm_step(x: Any, x0: Any, ab_t: float, ab_prev: float, variance: str, noise
     ) * x
     if noise is None:
         return mean
-    var = beta if variance == "beta" else beta * (1.0 - ab_prev) / (1.0 - ab_t)
+    beta_tilde = beta * (1.0 - ab_prev) / (1.0 - ab_t)
+    if variance == "learned":
+        f = (v + 1.0) / 2.0
+        log_ratio = math.log(beta / beta_tilde)  # log beta - log beta_tilde, >= 0
+        exp = torch.exp if isinstance(f, torch.Tensor) else np.exp
+        return mean + (math.sqrt(beta_tilde) * exp(0.5 * log_ratio * f)) * noise
+    var = beta if variance == "beta" else beta_tilde
     return mean + math.sqrt(var) * noise
 
 
@@ -175,21 +200,33 @@ def sample_ddpm(
     """Ho et al. 2020, Algorithm 2 (ancestral sampling), optionally respaced to fewer steps.
 
     Each step draws x_{t-1} ~ N(mu_tilde(x_t, x0_pred), sigma^2) with the posterior mean of Eq. 7
-    and sigma^2 = beta_t (``variance="beta"``, the paper's choice for data with no fixed point) or
-    beta_tilde_t (``"beta_tilde"``, the exact posterior variance). With ``steps < T`` the chain
-    skips timesteps and beta is recomputed between visited steps, 1 - alpha_bar_t / alpha_bar_s
-    (Nichol & Dhariwal 2021, Sec. 4). The last step returns the posterior mean (no noise).
-    ``timesteps`` replaces ``steps``/``spacing`` with an explicit decreasing list (SDEdit).
+    and sigma^2 = beta_t (``variance="beta"``, the paper's choice for data with no fixed point),
+    beta_tilde_t (``"beta_tilde"``, the exact posterior variance) or, for a network that learned
+    its variances, its per-pixel interpolation between the two (``"learned"``, Nichol & Dhariwal
+    2021, Eq. 15; the denoiser returns (eps, x0_pred, v): ``make_denoiser(...,
+    learned_variance=True)``). With ``steps < T`` the chain skips timesteps and beta is
+    recomputed between visited steps, 1 - alpha_bar_t / alpha_bar_s, with beta_tilde from it
+    (Nichol & Dhariwal 2021, Sec. 4): a learned v interpolates between those two. The last step
+    returns the posterior mean (no noise). ``timesteps`` replaces ``steps``/``spacing`` with an
+    explicit decreasing list (SDEdit).
     """
-    if variance not in ("beta", "beta_tilde"):
-        raise ValueError(f"unknown DDPM variance {variance!r}; expected beta or beta_tilde")
+    if variance not in VARIANCES:
+        raise ValueError(
+            f"unknown DDPM variance {variance!r}; expected one of {', '.join(VARIANCES)}"
+        )
     seq = _resolve(schedule, steps or schedule.num_timesteps, spacing, timesteps)
     for i, (t, ab_t, ab_prev) in enumerate(alpha_bar_pairs(schedule, seq)):
-        _, x0 = denoiser(x, timesteps_like(x, t))
+        out = denoiser(x, timesteps_like(x, t))
+        if variance == "learned" and len(out) != 3:
+            raise ValueError(
+                "DDPM with variance 'learned' needs a network trained with --learn-variance "
+                "(a denoiser that returns eps, x0 and v: make_denoiser(..., learned_variance=True))"
+            )
+        x0, v = out[1], (out[2] if variance == "learned" else None)
         if callback is not None:
             callback({"x": x, "i": i, "t": t, "x0_pred": x0})
         noise = None if i == len(seq) - 1 else noise_like(x, generator)
-        x = ddpm_step(x, x0, ab_t, ab_prev, variance, noise)
+        x = ddpm_step(x, x0, ab_t, ab_prev, variance, noise, v)
     return x
 
 

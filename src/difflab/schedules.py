@@ -89,6 +89,14 @@ class Schedule:
         """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) (Kingma et al. 2021)."""
         return self.alpha_bar / (1.0 - self.alpha_bar)
 
+    @property
+    def posterior_log_variance_clipped(self) -> np.ndarray:
+        """log beta_tilde_t, with t = 0's (where beta_tilde is 0: the step to the data adds no
+        noise) replaced by t = 1's, as Nichol & Dhariwal 2021 do: the lower end of a learned
+        variance's range (Eq. 15) and the log-variance of q(x_{t-1} | x_t, x_0) in L_vlb."""
+        pv = self.posterior_variance
+        return np.log(np.concatenate([pv[1:2], pv[1:]]))
+
 
 def schedule_from_betas(name: str, betas: np.ndarray) -> Schedule:
     """Precompute every constant the forward process, the losses and the samplers need."""

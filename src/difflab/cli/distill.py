@@ -28,7 +28,9 @@ from difflab.cli.flags import (
 from difflab.config import (
     TEACHER_SOLVERS,
     ConsistencyConfig,
+    MeanFlowConfig,
     ProgressiveConfig,
+    ReflowConfig,
     RunConfig,
     TrainConfig,
 )
@@ -36,11 +38,14 @@ from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
 
 if TYPE_CHECKING:
+    from difflab.checkpoint import Checkpoint
     from difflab.kinds import DistillRoute
 
 # The default peak learning rate of each method, measured on MNIST (docs/few_step.md):
 # consistency distillation's 1e-3 beat 2e-4; progressive distillation's 3e-4 beat 1e-3 and 1e-4.
-LR = {"consistency": 1e-3, "progressive": 3e-4}
+# Reflow and MeanFlow fine-tune a flow model: 2e-4, a fifth of its training rate (not searched).
+LR = {"consistency": 1e-3, "progressive": 3e-4, "reflow": 2e-4, "meanflow": 2e-4}
+FLOW_METHODS = ("reflow", "meanflow")  # the methods that take a flow matching teacher
 
 # What --resume may change: how long to go on, and where (difflab.training.RESUME_FLAGS' subset).
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device")
@@ -60,6 +65,8 @@ METHOD_FLAGS = {
         "dmd_weight",
         "dmd_average",
     ),
+    "reflow": ("pairs", "pair_steps"),
+    "meanflow": ("mean_ratio",),
 }
 
 
@@ -74,13 +81,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--teacher", help="the diffusion checkpoint to distil (model_final.safetensors)")
     p.add_argument(
-        "--method", choices=("consistency", "progressive"),
+        "--method", choices=("consistency", "progressive", *FLOW_METHODS),
         help="default: the best route measured for the teacher's kind and --steps; for a "
         "diffusion teacher progressive distillation from a 16-step dpmpp-2s teacher with a "
         "distribution-matching stage at 2 and 4 steps (MNIST, 20 CPU-minutes: FID 3.67 at 4 "
         "steps, 4.59 at 2, against DDPM-1000's 3.47; four rounds alone 9.60 at 1 step); "
         "consistency distillation scored 23.6 at 4 steps where progressive scored 2.87 "
-        "(docs/few_step.md)",
+        "(docs/few_step.md); for a flow matching teacher reflow (Liu et al. 2022); meanflow "
+        "(Geng et al. 2025) is the other route for one",
     )  # fmt: skip
     p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
     p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
@@ -148,6 +156,22 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "(docs/few_step.md; default 200, or two thirds of a shorter --dmd-steps; 0: the EMA)",
     )  # fmt: skip
     p.add_argument(
+        "--pairs", type=positive_int,
+        help=f"reflow: (noise, image) pairs the teacher's ODE draws before training (default "
+        f"{ReflowConfig.pairs:,}; they are written into the run directory, so --resume reuses "
+        "them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pair-steps", type=positive_int,
+        help=f"reflow: Heun steps of the teacher per pair (default {ReflowConfig.pair_steps}: "
+        f"{2 * ReflowConfig.pair_steps - 1} network evaluations)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mean-ratio", type=float,
+        help=f"meanflow: the share of training points with r != t (default {MeanFlowConfig.ratio}, "
+        "the paper's best; the rest train plain flow matching)",
+    )  # fmt: skip
+    p.add_argument(
         "--guidance", type=float,
         help="classifier-free guidance scale baked into the student (class-conditional "
         "teachers; default 1: plain conditional)",
@@ -165,9 +189,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_distill(args: argparse.Namespace) -> None:
     from difflab.io import file_sha256
-    from difflab.kinds import distill_route, train
-    from difflab.objectives.consistency import load_teacher, student_config
+    from difflab.kinds import train
+    from difflab.objectives.consistency import student_config
     from difflab.objectives.progressive import student_config as progressive_config
+    from difflab.objectives.reflow import student_config as flow_student_config
 
     if args.resume:
         config, dataset, resources = resume_from_flags(args, "distill", RESUME_FLAGS)
@@ -177,16 +202,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
             raise ValueError("--teacher is required: the diffusion checkpoint to distil")
         if not 0.0 <= args.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must lie in [0, 1), got {args.ema_decay}")
-        teacher = load_teacher(args.teacher)
-        route = distill_route(teacher.config, args.steps or ProgressiveConfig.steps)
-        args.method = args.method or route.method
-        other = "progressive" if args.method == "consistency" else "consistency"
-        misplaced = flags_given(args, METHOD_FLAGS[other])
-        if misplaced:
-            raise ValueError(
-                f"{misplaced[0]} is a flag of --method {other}; this run is --method {args.method}"
-            )
-        if route.method == args.method and "method" not in args.given:
+        teacher, route = _teacher_and_route(args)
+        if route is not None and route.method == args.method and "method" not in args.given:
             print(f"difflab distill: {_describe(route)}")
         tc = teacher.config.train
         train_cfg = config_from_flags(
@@ -206,12 +223,28 @@ def cmd_distill(args: argparse.Namespace) -> None:
                 train_cfg = replace(train_cfg, warmup_steps=warmup)
             train_cfg = replace(train_cfg, lr_decay=args.lr_decay)
             config = progressive_config(teacher, train_cfg, plan, dataset.num_images)
-        else:
+        elif args.method == "consistency":
             consistency = ConsistencyConfig(
                 teacher=str(args.teacher), teacher_sha256=sha, intervals=args.intervals,
                 guidance=guidance,
             )  # fmt: skip
             config = student_config(teacher, train_cfg, consistency)
+        else:  # reflow or meanflow, from a flow matching teacher
+            section = (
+                ReflowConfig(
+                    teacher=str(args.teacher), teacher_sha256=sha, guidance=guidance,
+                    pairs=args.pairs or ReflowConfig.pairs,
+                    pair_steps=args.pair_steps or ReflowConfig.pair_steps,
+                )
+                if args.method == "reflow"
+                else MeanFlowConfig(
+                    teacher=str(args.teacher), teacher_sha256=sha,
+                    ratio=MeanFlowConfig.ratio if args.mean_ratio is None else args.mean_ratio,
+                )
+            )  # fmt: skip
+            if args.method == "meanflow" and args.guidance is not None:
+                raise ValueError("--guidance is a flag of --method reflow and the DDPM methods")
+            config = flow_student_config(teacher, train_cfg, section)
         resources = {"teacher": teacher}
         out = Path(args.out or "runs/distill")
     # A TrainingInterrupted (Ctrl-C) goes to main(), which prints it and exits with 130.
@@ -223,6 +256,8 @@ def cmd_distill(args: argparse.Namespace) -> None:
         ckpt, how, unfinished = out / "model_final.safetensors", " --steps 2", ""
         if config.kind == "progressive":  # its students sample in their own steps
             (ckpt, unfinished), how = _progressive_student(config, result.steps, out), ""
+        elif config.kind in FLOW_METHODS:  # one step by default (its kind's plan)
+            how = ""
         print(
             f"distilled {result.steps} steps ({result.minutes:.1f} min); loss "
             f"{result.first_loss:.4f} -> {result.last_loss:.4f}; run directory {result.run_dir}; "
@@ -230,10 +265,35 @@ def cmd_distill(args: argparse.Namespace) -> None:
         )
 
 
-def _progressive_settings(args: argparse.Namespace, route: DistillRoute) -> dict[str, Any]:
+def _teacher_and_route(args: argparse.Namespace) -> tuple[Checkpoint, DistillRoute | None]:
+    """The teacher, checked for ``args.method`` (set here to the route's when not given), and
+    the kind table's route for it at ``--steps`` (None: its kind has none; the method's loader
+    then says in one line what the teacher is); a flag of another method is refused."""
+    from difflab.checkpoint import load_checkpoint
+    from difflab.kinds import distill_route, kind_of
+    from difflab.objectives.consistency import load_teacher
+    from difflab.objectives.reflow import load_flow_teacher
+
+    config = load_checkpoint(args.teacher).config
+    steps = args.steps or ProgressiveConfig.steps
+    route = distill_route(config, steps) if kind_of(config).distill else None
+    args.method = args.method or (route.method if route else "progressive")
+    flow_method = args.method in FLOW_METHODS
+    for other, names in METHOD_FLAGS.items():
+        names = tuple(n for n in names if not (flow_method and n == "steps"))  # picks the route
+        misplaced = flags_given(args, names) if other != args.method else []
+        if misplaced:
+            raise ValueError(
+                f"{misplaced[0]} is a flag of --method {other}; this run is --method {args.method}"
+            )
+    teacher = (load_flow_teacher if flow_method else load_teacher)(args.teacher)
+    return teacher, route
+
+
+def _progressive_settings(args: argparse.Namespace, route: DistillRoute | None) -> dict[str, Any]:
     """ProgressiveConfig's fields that the route sets: each flag given wins, the route's value
     (for a progressive route) fills the rest, then ProgressiveConfig's own default."""
-    defaults = route.settings if route.method == "progressive" else {}
+    defaults = route.settings if route is not None and route.method == "progressive" else {}
     names = ("steps", "start_steps", "teacher_solver", "dmd_steps", "dmd_warmup", "dmd_weight")
     settings = {
         n: getattr(args, n) if getattr(args, n) is not None
@@ -251,6 +311,11 @@ def _progressive_settings(args: argparse.Namespace, route: DistillRoute) -> dict
 
 def _describe(route: DistillRoute) -> str:
     s = route.settings
+    if route.method != "progressive":
+        return (
+            f"{route.method}, the default for this teacher (--method chooses another): "
+            f"{route.evidence}"
+        )
     stage = (
         f" and a distribution-matching stage of {s['dmd_steps']} steps (weight {s['dmd_weight']:g})"
         if s.get("dmd_steps") else ""

@@ -159,6 +159,8 @@ def cmd_inpaint(args: argparse.Namespace) -> None:
 
     out = check_png(args.out)
     loaded, images, plan = _edit_setup(args, "ddpm")  # RePaint's DDPM, all T steps by default
+    if args.variance == "learned":
+        raise ValueError("inpaint takes --variance beta or beta_tilde (its steps are RePaint's)")
     config, schedule, n, steps = loaded.config, loaded.schedule, args.num_images, plan.steps
     if not loaded.space.pixels:  # a latent model: its cells are not pixels
         raise ValueError(

@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 from difflab.config import DiffusionConfig, RunConfig
 from difflab.data import DATASETS, VENDOR_CHOICES, ImageDataset
 from difflab.flow import FLOW_SOLVERS
-from difflab.samplers import SAMPLERS, SPACINGS
+from difflab.samplers import SAMPLERS, SPACINGS, VARIANCES
 from difflab.sampling.plan import SamplingRequest
 from difflab.schedules import SCHEDULES
 
@@ -174,8 +174,10 @@ def add_sampler_flags(p: argparse.ArgumentParser, default: str) -> None:
         "--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 DDPM-like"
     )
     p.add_argument(
-        "--variance", default="beta", choices=("beta", "beta_tilde"), help="DDPM sigma^2"
-    )
+        "--variance", default="beta", choices=VARIANCES,
+        help="DDPM sigma^2 (default: learned for a model trained with --learn-variance, else "
+        "beta; the editing commands take beta or beta_tilde)",
+    )  # fmt: skip
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -93,6 +93,13 @@ def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
         "--prediction", choices=DDPM_PREDICTIONS, default=FROM_PRESET,
         help=f"network target of --objective diffusion (default: {dd.prediction})",
     )  # fmt: skip
+    p.add_argument(
+        "--learn-variance", action="store_true",
+        help="--objective diffusion: the U-Net also learns each pixel's reverse-step variance "
+        "between beta and beta_tilde, trained with L_simple + 0.001 L_vlb (Nichol & Dhariwal "
+        "2021); --sampler ddpm then draws with it unless --variance says otherwise, the other "
+        "samplers ignore it (docs/learned_variance.md)",
+    )  # fmt: skip
     f = FlowConfig()
     p.add_argument(
         "--time-sampling", choices=TIME_SAMPLINGS, default=f.time_sampling,
@@ -232,7 +239,11 @@ def _resolve_recipe(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from difflab.kinds import train
-    from difflab.objectives.diffusion import model_config_overrides, prepare_run
+    from difflab.objectives.diffusion import (
+        check_learned_variance,
+        model_config_overrides,
+        prepare_run,
+    )
     from difflab.training import RESUME_FLAGS
 
     resources: dict[str, Any] = {}
@@ -250,7 +261,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides = model_config_overrides(
             base_channels=args.base_channels, channel_mults=args.channel_mults,
             num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
-            dropout=args.dropout,
+            dropout=args.dropout, learn_variance=args.learn_variance,
+        )  # fmt: skip
+        check_learned_variance(
+            args.learn_variance, backend=args.backend, latent=bool(args.latent),
+            prediction="flow" if args.objective == "flow" else args.prediction,
         )  # fmt: skip
         if args.objective == "flow":
             if args.latent or args.backend != "torch":

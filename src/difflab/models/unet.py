@@ -8,6 +8,12 @@
 
 The NumPy backend (``difflab.nn_numpy``) builds the same graph with the same parameter names and
 shapes, so one state dict loads into either.
+
+With ``ModelConfig.learn_variance`` (Nichol & Dhariwal 2021) conv_out has twice the image's
+channels: the prediction, then the variance output v of each pixel (``diffusion.split_variance``).
+``forward`` returns the prediction alone unless asked for both (``with_variance=True``), so every
+reader of the prediction (DDIM and the other samplers, distillation teachers, export, inspect)
+runs such a network unchanged.
 """
 
 from __future__ import annotations
@@ -123,6 +129,14 @@ class UNet(nn.Module):
 
         self.time_in = nn.Linear(base, emb_dim)
         self.time_out = nn.Linear(emb_dim, emb_dim)
+        # MeanFlow's interval t - r (ModelConfig.interval_input): its own MLP, whose last layer
+        # starts at zero, so a flow matching network it is added to starts as u(z, r, t) = v(z, t).
+        self.interval_in = self.interval_out = None
+        if config.interval_input:
+            self.interval_in = nn.Linear(base, emb_dim)
+            self.interval_out = nn.Linear(emb_dim, emb_dim)
+            nn.init.zeros_(self.interval_out.weight)
+            nn.init.zeros_(self.interval_out.bias)
         # Index num_classes is the learned null label used for classifier-free guidance.
         self.label_emb = (
             nn.Embedding(config.num_classes + 1, emb_dim) if config.num_classes > 0 else None
@@ -158,12 +172,20 @@ class UNet(nn.Module):
         assert not skip_channels, "every skip must be consumed"
 
         self.norm_out = nn.GroupNorm(groups, ch)
-        self.conv_out = nn.Conv2d(ch, config.in_channels, 3, padding=1)
+        out_channels = config.in_channels * (2 if config.learn_variance else 1)
+        self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Time embedding through the MLP, plus the label embedding; shape (B, 4 * base)."""
+    def embed(
+        self, t: torch.Tensor, y: torch.Tensor | None, interval: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Time embedding through the MLP, plus the label embedding (and, for a network with
+        ``interval_input``, the interval's: none given is an interval of 0); shape (B, 4 * base)."""
         sinusoid = timestep_embedding(t, self.config.base_channels).to(self.time_in.weight.dtype)
         emb = self.time_out(F.silu(self.time_in(sinusoid)))  # (B, E)
+        if self.interval_in is not None and self.interval_out is not None:
+            h = torch.zeros_like(t) if interval is None else interval
+            sinusoid = timestep_embedding(h, self.config.base_channels).to(emb.dtype)
+            emb = emb + self.interval_out(F.silu(self.interval_in(sinusoid)))
         if self.label_emb is not None:
             if y is None:  # unconditional call of a conditional model: use the null label
                 y = torch.full(t.shape, self.config.num_classes, dtype=torch.long, device=t.device)
@@ -181,16 +203,32 @@ class UNet(nn.Module):
         return self.mid2(self.mid1(h, emb), emb), skips  # (B, C_low, H_low, W_low)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        with_variance: bool = False,
+        interval: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        emb = self.embed(t, y)  # (B, E)
+        """The prediction (eps, x0 or v), (B, C, H, W); with ``with_variance`` (a network with
+        ``learn_variance``) the prediction and the variance output, (B, 2C, H, W). ``interval``
+        (B,): a MeanFlow network's t - r, in the units of ``t`` (ModelConfig.interval_input)."""
+        emb = self.embed(t, y, interval)  # (B, E)
         h, skips = self.encode(x, emb)
         for module in self.up:
             if isinstance(module, Block):
                 h = module(torch.cat([h, skips.pop()], dim=1), emb)  # concat skip on channels
             else:
                 h = module(h)  # Upsample
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, in_channels, H, W)
+        out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W), or (B, 2C, H, W)
+        if not self.config.learn_variance:
+            if with_variance:
+                raise ValueError(
+                    "this U-Net has no variance output (it was not trained with --learn-variance)"
+                )
+            return out
+        return out if with_variance else out[:, : self.config.in_channels]  # prediction first
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -149,8 +149,8 @@ class NumpyUNet(Layer):
     """Predicts eps (or x0, or v) from a noised image x_t, its timestep t and an optional label y.
 
     ``NumpyUNet(config, dtype=np.float32, seed=0)`` builds the network of ``config`` with
-    PyTorch-style random weights drawn from ``np.random.default_rng(seed)``. Dropout is not
-    implemented: a config with ``dropout > 0`` is refused.
+    PyTorch-style random weights drawn from ``np.random.default_rng(seed)``. Dropout and learned
+    variances are not implemented: a config with ``dropout > 0`` or ``learn_variance`` is refused.
     """
 
     def __init__(self, config: ModelConfig, dtype: type = np.float32, seed: int = 0) -> None:
@@ -160,6 +160,11 @@ class NumpyUNet(Layer):
             raise ValueError(
                 f"the NumPy backend has no dropout; got dropout={config.dropout}, use 0 "
                 "(or the torch backend)"
+            )
+        if config.learn_variance:
+            raise ValueError(
+                "the NumPy backend has no learned variances (--learn-variance): train and draw "
+                "such a model with the torch backend"
             )
         self.config = config
         self.dtype = np.dtype(dtype)

@@ -1,7 +1,8 @@
 """Denoising diffusion (Ho et al. 2020): the objective of ``difflab train`` on the harness.
 
 ``DiffusionObjective`` says what one step computes: draw t and eps for the batch, and take
-``diffusion.diffusion_loss`` of the U-Net's prediction (eps, x0 or v, with min-SNR weights). The
+``diffusion.diffusion_loss`` of the U-Net's prediction (eps, x0 or v, with min-SNR weights), or
+with ``ModelConfig.learn_variance`` Nichol & Dhariwal's ``diffusion.hybrid_loss``. The
 harness (``difflab.training``) does the rest: the loop, exact resume, Ctrl-C, limits, the
 non-finite guard, torchrun. ``prepare_run`` turns the data and the flags into a ``RunConfig``.
 Latent diffusion (``objectives.latent``) is this objective on an autoencoder's latents; the NumPy
@@ -22,9 +23,10 @@ from difflab import distributed, viz
 from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
 from difflab.data import ImageDataset, load_dataset
 from difflab.device import check_precision, pick_device
-from difflab.diffusion import diffusion_loss
+from difflab.diffusion import VLB_WEIGHT, diffusion_loss, hybrid_loss
 from difflab.models.unet import UNet, count_parameters
 from difflab.sampling.draw import generate
+from difflab.sampling.plan import ddpm_variance
 from difflab.sampling.spaces import LatentSpace, PixelSpace
 from difflab.schedules import Schedule, make_schedule
 from difflab.training import rundir
@@ -36,11 +38,16 @@ class DiffusionObjective(Objective):
 
     Networks ``model`` (trained) and ``ema`` (its moving average, which previews and sampling
     use); optimiser ``optim`` (AdamW); generator ``noise`` (t, eps and the label dropout of
-    classifier-free guidance). The loss is ``diffusion.diffusion_loss`` (STYLE 5).
+    classifier-free guidance). The loss is ``diffusion.diffusion_loss`` (STYLE 5), or
+    ``diffusion.hybrid_loss`` for a U-Net that learns its variances.
     """
 
     def __init__(self, config: RunConfig, dataset: ImageDataset, ctx: Context) -> None:
         cfg = config.train
+        check_learned_variance(
+            config.model.learn_variance, prediction=config.diffusion.prediction,
+            backend=config.backend, latent=config.kind == "latent-diffusion",
+        )  # fmt: skip
         self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
         model = UNet(config.model).to(ctx.device, memory_format=ctx.memory_format)
         ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -64,7 +71,7 @@ class DiffusionObjective(Objective):
         # whatever the number of processes.
         b = len(batch.idx)
         t = self.draw_t(b)
-        eps = torch.randn((b, *self.images.shape[1:]), generator=gen, device=device)
+        eps = self.draw_noise(batch)
         y = None
         if config.model.num_classes > 0:
             drop = torch.rand(b, generator=gen, device=device) < config.train.label_dropout
@@ -74,11 +81,17 @@ class DiffusionObjective(Objective):
         eps = eps[mine].contiguous(memory_format=self.memory_format)  # (b / world, C, H, W)
         t, y = t[mine], (None if y is None else y[mine])
         net = nets["model"]
+        with_variance = self.config.model.learn_variance  # (B, 2C, H, W): hybrid_loss splits it
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> Any:
-            return net(x_t, t, y)
+            return net(x_t, t, y, with_variance=True) if with_variance else net(x_t, t, y)
 
         return self.batch_loss(model_fn, x0, t, eps)  # (b / world,) float32
+
+    def draw_noise(self, batch: Batch) -> torch.Tensor:
+        """The global batch's noise eps, (B, C, H, W): fresh draws (reflow reads its pairs')."""
+        shape = (len(batch.idx), *self.images.shape[1:])
+        return torch.randn(shape, generator=self.noise_gen, device=self.images.device)
 
     def draw_t(self, b: int) -> torch.Tensor:
         """The batch's timesteps: (b,) code timesteps, uniform over 0 .. T-1 (Ho et al. Alg. 1)."""
@@ -90,11 +103,11 @@ class DiffusionObjective(Objective):
     def batch_loss(
         self, model_fn: Any, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
     ) -> torch.Tensor:
-        """The per-sample loss, (b,): ``diffusion.diffusion_loss`` of the network's target."""
+        """The per-sample loss, (b,): ``diffusion.diffusion_loss`` of the network's target, or
+        ``diffusion.hybrid_loss`` (L_simple + lambda L_vlb) for a learned-variance U-Net."""
         d = self.config.diffusion
-        return diffusion_loss(
-            model_fn, x0, t, eps, self.schedule, d.prediction, d.min_snr_gamma
-        )  # fmt: skip
+        loss = hybrid_loss if self.config.model.learn_variance else diffusion_loss
+        return loss(model_fn, x0, t, eps, self.schedule, d.prediction, d.min_snr_gamma)
 
     def x0_batch(self, batch: Batch) -> torch.Tensor:
         """This process's share of the batch's clean data x0, (b / world, C, H, W): the images
@@ -110,9 +123,13 @@ class DiffusionObjective(Objective):
 
     def preview(self, path: Path) -> Path:
         cfg = self.config.train
+        ddpm = (
+            {"variance": ddpm_variance(self.config, None)} if cfg.preview_sampler == "ddpm" else {}
+        )
         x = generate(
             self.networks["ema"], self.config, self.schedule, num_images=cfg.num_preview,
             seed=cfg.seed, sampler=cfg.preview_sampler, steps=cfg.preview_steps, space=self.space,
+            **ddpm,
         )  # fmt: skip
         return viz.save_grid(x, path)
 
@@ -143,6 +160,10 @@ def prepare_run(
     if num_images is not None:
         train_cfg = replace(train_cfg, num_images=num_images)
     train_cfg.validate()
+    check_learned_variance(
+        bool((model_overrides or {}).get("learn_variance")), prediction=diffusion_cfg.prediction,
+        backend=backend,
+    )  # fmt: skip
     if backend == "numpy":
         check_numpy_options(train_cfg)
     else:
@@ -188,6 +209,31 @@ def check_numpy_options(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} is available for the torch backend only")
 
 
+def check_learned_variance(
+    learn_variance: bool, *, prediction: str, backend: str = "torch", latent: bool = False
+) -> None:
+    """Refuse, in one line, a learned variance (``ModelConfig.learn_variance``) where it has no
+    meaning or no implementation: a flow model (no DDPM reverse steps), latent diffusion (L_vlb's
+    t = 0 term is the likelihood of 8-bit pixels), the NumPy backend."""
+    if not learn_variance:
+        return
+    if prediction == "flow":
+        raise ValueError(
+            "--learn-variance learns the variance of DDPM's reverse steps (Nichol & Dhariwal "
+            "2021); a flow matching model has none: use it with --objective diffusion"
+        )
+    if latent:
+        raise ValueError(
+            "--learn-variance trains pixel-space diffusion (its t = 0 term is the likelihood of "
+            "8-bit pixels), not --latent"
+        )
+    if backend != "torch":
+        raise ValueError(
+            "--learn-variance trains with the torch backend only (the NumPy U-Net has no "
+            "variance output)"
+        )
+
+
 def save_forward_process(
     config: RunConfig, dataset: ImageDataset, schedule: Schedule, out: Path
 ) -> None:
@@ -200,11 +246,16 @@ def save_forward_process(
 
 def diffusion_report(config: RunConfig) -> Report:
     """Diffusion's part of report.html."""
+    facts = {
+        "schedule": f"{config.diffusion.schedule}, T = {config.diffusion.timesteps}",
+        "prediction": config.diffusion.prediction,
+    }
+    if config.model.learn_variance:
+        facts["variance"] = (
+            f"learned: L_simple + {VLB_WEIGHT:g} L_vlb (Nichol & Dhariwal 2021, Eq. 16)"
+        )
     return Report(
-        facts={
-            "schedule": f"{config.diffusion.schedule}, T = {config.diffusion.timesteps}",
-            "prediction": config.diffusion.prediction,
-        },
+        facts=facts,
         pictures=(
             ("The forward process on training images", "forward_process.png"),
             ("Denoising trajectory: x_t from noise to image", "trajectory.png"),

@@ -10,6 +10,7 @@ sample the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,14 @@ from tqdm import tqdm
 
 from difflab.config import RunConfig
 from difflab.consistency import consistency_function, consistency_timesteps, sample_consistency
-from difflab.flow import FLOW_SOLVERS, FLOW_TIME_SCALE, euler, heun
+from difflab.diffusion import split_variance
+from difflab.flow import FLOW_SOLVERS, FLOW_TIME_SCALE, euler, heun, meanflow_sample
 from difflab.models.gan import Generator
 from difflab.models.unet import UNet
 from difflab.nn_numpy import NumpyUNet
 from difflab.samplers import SAMPLERS, Denoiser, make_denoiser, sample
 from difflab.sampling.load import LoadedModel
-from difflab.sampling.plan import CONSISTENCY, GENERATOR, SamplingPlan
+from difflab.sampling.plan import CONSISTENCY, GENERATOR, MEANFLOW, SamplingPlan
 from difflab.sampling.spaces import LatentSpace, PixelSpace
 from difflab.schedules import Schedule
 
@@ -83,7 +85,11 @@ def generate_gan(
 
 
 def guided_model_fn(
-    model: Callable[[Any, Any, Any], Any], y: Any, guidance: float, null_label: int
+    model: Callable[..., Any],
+    y: Any,
+    guidance: float,
+    null_label: int,
+    with_variance: bool = False,
 ) -> Callable[[Any, Any], Any]:
     """Classifier-free guidance (Ho & Salimans 2022, Eq. 6): out = u + w (c - u).
 
@@ -91,8 +97,12 @@ def guided_model_fn(
     label dropout. w = 1 is plain conditional sampling (one pass), w = 0 unconditional, w > 1
     trades diversity for fidelity to the class. Mixing outputs is the same for every prediction
     target: eps, x0 and v are each affine in the output at fixed (x_t, t). Both halves run in one
-    batch of 2B.
+    batch of 2B. ``with_variance`` asks a learned-variance U-Net for its variance output too
+    (``diffusion.split_variance``); guidance mixes the predictions and keeps the conditional
+    pass's variance, as GLIDE's sampler does.
     """
+    if with_variance:
+        model = partial(model, with_variance=True)
     if y is None or guidance == 1.0:
         return lambda x_t, t: model(x_t, t, y)
     null = y * 0 + null_label  # same type, dtype and device as y
@@ -104,7 +114,10 @@ def guided_model_fn(
     def model_fn(x_t: Any, t: Any) -> Any:
         out = model(cat([x_t, x_t]), cat([t, t]), y2)
         cond, uncond = out[: len(y)], out[len(y) :]
-        return uncond + guidance * (cond - uncond)
+        if not with_variance:
+            return uncond + guidance * (cond - uncond)
+        (cond, v), (uncond, _) = split_variance(cond), split_variance(uncond)
+        return cat([uncond + guidance * (cond - uncond), v], 1)  # (B, 2C, H, W)
 
     return model_fn
 
@@ -118,6 +131,12 @@ def flow_velocity(
     return lambda x, t: guided(x, t * FLOW_TIME_SCALE)
 
 
+def average_velocity(model: Any, y: Any) -> Callable[[Any, Any, Any], Any]:
+    """A MeanFlow network as ``flow.meanflow_sample`` calls it, ``u(z, r, t)`` at flow times
+    (it sees ``FLOW_TIME_SCALE t`` and the interval ``FLOW_TIME_SCALE (t - r)``)."""
+    return lambda z, r, t: model(z, t * FLOW_TIME_SCALE, y, interval=(t - r) * FLOW_TIME_SCALE)
+
+
 def model_denoiser(
     model: UNet | NumpyUNet,
     config: RunConfig,
@@ -125,12 +144,16 @@ def model_denoiser(
     y: Any = None,
     guidance: float = 1.0,
     clip_x0: bool = True,
+    learned_variance: bool = False,
 ) -> Denoiser:
     """The sampler's ``denoiser(x_t, t) -> (eps, x0_pred)`` for a trained network, with guidance
     (a network that predicts eps, x0 or v: not a consistency student, whose output is a
-    consistency function's; the kind table keeps those away from here)."""
-    model_fn = guided_model_fn(model, y, guidance, config.model.num_classes)
-    return make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0)
+    consistency function's; the kind table keeps those away from here). ``learned_variance``:
+    (eps, x0_pred, v) of a network trained with it, for DDPM's ``variance="learned"``."""
+    model_fn = guided_model_fn(
+        model, y, guidance, config.model.num_classes, with_variance=learned_variance
+    )
+    return make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0, learned_variance)
 
 
 @torch.no_grad()
@@ -168,7 +191,7 @@ def generate(
     ``eta``, ``clip_x0``, ``guidance`` and ``options`` (spacing, timesteps, variance) go to it as
     they are: a sampling plan (``sampling.plan``) has already completed them for the model.
     """
-    if sampler not in SAMPLERS and sampler not in FLOW_SOLVERS and sampler != CONSISTENCY:
+    if sampler not in (*SAMPLERS, *FLOW_SOLVERS, CONSISTENCY, MEANFLOW):
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if space is None:
         if config.kind == "latent-diffusion":
@@ -211,13 +234,19 @@ def generate(
                 model, config, schedule, x_start, y, steps=steps or 1, generator=generator,
                 callback=callback if start == 0 else None, timesteps=options.get("timesteps"),
             )  # fmt: skip
+        elif sampler == MEANFLOW:  # a MeanFlow student's jumps with its average velocity
+            x = meanflow_sample(
+                average_velocity(model, y), x_start, options["timesteps"],
+                callback=callback if start == 0 else None,
+            )  # fmt: skip
         elif sampler in FLOW_SOLVERS:  # a flow model's own ODE, on its grid of flow times
             x = FLOW_SOLVER_FUNCTIONS[sampler](
                 flow_velocity(model, y, guidance, config.model.num_classes), x_start,
                 options["timesteps"], callback=callback if start == 0 else None,
             )  # fmt: skip
         else:
-            denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0)
+            learned = sampler == "ddpm" and options.get("variance") == "learned"
+            denoiser = model_denoiser(model, config, schedule, y, guidance, clip_x0, learned)
             x = sample(
                 sampler, denoiser, x_start, schedule, steps=steps, eta=eta, generator=generator,
                 callback=callback if start == 0 else None, **options,

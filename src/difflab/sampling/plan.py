@@ -20,14 +20,21 @@ import torch
 
 from difflab.config import ConsistencyConfig, FlowConfig, ProgressiveConfig, RunConfig
 from difflab.consistency import consistency_timesteps
-from difflab.flow import FLOW_DEFAULT_STEPS, FLOW_SOLVERS, flow_timesteps
-from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS, default_steps, timestep_sequence
+from difflab.flow import FLOW_DEFAULT_STEPS, FLOW_SOLVERS, MEANFLOW_DEFAULT_STEPS, flow_timesteps
+from difflab.samplers import (
+    DEFAULT_SAMPLER,
+    SAMPLERS,
+    VARIANCES,
+    default_steps,
+    timestep_sequence,
+)
 
 if TYPE_CHECKING:
     from difflab.sampling.load import LoadedModel
 
 CONSISTENCY = "consistency"  # the sampler of a consistency student (difflab.consistency)
 GENERATOR = "gan generator"  # a GAN's: one generator evaluation per image
+MEANFLOW = "meanflow"  # a MeanFlow student's jumps z_r = z_t - (t - r) u (flow.meanflow_sample)
 # A flow model's sampler when none is asked for: UniPC on the DDPM grid (10 steps) beat the flow
 # ODE's own Euler and Heun at 4, 8 and 20 evaluations on MNIST (FID 1.83 at 8 against Heun's 2.09
 # and Euler's 4.17 after 10 CPU-minutes; docs/flow.md, benchmarks/flow_vs_ddpm.py).
@@ -44,7 +51,7 @@ class SamplingRequest:
     steps: int | None = None  # network evaluations
     spacing: str | None = None  # which timesteps a respaced sampler visits (default trailing)
     eta: float | None = None  # DDIM noise
-    variance: str | None = None  # DDPM's sigma^2: beta or beta_tilde
+    variance: str | None = None  # DDPM's sigma^2: beta, beta_tilde or learned (VARIANCES)
     guidance: float | None = None  # classifier-free guidance scale
     guidance_sweep: tuple[float, ...] | None = None  # several scales, one row each
     class_label: int | str | None = None  # an index or a class name; None: every class
@@ -69,7 +76,7 @@ class SamplingPlan:
     guidance: float = 1.0  # the scale applied while sampling (1: one conditional pass)
     shown_guidance: float = 1.0  # the scale to report: baked in for a distilled model
     eta: float = 0.0  # DDIM's noise
-    variance: str = "beta"  # DDPM's sigma^2
+    variance: str = "beta"  # DDPM's sigma^2: beta, beta_tilde, or learned (the network's own)
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1]
     guidance_sweep: tuple[float, ...] = ()  # scales of a sweep, checked
     rows: int = 0  # >0: the labels are classes in blocks of this many (one grid row per class)
@@ -148,6 +155,24 @@ def _labels(config: RunConfig, request: SamplingRequest) -> tuple[torch.Tensor |
     return labels, request.num_images, 0
 
 
+def ddpm_variance(config: RunConfig, variance: str | None) -> str:
+    """DDPM's sigma^2 for this model: the one asked for, else ``learned`` for a network trained
+    with --learn-variance (Nichol & Dhariwal 2021) and ``beta`` for others; ``learned`` for a
+    network without a variance output is an error."""
+    if variance is None:
+        return "learned" if config.model.learn_variance else "beta"
+    if variance not in VARIANCES:
+        raise ValueError(
+            f"unknown DDPM variance {variance!r}; expected one of {', '.join(VARIANCES)}"
+        )
+    if variance == "learned" and not config.model.learn_variance:
+        raise ValueError(
+            "--variance learned needs a model trained with --learn-variance; this one has a fixed "
+            "variance: use beta or beta_tilde"
+        )
+    return variance
+
+
 def _check_count(request: SamplingRequest) -> None:
     if request.num_images < 1:
         raise ValueError(f"number of images must be >= 1, got {request.num_images}")
@@ -187,7 +212,7 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
         sampler=sampler, steps=steps, timesteps=tuple(grid), num_images=n, seed=request.seed,
         labels=labels, guidance=guidance, shown_guidance=guidance,
         eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
-        variance=request.variance or "beta", clip_x0=request.clip is not False and
+        variance=ddpm_variance(config, request.variance), clip_x0=request.clip is not False and
         loaded.space.clip_x0, guidance_sweep=sweep, rows=rows,
     )  # fmt: skip
 
@@ -210,6 +235,35 @@ def plan_flow(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     )  # fmt: skip
 
 
+def plan_reflow(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A reflow student's plan: ``plan_flow``, but one Euler step unless asked otherwise (its
+    straightened ODE is what it was trained for)."""
+    if request.sampler is None:
+        request = replace(request, sampler="euler", steps=request.steps or 1)
+    return plan_flow(loaded, request)
+
+
+def plan_meanflow(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
+    """A MeanFlow student's plan: its own jumps (``meanflow``, 1 by default, any number on the
+    uniform flow grid), or any flow sampler reading its network at r = t (a velocity model)."""
+    sampler = request.sampler or MEANFLOW
+    if sampler != MEANFLOW:
+        return plan_flow(loaded, request)
+    _check_count(request)
+    steps = request.steps or MEANFLOW_DEFAULT_STEPS
+    grid = flow_timesteps(steps)  # a bad --steps fails here
+    guidance, labels, n, rows, sweep = _conditioning(loaded.config, request)
+    if guidance != 1.0 or sweep:
+        raise ValueError(
+            "a MeanFlow model's one-step jumps take no classifier-free guidance (its average "
+            "velocity was learned without it); sample with --sampler heun or unipc to guide"
+        )
+    return SamplingPlan(
+        sampler=MEANFLOW, steps=steps, timesteps=tuple(float(t) for t in grid), num_images=n,
+        seed=request.seed, labels=labels, clip_x0=False, rows=rows,
+    )  # fmt: skip
+
+
 def plan_edit(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     """An editing command's plan (inpaint, img2img, interpolate) on a model with a denoiser: the
     command names the sampler its edit runs (``request.sampler``); the steps default to that
@@ -228,7 +282,7 @@ def plan_edit(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
         sampler=sampler, steps=steps, timesteps=tuple(grid), num_images=request.num_images,
         seed=request.seed, labels=labels, guidance=guidance, shown_guidance=guidance,
         eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
-        variance=request.variance or "beta",
+        variance=request.variance or "beta",  # the edits' DDPM steps take a fixed variance
         clip_x0=request.clip is not False and loaded.space.clip_x0,
     )  # fmt: skip
 
