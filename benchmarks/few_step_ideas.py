@@ -1,4 +1,4 @@
-"""Measured attempts to close the few-step gap (docs/few_step.md), one command each, so that anyone
+"""Measured attempts to close the few-step gap (docs/lab/few_step.md), one command each, so that anyone
 can rerun them. Those that did not help enough stay here; ``dmd``, which did, became the stage of
 ``difflab distill --method progressive --dmd-steps`` (``difflab.objectives.progressive``).
 

@@ -15,6 +15,8 @@ reflow's pair drawing:
 Every model is scored by ``difflab evaluate`` at 1 and 2 steps (the teacher with Euler, and at
 20 UniPC evaluations for reference), N = ``--num-samples``, seed 1, against the test split. A
 grid of each route's one-step images (seed 0) is written to ``docs/flow/`` for looking at.
+Then each model's straightness (Liu et al. 2022: how far its ODE paths are from the straight
+lines one Euler step follows; ``--straightness-only`` measures just that on finished runs).
 Prints one JSON row per model and steps, then the machine's fp32 matmul rate.
 """
 
@@ -61,6 +63,30 @@ def teacher_minutes(teacher: Path) -> float:
     return max(r.get("elapsed_s", 0.0) for r in records) / 60
 
 
+def straightness_rows(teacher: Path, runs: Path, routes: list[str], n: int = 256) -> list[dict]:
+    """Each model's straightness (``flow.straightness``: the mean squared gap between v and the
+    path's chord, per pixel) along 50 Euler steps from the same ``n`` noise draws; a MeanFlow
+    network is read at r = t (its instantaneous velocity)."""
+    import torch
+
+    from difflab.flow import flow_timesteps, straightness
+    from difflab.kinds import load_model
+    from difflab.sampling.draw import flow_velocity
+
+    rows = []
+    for name, ckpt in [
+        ("teacher", teacher),
+        *((r, runs / r / "model_final.safetensors") for r in routes),
+    ]:
+        loaded = load_model(ckpt, "cpu")
+        shape = (n, loaded.config.model.in_channels, *(2 * [loaded.config.model.image_size]))
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            s = straightness(flow_velocity(loaded.model, None, 1.0, 0), x, flow_timesteps(50))
+        rows.append({"model": name, "straightness": round(float(s.mean()), 4)})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, help="the MNIST IDX files")
@@ -70,7 +96,13 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=2000)
     p.add_argument("--routes", default="reflow,meanflow")
     p.add_argument("--runs", default="runs/flow_few_step")
+    p.add_argument("--straightness-only", action="store_true", help="measure the trained runs' "
+                   "straightness only (no training or FID)")  # fmt: skip
     args = p.parse_args()
+    if args.straightness_only:
+        for row in straightness_rows(Path(args.teacher), Path(args.runs), args.routes.split(",")):
+            print(json.dumps(row), flush=True)
+        return
     rate = matmul_gflops()
     teacher, runs = Path(args.teacher), Path(args.runs)
     base_minutes = teacher_minutes(teacher)
@@ -98,6 +130,8 @@ def main() -> None:
                   **score(args, ckpt, steps, None)})  # fmt: skip
         run(["sample", "--checkpoint", str(ckpt), "--steps", "1", "--num-images", "64",
              "--seed", "0", "--out", str(ROOT / "docs" / "flow" / f"{route}_1step.png")])  # fmt: skip
+    for row in straightness_rows(teacher, runs, args.routes.split(",")):
+        print(json.dumps(row), flush=True)
     print(json.dumps({"matmul_gflops_end": round(matmul_gflops())}))
 
 

@@ -206,6 +206,7 @@ def test_cli_writes_one_line_and_overwrites(uncond, tmp_path, capsys):
     ("case", "message"),
     [
         ("first-level-mult", "has no UNet2DModel equivalent"),
+        ("learned-variance", "trained with --learn-variance is not exported"),
         ("latent", "pixel diffusion model (kind diffusion) only"),
         ("both-flags", "not allowed with argument"),
         ("not-an-export", "holds no model_index.json"),
@@ -215,6 +216,9 @@ def test_bad_input_is_one_line_and_leaves_no_folder(case, message, uncond, tmp_p
     ckpt, _ = uncond
     if case == "first-level-mult":
         mc = ModelConfig(in_channels=3, channel_mults=(2, 2), num_res_blocks=1, **SMALL)
+        ckpt = checkpoint(tmp_path / "m.safetensors", mc)
+    elif case == "learned-variance":
+        mc = ModelConfig(in_channels=3, learn_variance=True, num_res_blocks=1, **SMALL)
         ckpt = checkpoint(tmp_path / "m.safetensors", mc)
     elif case == "latent":
         onnx_tests = pytest.importorskip("test_export_onnx")

@@ -1,6 +1,6 @@
-"""benchmarks/few_step_ideas.py (the measured attempts of docs/few_step.md that did not help):
+"""benchmarks/few_step_ideas.py (the measured attempts of docs/lab/few_step.md that did not help):
 its refusal of bad input, and that the feature discriminator reads the diffusion model's own
-encoder features. Its runs themselves are minutes of training on MNIST (docs/few_step.md
+encoder features. Its runs themselves are minutes of training on MNIST (docs/lab/few_step.md
 has them); the distillation target they share with progressive distillation is tested in
 test_progressive.py."""
 

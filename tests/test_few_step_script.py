@@ -1,7 +1,7 @@
 """benchmarks/few_step.py's bookkeeping: the verdict on the issue's targets, and DDPM-1000's
 images kept in chunks so that its hours can be spread over several runs.
 
-The benchmark itself is hours of distillation and sampling (docs/few_step.md holds its runs);
+The benchmark itself is hours of distillation and sampling (docs/few_step.md and docs/lab/few_step.md hold its runs);
 these tests check the parts that decide what it reports and what it draws again, on a tiny
 checkpoint."""
 

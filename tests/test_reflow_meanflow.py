@@ -24,6 +24,7 @@ from difflab.flow import (
     heun,
     meanflow_sample,
     sample_t_r,
+    straightness,
 )
 from difflab.kinds import distill_route, load_model, plan_sampling
 from difflab.models.unet import UNet
@@ -245,3 +246,21 @@ def test_bad_input_to_the_flow_routes_is_one_line(
     assert main(["distill", "--teacher", flow, *MEANFLOW, "--out", str(out)]) == 2
     assert "runs in one process" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_straightness_is_zero_for_straight_paths_and_the_exact_bend_for_the_gaussian_flow():
+    x = np.random.default_rng(3).standard_normal((4000, 1))
+    grid = flow_timesteps(400)
+    # Straight paths walked at constant speed: x_t = x_1 (1 + t) / 2, so v(x_t, t) = x_t / (1 + t)
+    assert np.abs(straightness(lambda z, t: z / (1 + t[:, None]), x, grid)).max() < 1e-12
+    # The Gaussian flow's paths change speed: its straightness is the time average of
+    # (v - (x_1 - x_0))^2 along the exact solution (test_flow.exact_flow_map), here by quadrature
+    measured = straightness(gaussian_velocity(), x, grid)
+    ts = np.linspace(1.0, 0.0, 2001)
+    path = np.stack([exact_flow_map(x, 1.0, t) for t in ts])  # (T, N, 1)
+    v = np.stack(
+        [gaussian_velocity()(p, np.full(len(x), t)) for p, t in zip(path, ts, strict=True)]
+    )
+    exact = np.trapezoid(((v - (path[0] - path[-1])) ** 2)[..., 0], -ts, axis=0)
+    assert exact.mean() > 1e-3
+    assert measured.mean() == pytest.approx(exact.mean(), rel=0.02)

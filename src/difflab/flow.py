@@ -467,3 +467,23 @@ def meanflow_sample(
             callback({"x": x, "i": i, "t": t, "x0_pred": x - t * u, "v": u, "nfe": i + 1})
         x = x - (t - r) * u
     return x
+
+
+def straightness(velocity_fn: VelocityFn, x: Any, timesteps: Any) -> Any:
+    """How far an ODE's paths are from straight lines (Liu et al. 2022, Eq. 3, "straightness"):
+    the mean over the grid's steps of ||v(x_t, t) - (x_1 - x_0)||^2 per pixel, per sample (N,),
+    along the Euler solve from ``x`` (at t = 1) over ``timesteps``. 0 means every path is a
+    straight line walked at constant speed, which one Euler step follows exactly."""
+    grid = _checked_grid(timesteps)
+    start, velocities = x, []
+    for t, t_next in itertools.pairwise(grid):
+        v = velocity_fn(x, _times_like(x, t))
+        velocities.append(v)
+        x = x + (t_next - t) * v
+    chord = (start - x) / (grid[0] - grid[-1])  # the straight line's velocity, end to end
+    weights = -np.diff(grid) / (grid[0] - grid[-1])  # each step's share of the time
+    total = sum(
+        w * ((v - chord) ** 2).reshape(len(v), -1).mean(1)
+        for w, v in zip(weights, velocities, strict=True)
+    )
+    return total

@@ -190,6 +190,11 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def check_mappable(mc: ModelConfig) -> None:
     """Refuse, in one line, a U-Net configuration with no UNet2DModel equivalent."""
+    if mc.learn_variance:
+        raise ValueError(
+            "a U-Net trained with --learn-variance is not exported to diffusers yet (its "
+            "scheduler would need variance_type learned_range and a parity check of its steps)"
+        )
     if mc.channel_mults[0] != 1:
         raise ValueError(
             f"a U-Net with channel_mults[0] = {mc.channel_mults[0]} has no UNet2DModel "

@@ -187,9 +187,24 @@ def _network(loaded: LoadedModel) -> _Graph:
     T = loaded.schedule.num_timesteps
     flow = prediction == "flow"
     return _Graph(
-        model, _unet_inputs(model, T, TRACED_BATCH, seed=0, flow=flow),
+        _Denoiser(model), _unet_inputs(model, T, TRACED_BATCH, seed=0, flow=flow),
         _unet_inputs(model, T, CHECK_BATCH, 1, flow=flow), "prediction",
     )  # fmt: skip
+
+
+class _Denoiser(nn.Module):
+    """The U-Net as every sampler calls it, ``(x, t[, label]) -> prediction``. The TorchScript
+    exporter passes every parameter of ``forward`` it is not given, keyword-only ones too, as
+    positional arguments: the U-Net's own options (``with_variance``, ...) must stay out of it."""
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.unet(x, t, label)  # (N, C, H, W)
 
 
 def _unet_inputs(
