@@ -19,7 +19,7 @@ from difflab.schedules import SCHEDULES
 T = TypeVar("T")
 
 LR_DECAYS = ("constant", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: device.auto_precision, when a run starts
 TEACHER_SOLVERS = ("ddim", "dpmpp-2s")  # progressive distillation's first teacher step
 
 
@@ -124,7 +124,10 @@ class TrainConfig:
     log_every: int = 10  # write a metrics.jsonl line every N steps
     num_images: int | None = None  # train on the first N images; None = all (kept for resume)
     max_steps: int | None = None  # stop after N steps in all (LR schedule still spans the epochs)
-    precision: str = "fp32"  # fp32, or autocast to bf16 (CPU, GPU) or fp16 (CUDA, loss-scaled)
+    # fp32, or autocast to bf16 (CPU, GPU) or fp16 (CUDA, loss-scaled); auto (the training
+    # commands' default) is resolved when the run starts, and the run records what it chose.
+    precision: str = "fp32"
+    precision_reason: str = ""  # why that precision: auto's reason, or given; "" = not recorded
     channels_last: bool | None = None  # NHWC memory layout; None = on for CPU, off elsewhere
     compile: bool = False  # torch.compile the U-Net: a slow first step, faster ones after
     skip_nonfinite: bool = False  # skip a step with a NaN/inf loss or gradient; False = stop

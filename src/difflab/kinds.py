@@ -10,14 +10,14 @@ editing commands, ``train`` and ``resume_run`` for training. After it, the code 
 
 Adding a kind: a name in ``config.KINDS`` and a branch in ``config.model_kind`` (with the config
 section that marks it), an objective module in ``difflab/objectives/``, a planner in
-``sampling/plan.py`` if it draws in a new way, and a row here (README: "Adding a model kind").
+``sampling/plan.py`` if it draws in a new way, and a row here (docs/contributing.md: "Adding a model kind").
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from difflab.config import (
 )
 from difflab.consistency import STEP_TIMES
 from difflab.data import ImageDataset, load_dataset
+from difflab.device import pick_device
 from difflab.flow import FLOW_SOLVERS
 from difflab.objectives.autoencoder import AutoencoderObjective, load_test_split
 from difflab.objectives.consistency import ConsistencyDistillation, load_teacher
@@ -50,7 +51,15 @@ from difflab.sampling.draw import execute
 from difflab.sampling.load import LoadedModel, load_generator, load_latent_unet, load_unet
 from difflab.sampling.plan import SamplingPlan, SamplingRequest
 from difflab.sampling.spaces import load_autoencoder
-from difflab.training import Context, Objective, TrainResult, fit, latest_checkpoint, resume_config
+from difflab.training import (
+    Context,
+    Objective,
+    TrainResult,
+    fit,
+    latest_checkpoint,
+    resume_config,
+    settle_precision,
+)
 
 # (config, dataset, context, run directory, resources) -> the objective the harness trains
 ObjectiveFactory = Callable[..., Objective]
@@ -398,6 +407,8 @@ def train(
         if resume:
             raise ValueError("--resume is available for the torch backend only")
         return train_numpy(config, dataset, out_dir, overwrite=overwrite, progress=progress)
+    # The precision, resolved once (auto) and recorded, before the objective sees the config.
+    config = replace(config, train=settle_precision(config.train, pick_device(config.train.device)))
     kind = kind_of(config)
     resources = resources or kind.prepare(config)
     out = Path(out_dir)

@@ -24,7 +24,7 @@ from difflab.cli.flags import (
     positive_int,
     resume_from_flags,
 )
-from difflab.config import PRECISIONS, AutoencoderConfig, TrainConfig
+from difflab.config import AutoencoderConfig, TrainConfig
 
 # What --resume may change: how long to go on, and where (difflab.training.RESUME_FLAGS' subset).
 RESUME_FLAGS = ("epochs", "max_steps", "max_minutes", "device", "precision")
@@ -76,7 +76,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0 = off")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, data order and eps")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--precision", choices=PRECISIONS, help="(default: fp32)")
     p.add_argument("--sample-every", type=non_negative_int, default=d.sample_every,
                    help="write a reconstruction preview every N epochs; 0: at the end")  # fmt: skip
     p.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every)

@@ -27,7 +27,7 @@ from difflab.cli.flags import (
     positive_int,
     resume_from_flags,
 )
-from difflab.config import PRECISIONS, PRESETS, DiffusionConfig, FlowConfig, TrainConfig
+from difflab.config import PRESETS, DiffusionConfig, FlowConfig, TrainConfig
 from difflab.diffusion import PREDICTIONS
 from difflab.flow import TIME_SAMPLINGS
 from difflab.samplers import SAMPLERS
@@ -193,18 +193,14 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """The run directory, resuming, and the stopping, numerics and speed flags."""
-    d, dd = TrainConfig(), DiffusionConfig()
+    dd = DiffusionConfig()
     add_run_flags(p, default_out="runs/<data>", resume_help="continue the run in RUN_DIR")
-    # Flags that default to None may also be given with --resume (difflab.training.RESUME_FLAGS).
+    # These flags may also be given with --resume (difflab.training.RESUME_FLAGS); --precision
+    # (add_run_flags) too.
     p.add_argument(
         "--max-steps", type=positive_int,
         help="stop after this many steps in all; the LR schedule still spans --epochs, so a run "
         "stopped here and resumed ends with the same weights as one that never stopped",
-    )  # fmt: skip
-    p.add_argument(
-        "--precision", choices=PRECISIONS,
-        help=f"fp32; bf16 autocast (CPU, recent GPUs); fp16 autocast with loss scaling (CUDA) "
-        f"(default: {d.precision})",
     )  # fmt: skip
     p.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction,
@@ -263,6 +259,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
             dropout=args.dropout, learn_variance=args.learn_variance,
         )  # fmt: skip
+        if args.backend == "numpy" and args.precision == "auto":  # NumPy computes in float32
+            args.precision, args.precision_reason = "fp32", "auto: the NumPy backend is float32"
         check_learned_variance(
             args.learn_variance, backend=args.backend, latent=bool(args.latent),
             prediction="flow" if args.objective == "flow" else args.prediction,

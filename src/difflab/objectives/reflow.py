@@ -99,7 +99,14 @@ def student_config(
             "--channels-last is not available for --method meanflow: GroupNorm's forward-mode "
             "derivative fails on channels-last tensors (torch 2.13)"
         )
-    train = replace(train, channels_last=False)  # not the CPU's channels-last default either
+    if train.precision not in ("auto", "fp32"):
+        raise ValueError(
+            f"--precision {train.precision} is not available for --method meanflow: "
+            "torch.func.jvp fails under autocast (torch 2.13); use fp32"
+        )
+    # Not the CPU's channels-last default either, nor auto's bf16 where that picks it.
+    train = replace(train, channels_last=False, precision="fp32",
+                    precision_reason="meanflow: torch.func.jvp runs in fp32")  # fmt: skip
     model = replace(tc.model, interval_input=True)
     return replace(tc, model=model, train=train, reflow=None, meanflow=section, backend="torch")
 

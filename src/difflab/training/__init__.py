@@ -9,7 +9,7 @@ objective (``difflab.objectives`` holds them; ``difflab.kinds`` says which one a
                 curve and report.html, limits, and ``resume_config`` for --resume
 """
 
-from difflab.training.harness import blend_into, fit, lr_at, update_ema
+from difflab.training.harness import blend_into, fit, lr_at, settle_precision, update_ema
 from difflab.training.objective import (
     Batch,
     Context,
@@ -48,6 +48,7 @@ __all__ = [
     "lr_at",
     "resume_config",
     "run_checkpoints",
+    "settle_precision",
     "start_run_dir",
     "update_ema",
 ]

@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,13 @@ from tqdm import tqdm
 from difflab import distributed, viz
 from difflab.checkpoint import Checkpoint, load_checkpoint, load_weights_into, write_checkpoint
 from difflab.config import RunConfig, TrainConfig
-from difflab.device import AMP_DTYPES, check_precision, default_channels_last, pick_device
+from difflab.device import (
+    AMP_DTYPES,
+    auto_precision,
+    check_precision,
+    default_channels_last,
+    pick_device,
+)
 from difflab.training.objective import (
     Batch,
     Context,
@@ -92,6 +99,24 @@ def blend_into(ema: torch.nn.Module, model: torch.nn.Module, d: float) -> None:
     """ema <- d * ema + (1 - d) * weights."""
     ema_params = list(ema.parameters())
     torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1.0 - d)
+
+
+GIVEN = "given, not auto"  # the reason recorded for a precision given by name
+
+
+def settle_precision(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` with the precision the run trains in, and why, as config.json records them.
+
+    ``auto`` becomes what ``device.auto_precision`` picks for ``device``; a precision given by
+    name is recorded as given, unless its giver said why (``precision_reason``). A resumed run
+    goes on with the precision and reason its checkpoint recorded (``resume_config``): the
+    commands pass ``auto`` on --resume only when it is given again, so a run is not resolved
+    again, maybe to another precision, on another machine. Settling twice changes nothing.
+    """
+    if cfg.precision == "auto":
+        precision, reason = auto_precision(device)
+        return replace(cfg, precision=precision, precision_reason=reason)
+    return cfg if cfg.precision_reason else replace(cfg, precision_reason=GIVEN)
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
@@ -194,11 +219,13 @@ def fit(
     ``resume`` continues from the newest checkpoint in ``out_dir`` exactly where it stopped, so
     the weights come out as those of a run that never stopped. Ctrl-C stops after the current step
     and saves a checkpoint (``TrainingInterrupted``). Started by ``torchrun``, each process trains
-    on its slice of every batch (``difflab.distributed``) and rank 0 writes the files.
+    on its slice of every batch (``difflab.distributed``) and rank 0 writes the files. Its
+    precision is settled first (``settle_precision``: ``auto`` resolved), and recorded so.
     """
+    config.train.validate()
+    device = pick_device(config.train.device)
+    config = replace(config, train=settle_precision(config.train, device))
     cfg, out = config.train, Path(out_dir)
-    cfg.validate()
-    device = pick_device(cfg.device)
     check_precision(cfg.precision, device)
     ckpt = load_checkpoint(latest_checkpoint(out)) if resume else None
     if ckpt is not None:
@@ -559,7 +586,8 @@ class Harness:
         print(
             f"{self.prog}: {self.objective.describe()}, device {self.device}"
             + (f" x {ddp.world_size} processes" if ddp.enabled else "")
-            + f", {cfg.precision}, {self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
+            + f", {cfg.precision} ({cfg.precision_reason})"
+            + f", {self.steps_per_epoch} steps/epoch x {cfg.epochs} epochs"
             + (f", stopping after {cfg.max_minutes:g} min" if cfg.max_minutes else "")
             + (f", stopping after step {cfg.max_steps}" if cfg.max_steps else "")
             + (f", resuming at step {self.step}" if self.ckpt is not None else "")

@@ -231,6 +231,8 @@ def resume_config(ckpt: Checkpoint, **changes: Any) -> RunConfig:
         raise ValueError(f"{', '.join(sorted(unknown))} cannot change when a run is resumed")
     stored = config.train
     cfg = replace(stored, **{k: v for k, v in changes.items() if v is not None})
+    if cfg.precision != stored.precision:  # given anew: the recorded reason is not its own
+        cfg = replace(cfg, precision_reason="")
     step, elapsed = ckpt.state.get("step", 0), ckpt.state.get("elapsed_s", 0.0)
     if changes.get("max_steps") is None and cfg.max_steps is not None and step >= cfg.max_steps:
         cfg = replace(cfg, max_steps=None)
