@@ -69,10 +69,18 @@ CUDA_VARIANTS = {
 
 
 def make_step(
-    precision: str, channels_last: bool, compile_: bool, device: torch.device, batch: int
+    precision: str,
+    channels_last: bool,
+    compile_: bool,
+    device: torch.device,
+    batch: int,
+    base_channels: int | None = None,
 ) -> Callable[[], None]:
-    """One training step of the diffusion objective for this variant, on a fixed synthetic batch."""
+    """One training step of the diffusion objective for this variant, on a fixed synthetic batch
+    (the default MNIST U-Net, or at ``base_channels``)."""
     config = default_model_config("mnist", 28, 1, 0)
+    if base_channels is not None:
+        config = replace(config, base_channels=base_channels)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = UNet(config).to(device, memory_format=memory_format).train()

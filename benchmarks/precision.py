@@ -33,12 +33,10 @@ from dataclasses import replace
 
 import torch
 
+from bench_train_flags import make_step
 from difflab.config import default_model_config
 from difflab.device import AMP_DTYPES, auto_precision, cpu_flags, default_channels_last, pick_device
-from difflab.diffusion import diffusion_loss
 from difflab.models.unet import UNet, count_parameters
-from difflab.schedules import make_schedule
-from difflab.training import update_ema
 from machine import cpu_name, device_name
 
 PRECISIONS = ("fp32", "bf16")
@@ -66,36 +64,9 @@ def matmul_step(precision: str, n: int, device: torch.device) -> Callable[[], No
 def train_step(
     precision: str, base_channels: int, channels_last: bool, device: torch.device, batch: int
 ) -> Callable[[], None]:
-    """One training step of the diffusion objective on a fixed synthetic MNIST-shaped batch."""
-    config = replace(default_model_config("mnist", 28, 1, 0), base_channels=base_channels)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    torch.manual_seed(0)
-    model = UNet(config).to(device, memory_format=memory_format).train()
-    ema = UNet(config).to(device, memory_format=memory_format).eval().requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    schedule = make_schedule("linear", 1000)
-    gen = torch.Generator(device=device).manual_seed(0)
-    shape = (batch, 1, 28, 28)
-    x0 = torch.rand(shape, generator=gen, device=device) * 2 - 1  # (B, 1, 28, 28)
-    x0 = x0.contiguous(memory_format=memory_format)
-    eps = torch.randn(shape, generator=gen, device=device).contiguous(memory_format=memory_format)
-    t = torch.randint(0, 1000, (batch,), generator=gen, device=device)
-    amp_dtype = AMP_DTYPES[precision]
-    count = [0]
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = diffusion_loss(model, x0, t, eps, schedule).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        update_ema(ema, model, 0.999, count[0])
-        count[0] += 1
-        synchronize(device)
-
-    return step
+    """One training step of the diffusion objective on a fixed synthetic MNIST-shaped batch
+    (bench_train_flags.make_step, uncompiled)."""
+    return make_step(precision, channels_last, False, device, batch, base_channels)
 
 
 def round_robin(steps: dict[str, Callable[[], None]], warmup: int, rounds: int) -> dict:

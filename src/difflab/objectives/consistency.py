@@ -69,12 +69,17 @@ def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkp
         )
     check_prediction(teacher.config.diffusion.prediction)
     teacher.model  # noqa: B018 (a one-line error for a checkpoint without a diffusion network)
+    check_teacher_file(path, expected_sha256)
+    return teacher
+
+
+def check_teacher_file(path: str | Path, expected_sha256: str | None) -> None:
+    """Refuse, in one line, a teacher file that is not the one a run was distilled from."""
     if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise ValueError(
             f"teacher {path} is not the file this run was distilled from (expected sha256 "
             f"{expected_sha256[:16]}...); put the original back or start a new run"
         )
-    return teacher
 
 
 def student_config(

@@ -44,6 +44,7 @@ from difflab.flow import (
 )
 from difflab.io import atomic_path, file_sha256
 from difflab.models.unet import UNet
+from difflab.objectives.consistency import check_teacher_file
 from difflab.objectives.flow import FlowObjective
 from difflab.sampling.draw import flow_velocity, generate
 from difflab.training.objective import Batch, Context, Report
@@ -62,11 +63,7 @@ def load_flow_teacher(path: str | Path, expected_sha256: str | None = None) -> C
             "model (difflab train --objective flow)"
         )
     teacher.model  # noqa: B018 (a one-line error for a checkpoint without its network)
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise ValueError(
-            f"teacher {path} is not the file this run was distilled from (expected sha256 "
-            f"{expected_sha256[:16]}...); put the original back or start a new run"
-        )
+    check_teacher_file(path, expected_sha256)
     return teacher
 
 
