@@ -22,8 +22,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("difflab.diffusion", "difflab.samplers", "difflab.consistency", "difflab.editing",
      "difflab.device", "difflab.flow"),  # the formulas and the solvers: pure functions
     ("difflab.config",),  # frozen dataclasses, and the kind of a model
-    ("difflab.data", "difflab.checkpoint", "difflab.models", "difflab.nn_numpy", "difflab.viz",
-     "difflab.insides"),  # data, files, networks, pictures
+    ("difflab.data", "difflab.compose", "difflab.checkpoint", "difflab.models", "difflab.nn_numpy",
+     "difflab.viz", "difflab.insides"),  # data, files, networks, pictures
     ("difflab.sampling",),  # checkpoint -> images; knows no trainer
     ("difflab.evaluation",),  # metrics, the evaluator network, reference statistics
     ("difflab.training",),  # the harness and the run directory; knows no objective

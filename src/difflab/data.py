@@ -7,6 +7,9 @@ Sources, all behind one function, ``load_dataset(name, ...)``:
 - ``mnist`` / ``fashion-mnist``: the standard IDX files (gzipped or not), downloaded if missing.
 - ``cifar10``: the python (pickled) or binary batches, downloaded if missing.
 - ``folder``: a directory of images; the immediate subfolders are the classes.
+- ``mnist-compose``: 32x32 canvases of one or two coloured MNIST digits, captioned ("a red 3
+  left of a blue 7", the data set's ``names``), some combinations held out of the train split;
+  drawn by ``difflab.compose`` from the MNIST files (``--data-dir``: MNIST's).
 - ``emoji-datasource``: 64x64 colour emoji of Noto Emoji (google) and Twemoji (twitter), read
   from the npm packages ``emoji-datasource-google`` / ``-twitter`` 16.0.0 (folders or ``.tgz``),
   never downloaded; classes are the emoji categories, and each image keeps its name.
@@ -37,10 +40,13 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from difflab import compose
 from difflab.io import atomic_path
 
 EMOJI_DATASOURCE = "emoji-datasource"  # the colour emoji; not the built-in 8x8 "emoji" toy set
-DATASETS = ("emoji", "shapes", "mnist", "fashion-mnist", "cifar10", "folder", EMOJI_DATASOURCE)
+MNIST_COMPOSE = "mnist-compose"  # captioned canvases of coloured MNIST digits (difflab.compose)
+DATASETS = ("emoji", "shapes", "mnist", "fashion-mnist", "cifar10", "folder", EMOJI_DATASOURCE,
+            MNIST_COMPOSE)  # fmt: skip
 SPLITS = ("train", "test")
 
 
@@ -53,7 +59,7 @@ class ImageDataset:
     labels: np.ndarray  # (N,) int64 indices into class_names
     class_names: tuple[str, ...]  # ("all",) for a set without classes
     names: tuple[str, ...] | None = None  # a name per image (emoji-datasource: for text
-    # conditioning), None for a set whose images have none
+    # conditioning; mnist-compose: its caption), None for a set whose images have none
 
     def __post_init__(self) -> None:
         n, _, h, w = self.images.shape
@@ -111,9 +117,11 @@ def load_dataset(
     split: "train" or "test".
     image_size: None keeps the native size; otherwise images are centre-cropped to square and
         resized with Pillow's LANCZOS filter (emoji is always 8; shapes are drawn at 16..32;
-        emoji-datasource is 64, or 16 or 32 with the BOX filter).
+        emoji-datasource is 64, or 16 or 32 with the BOX filter; mnist-compose draws its
+        canvases at this even size, 28 to 64, default 32).
     download: fetch missing MNIST / Fashion-MNIST / CIFAR-10 files (checked against SHA-256).
-    seed: draws the built-in sets (the test split uses a different seed derived from it).
+    seed: draws the built-in sets and mnist-compose's canvases (the test split uses a different
+        seed derived from it).
     num_images: keep only the first N images (for built-ins: draw only N).
 
     For emoji-datasource only (``_load_emoji_datasource``):
@@ -144,6 +152,9 @@ def load_dataset(
             background=WHITE if background is None else background, components=components,
             num_images=num_images,
         )  # fmt: skip
+    if name == MNIST_COMPOSE:
+        return _load_compose(directory or default_cache_dir() / "mnist", split, image_size,
+                             download, seed, num_images)  # fmt: skip
     if name == "folder":
         images, labels, class_names = _load_folder(directory, split, image_size, num_images)
     else:
@@ -373,6 +384,22 @@ def make_shapes(num_images: int, seed: int, image_size: int = 16) -> ImageDatase
     coverage = np.clip(0.5 - distance, 0.0, 1.0)[:, None]  # (N, 1, S, S)
     images = bg[:, :, None, None] * (1 - coverage) + fg[:, :, None, None] * coverage
     return ImageDataset("shapes", (2 * images - 1).astype(np.float32), labels, SHAPES_CLASSES)
+
+
+def _load_compose(
+    directory: Path, split: str, image_size: int | None, download: bool, seed: int,
+    num_images: int | None,
+) -> ImageDataset:  # fmt: skip
+    """Canvases of the MNIST digits of ``split``: the train split draws only the captions
+    ``compose.DEFAULT_SPLIT`` keeps for training, the test split draws from all captions."""
+    digits, labels = _load_idx_set(_IDX_SETS["mnist"], directory, split, download)
+    canvases = compose.draw_canvases(
+        digits, labels, num_images or compose.DEFAULT_NUM_CANVASES[split],
+        seed=_split_seed(seed, split), captions="seen" if split == "train" else "all",
+        image_size=image_size or compose.CANVAS_SIZE,
+    )  # fmt: skip
+    return ImageDataset(MNIST_COMPOSE, canvases.images, canvases.labels, compose.KINDS,
+                        canvases.texts)  # fmt: skip
 
 
 # --- downloads ----------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ above it:
   in memory-bounded blocks), ``memorisation_check`` (generated against held-out images' distances
   to the nearest training image, in pixels or features), ``save_memorisation_picture`` (the
   closest pairs) and ``format_memorisation``, its lines of the report.
+- ``adherence.py``: prompt adherence of captioned canvases (``difflab.compose``), GenEval-style:
+  ``read_canvases`` finds and reads the digits, ``judge`` and ``score_canvases`` check them
+  against the captions, ``mnist_classifier`` reads digits with the MNIST evaluator.
 - ``reference.py``: the real data: ``reference_datasets`` (the train and test splits),
   ``reference_statistics`` (their features, mean and covariance, cached beside the evaluator),
   and ``score_features``, generated features against them.
@@ -27,6 +30,16 @@ Every public name is re-exported here: ``from difflab import evaluation as ev`` 
 ``ev.score_features(...)``.
 """
 
+from difflab.evaluation.adherence import (
+    Detection,
+    Verdict,
+    adherence_summary,
+    judge,
+    mnist_classifier,
+    read_canvases,
+    relation_between,
+    score_canvases,
+)
 from difflab.evaluation.evaluator import (
     EVALUATOR_FORMAT,
     INCEPTION_FILE,
@@ -83,9 +96,12 @@ __all__ = [
     "INCEPTION_URL",
     "NATIVE_SIZES",
     "REFERENCE_FORMAT",
+    "Detection",
     "Evaluator",
     "MemorisationCheck",
     "Reference",
+    "Verdict",
+    "adherence_summary",
     "check_classes",
     "class_accuracy",
     "class_coverage",
@@ -98,6 +114,7 @@ __all__ = [
     "format_table",
     "frechet_distance",
     "images_to_float",
+    "judge",
     "kid",
     "load_evaluator",
     "load_images",
@@ -105,15 +122,19 @@ __all__ = [
     "match_channels",
     "memorisation_check",
     "mmd2_unbiased",
+    "mnist_classifier",
     "nearest_distances",
     "nearest_neighbours",
     "polynomial_kernel",
     "precision_recall",
+    "read_canvases",
     "reference_cache_path",
     "reference_datasets",
     "reference_statistics",
+    "relation_between",
     "save_evaluator",
     "save_memorisation_picture",
+    "score_canvases",
     "score_features",
     "subset",
     "train_classifier",
