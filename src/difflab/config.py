@@ -21,6 +21,7 @@ T = TypeVar("T")
 LR_DECAYS = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: device.auto_precision, when a run starts
 TEACHER_SOLVERS = ("ddim", "dpmpp-2s")  # progressive distillation's first teacher step
+TEXT_ENCODERS = ("transformer", "bag")  # models.text: a small transformer, or a bag of words
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,30 @@ class ModelConfig:
     # Dhariwal 2021): conv_out has 2 x in_channels, trained with L_hybrid (diffusion.hybrid_loss)
     interval_input: bool = False  # a second time input, the interval t - r of MeanFlow's average
     # velocity u(z_t, r, t) (Geng et al. 2025), embedded like t and added to its embedding
+    # Text conditioning (models.text; train --text): a text encoder trained with the U-Net, and
+    # cross-attention blocks (Rombach et al. 2022's SpatialTransformer) that attend to its tokens.
+    text_vocab: int = 0  # 0 = no text conditioning; else the vocabulary's size, pad (id 0) included
+    text_length: int = 8  # tokens per prompt, padded with id 0
+    text_encoder: str = "transformer"  # transformer (pre-norm layers) or bag (bag of words)
+    text_width: int = 64  # width of the token embeddings and the encoder's states
+    text_layers: int = 2  # the transformer's layers
+    text_heads: int = 4  # heads of the encoder's attention and of the U-Net's cross-attention
+    cross_attention_levels: tuple[int, ...] | None = None  # levels (0 = full resolution) with a
+    # cross-attention block after each residual block; the middle has one if the lowest level
+    # does. None: the two lowest-resolution levels (``cross_levels``)
+
+    @property
+    def cross_levels(self) -> tuple[int, ...]:
+        """The levels with cross-attention blocks: none without text conditioning; else
+        ``cross_attention_levels``, by default the two lowest-resolution ones, where attention
+        is cheap (16 and 64 queries at 4x4 and 8x8 on a 32 px canvas; 1,024 at full resolution)
+        and a cell still sees where in the image it is (left, right, above, below)."""
+        if not self.text_vocab:
+            return ()
+        if self.cross_attention_levels is not None:
+            return tuple(self.cross_attention_levels)
+        levels = len(self.channel_mults)
+        return tuple(range(max(0, levels - 2), levels))
 
     def validate(self) -> None:
         levels = len(self.channel_mults)
@@ -68,6 +93,37 @@ class ModelConfig:
             )
         if self.num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+        if self.text_vocab:
+            self._validate_text()
+
+    def _validate_text(self) -> None:
+        levels = len(self.channel_mults)
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(
+                f"unknown text encoder {self.text_encoder!r}; expected one of "
+                f"{', '.join(TEXT_ENCODERS)}"
+            )
+        if self.num_classes:
+            raise ValueError("a U-Net is conditioned on class labels or on text, not both")
+        if self.text_vocab < 2 or self.text_length < 1 or self.text_layers < 0:
+            raise ValueError(
+                f"text_vocab must be >= 2, text_length >= 1 and text_layers >= 0; got "
+                f"{self.text_vocab}, {self.text_length} and {self.text_layers}"
+            )
+        if self.text_heads < 1 or self.text_width % self.text_heads:
+            raise ValueError(
+                f"text width {self.text_width} does not divide into {self.text_heads} heads"
+            )
+        if any(level < 0 or level >= levels for level in self.cross_levels):
+            raise ValueError(
+                f"cross_attention_levels {self.cross_levels} must lie in 0..{levels - 1}"
+            )
+        for level in self.cross_levels:
+            if (self.base_channels * self.channel_mults[level]) % self.text_heads:
+                raise ValueError(
+                    f"channels {self.base_channels * self.channel_mults[level]} at level {level} "
+                    f"do not divide into {self.text_heads} cross-attention heads"
+                )
 
 
 @dataclass(frozen=True)
@@ -396,6 +452,7 @@ class RunConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     class_names: tuple[str, ...] = ()  # names of the labels, when the data has classes
+    vocabulary: tuple[str, ...] = ()  # a text model's words, token id = index (0: the pad token)
     backend: str = "torch"  # torch or numpy
     consistency: ConsistencyConfig | None = None  # set for a distilled (few-step) model
     progressive: ProgressiveConfig | None = None  # set for a progressively distilled student
@@ -504,6 +561,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
             diffusion=_build(DiffusionConfig, {**LEGACY_DIFFUSION, **data["diffusion"]}),
             train=_build(TrainConfig, data.get("train", {})),
             class_names=tuple(data.get("class_names", ())),
+            vocabulary=tuple(data.get("vocabulary", ())),
             backend=data.get("backend", "torch"),
             consistency=(
                 _build(ConsistencyConfig, data["consistency"]) if data.get("consistency") else None

@@ -82,6 +82,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
 def int_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip() != "")
@@ -108,6 +115,7 @@ positive_int.__name__ = "positive integer"
 non_negative_int.__name__ = "integer >= 0"
 positive_float.__name__ = "positive number"
 non_negative_float.__name__ = "number >= 0"
+probability.__name__ = "probability"
 int_tuple.__name__ = "list of integers"
 
 
@@ -239,6 +247,8 @@ def sampling_request(args: argparse.Namespace, **fields: Any) -> SamplingRequest
         if hasattr(args, name):
             request[name] = getattr(args, name) if name in args.given else None
     request["guidance_sweep"] = getattr(args, "guidance_sweep", None) or None
+    if getattr(args, "prompt", None) is not None:  # --prompt, given once or more
+        request["prompts"] = tuple(args.prompt)
     request["clip"] = False if getattr(args, "no_clip", False) else None
     shown = [f for f in ("show_intermediate", "gif") if getattr(args, f, None)]
     request["trajectory"] = "--" + shown[0].replace("_", "-") if shown else None

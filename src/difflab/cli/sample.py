@@ -38,9 +38,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "sample",
         "Generate images from a trained checkpoint. A class-conditional model gives a grid with "
-        "one row per class, or the class chosen by --class-label.",
+        "one row per class, or the class chosen by --class-label; a text model a row per "
+        "--prompt.",
     )
     add_model_flags(p)
+    p.add_argument(
+        "--prompt", action="append", metavar="TEXT",
+        help="a text model (train --text): draw a row for this prompt, e.g. \"a red 3 left of "
+        "a blue 7\"; give it once per row (--num-images in all, split between the rows); "
+        "--guidance W guides each row against the empty prompt",
+    )  # fmt: skip
     p.add_argument("--num-images", type=positive_int, default=64)
     # 20 SDE steps: FID within 3% of 1000-step DDPM at 1/60 of its time (docs/samplers.md)
     add_sampler_flags(p, default=DEFAULT_SAMPLER)
@@ -72,7 +79,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if plan.guidance_sweep:
         return _guidance_sweep(loaded, plan, args, out)
 
-    names = loaded.config.label_names
+    names = list(plan.prompts) or loaded.config.label_names  # the rows' headers
     seq = plan.timesteps
     shown = set(seq[:: max(1, len(seq) // 10)]) | set(seq[-1:])
     recorder = TrajectoryRecorder(lambda i, t: t in shown, num_images=min(8, plan.num_images))

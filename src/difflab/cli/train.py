@@ -20,14 +20,23 @@ from difflab.cli.flags import (
     add_data_flags,
     add_run_flags,
     config_from_flags,
+    flags_given,
     int_tuple,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    probability,
     resume_from_flags,
 )
-from difflab.config import PRESETS, DiffusionConfig, FlowConfig, TrainConfig
+from difflab.config import (
+    PRESETS,
+    TEXT_ENCODERS,
+    DiffusionConfig,
+    FlowConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from difflab.diffusion import PREDICTIONS
 from difflab.flow import TIME_SAMPLINGS
 from difflab.samplers import SAMPLERS
@@ -35,6 +44,7 @@ from difflab.schedules import SCHEDULES
 
 OBJECTIVES = ("diffusion", "flow")  # what `difflab train` learns (the kinds diffusion and flow)
 DDPM_PREDICTIONS = tuple(p for p in PREDICTIONS if p != "flow")  # flow: --objective flow
+TEXT_FLAGS = ("text_encoder", "text_width", "text_layers", "cross_attention_levels")  # with --text
 FROM_PRESET = argparse.SUPPRESS  # the default of a recipe flag: unset, _resolve_recipe fills it
 
 # The train flags a preset may set, with what they are when neither the flag nor the preset is:
@@ -181,6 +191,34 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--conditional", action="store_true", help="learn a label embedding (classes)")
     p.add_argument(
+        "--label-dropout", type=probability, default=TrainConfig().label_dropout,
+        help="--conditional or --text: the share of training images whose class or caption is "
+        "replaced by the null label or the empty prompt, which classifier-free guidance needs",
+    )  # fmt: skip
+    p.add_argument(
+        "--text", action="store_true",
+        help="condition on the data's captions (--data mnist-compose): a text encoder trained "
+        "with the U-Net, and cross-attention to its tokens (docs/text.md); sample with --prompt",
+    )  # fmt: skip
+    m = ModelConfig()
+    p.add_argument(
+        "--text-encoder", choices=TEXT_ENCODERS, default=m.text_encoder,
+        help="--text: a small transformer (word order matters) or a bag of words (the mean of "
+        "the word embeddings: the ablation, blind to order)",
+    )  # fmt: skip
+    p.add_argument(
+        "--text-width", type=positive_int, default=m.text_width, help="--text: encoder width"
+    )
+    p.add_argument(
+        "--text-layers", type=non_negative_int, default=m.text_layers,
+        help="--text: transformer layers",
+    )  # fmt: skip
+    p.add_argument(
+        "--cross-attention-levels", type=int_tuple, metavar="LEVELS",
+        help="--text: levels (0 = full resolution) with cross-attention after each residual "
+        "block, e.g. 1,2 (default: the two lowest-resolution levels, and the middle)",
+    )  # fmt: skip
+    p.add_argument(
         "--latent", metavar="AUTOENCODER",
         help="latent diffusion: train on the latents of this autoencoder (the model_final."
         "safetensors of difflab train-autoencoder); the U-Net is sized for its latent grid",
@@ -259,6 +297,14 @@ def cmd_train(args: argparse.Namespace) -> None:
             num_res_blocks=args.num_res_blocks, attention_levels=args.attention_levels,
             dropout=args.dropout, learn_variance=args.learn_variance,
         )  # fmt: skip
+        text_flags = flags_given(args, TEXT_FLAGS)
+        if text_flags and not args.text:
+            raise ValueError(f"{text_flags[0]} sets up text conditioning: give it with --text")
+        if args.text:
+            overrides |= model_config_overrides(
+                text_encoder=args.text_encoder, text_width=args.text_width,
+                text_layers=args.text_layers, cross_attention_levels=args.cross_attention_levels,
+            )  # fmt: skip
         if args.backend == "numpy" and args.precision == "auto":  # NumPy computes in float32
             args.precision, args.precision_reason = "fp32", "auto: the NumPy backend is float32"
         check_learned_variance(
@@ -275,6 +321,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.latent:  # diffusion on an autoencoder's latents (objectives.latent)
             from difflab.objectives.latent import latent_run_config
 
+            if args.text:
+                raise ValueError("--text trains pixel-space models (not --latent yet)")
             if args.backend != "torch":
                 raise ValueError("--latent trains with the torch backend only, not --backend numpy")
             if args.image_size:
@@ -287,6 +335,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             config, dataset = prepare_run(
                 config_from_flags(TrainConfig, args), diffusion, overrides,
                 image_size=args.image_size, conditional=args.conditional, backend=args.backend,
+                text=args.text,
             )  # fmt: skip
         if args.objective == "flow":  # flow matching (objectives.flow)
             config = replace(

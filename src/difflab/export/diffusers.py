@@ -190,6 +190,8 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def check_mappable(mc: ModelConfig) -> None:
     """Refuse, in one line, a U-Net configuration with no UNet2DModel equivalent."""
+    if mc.text_vocab:
+        raise ValueError("a text-conditioned U-Net (train --text) is not exported to diffusers yet")
     if mc.learn_variance:
         raise ValueError(
             "a U-Net trained with --learn-variance is not exported to diffusers yet (its "

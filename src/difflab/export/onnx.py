@@ -178,6 +178,10 @@ def _network(loaded: LoadedModel) -> _Graph:
             {"z": _normal(CHECK_BATCH, model.z_dim, seed=1)}, "image",
         )  # fmt: skip
     assert isinstance(model, UNet) and loaded.schedule is not None  # load_model's torch U-Net
+    if model.config.text_vocab:
+        raise ValueError(
+            f"{loaded.path} is a text-conditioned model; the ONNX export takes no prompts yet"
+        )
     prediction = loaded.config.diffusion.prediction
     if prediction not in PREDICTIONS:
         raise ValueError(

@@ -14,6 +14,13 @@ channels: the prediction, then the variance output v of each pixel (``diffusion.
 ``forward`` returns the prediction alone unless asked for both (``with_variance=True``), so every
 reader of the prediction (DDIM and the other samplers, distillation teachers, export, inspect)
 runs such a network unchanged.
+
+With ``ModelConfig.text_vocab`` (``train --text``) a text encoder (``models.text``) turns the
+prompt's tokens into states, and a ``SpatialTransformer`` after the residual block (and its
+self-attention) of each block at ``ModelConfig.cross_levels`` attends to them; its output
+projection starts at zero, so an untrained text U-Net computes exactly what the same U-Net
+without those blocks computes. ``forward(..., tokens=)`` takes the prompt's ids (B, L); none is
+the empty prompt (all pad), the unconditional model of classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.config import ModelConfig
+from difflab.models.text import Attention, FeedForward, TextStates, make_text_encoder
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -80,19 +88,64 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
 
 
+class SpatialTransformer(nn.Module):
+    """Cross-attention of image features to text states (Rombach et al. 2022, Sec. 3.3, the
+    SpatialTransformer of Latent Diffusion): GroupNorm, 1x1 conv in, then on the H*W positions
+    as tokens x + self-attention(LN(x)), x + cross-attention(LN(x), text), x + MLP(LN(x)), and a
+    1x1 conv out that starts at zero, added to the input: an untrained block is the identity."""
+
+    def __init__(self, ch: int, context_dim: int, heads: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.proj_in = nn.Conv2d(ch, ch, 1)
+        self.norm1 = nn.LayerNorm(ch)
+        self.self_attn = Attention(ch, heads)
+        self.norm2 = nn.LayerNorm(ch)
+        self.cross_attn = Attention(ch, heads, context_dim)  # keys and values from the text
+        self.norm3 = nn.LayerNorm(ch)
+        self.mlp = FeedForward(ch)
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, text: TextStates) -> torch.Tensor:
+        states, mask = text  # (B, S, D), (B, S): pad tokens are False, left out of the keys
+        b, c, h, w = x.shape
+        z = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, HW, C)
+        z = z + self.self_attn(self.norm1(z))
+        z = z + self.cross_attn(self.norm2(z), states, mask)  # each position reads the prompt
+        z = z + self.mlp(self.norm3(z))
+        return x + self.proj_out(z.transpose(1, 2).reshape(b, c, h, w))  # (B, C, H, W)
+
+
 class Block(nn.Module):
-    """A residual block, optionally followed by self-attention."""
+    """A residual block, optionally followed by self-attention and by cross-attention to text."""
 
     def __init__(
-        self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float, attention: bool
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        groups: int,
+        dropout: float,
+        attention: bool,
+        cross: tuple[int, int] | None = None,  # (text width, heads): a SpatialTransformer
     ) -> None:
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, groups, dropout)
         self.attn = SelfAttention(out_ch, groups) if attention else None
+        self.cross = SpatialTransformer(out_ch, *cross, groups) if cross else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, text: TextStates | None = None
+    ) -> torch.Tensor:
         x = self.res(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.cross is not None:
+            assert text is not None, "a block with cross-attention needs the text states"
+            x = self.cross(x, text)
+        return x
 
 
 class Downsample(nn.Module):
@@ -141,6 +194,12 @@ class UNet(nn.Module):
         self.label_emb = (
             nn.Embedding(config.num_classes + 1, emb_dim) if config.num_classes > 0 else None
         )
+        # A text model: the prompt's encoder, and cross-attention at config.cross_levels.
+        self.text = make_text_encoder(config) if config.text_vocab else None
+        text_levels = config.cross_levels
+
+        def cross(level: int) -> tuple[int, int] | None:
+            return (config.text_width, config.text_heads) if level in text_levels else None
 
         self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
         self.down = nn.ModuleList()
@@ -150,14 +209,16 @@ class UNet(nn.Module):
         for level, mult in enumerate(config.channel_mults):
             attention = level in config.attention_levels
             for _ in range(config.num_res_blocks):
-                self.down.append(Block(ch, base * mult, emb_dim, groups, drop, attention))
+                self.down.append(
+                    Block(ch, base * mult, emb_dim, groups, drop, attention, cross(level))
+                )
                 ch = base * mult
                 skip_channels.append(ch)
             if level < levels - 1:
                 self.down.append(Downsample(ch))
                 skip_channels.append(ch)
 
-        self.mid1 = Block(ch, ch, emb_dim, groups, drop, config.mid_attention)
+        self.mid1 = Block(ch, ch, emb_dim, groups, drop, config.mid_attention, cross(levels - 1))
         self.mid2 = Block(ch, ch, emb_dim, groups, drop, False)
 
         self.up = nn.ModuleList()
@@ -165,7 +226,9 @@ class UNet(nn.Module):
             attention = level in config.attention_levels
             for _ in range(config.num_res_blocks + 1):
                 in_ch = ch + skip_channels.pop()
-                self.up.append(Block(in_ch, base * mult, emb_dim, groups, drop, attention))
+                self.up.append(
+                    Block(in_ch, base * mult, emb_dim, groups, drop, attention, cross(level))
+                )
                 ch = base * mult
             if level > 0:
                 self.up.append(Upsample(ch))
@@ -192,15 +255,32 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y)
         return emb
 
-    def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode_text(self, tokens: torch.Tensor | None, batch: int) -> TextStates | None:
+        """A text model's states of the prompts ``tokens`` (B, L) (None: the empty prompt, all
+        pad); None for a model without text conditioning, which refuses tokens in one line."""
+        if self.text is None:
+            if tokens is not None:
+                raise ValueError(
+                    "this U-Net has no text conditioning (it was not trained with --text): "
+                    "it takes no prompt"
+                )
+            return None
+        if tokens is None:
+            device = self.conv_in.weight.device
+            tokens = torch.zeros(batch, self.config.text_length, dtype=torch.long, device=device)
+        return self.text(tokens)  # (B, S, D), (B, S)
+
+    def encode(
+        self, x: torch.Tensor, emb: torch.Tensor, text: TextStates | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The down path and the middle blocks: the lowest-resolution features, and the skips (the
         input of every down module, then the last one's output) that the up path consumes."""
         h = self.conv_in(x)  # (B, base, H, W)
         skips = [h]
         for module in self.down:
-            h = module(h, emb) if isinstance(module, Block) else module(h)
+            h = module(h, emb, text) if isinstance(module, Block) else module(h)
             skips.append(h)  # (B, C_level, H / 2^level, W / 2^level)
-        return self.mid2(self.mid1(h, emb), emb), skips  # (B, C_low, H_low, W_low)
+        return self.mid2(self.mid1(h, emb, text), emb), skips  # (B, C_low, H_low, W_low)
 
     def forward(
         self,
@@ -210,15 +290,19 @@ class UNet(nn.Module):
         *,
         with_variance: bool = False,
         interval: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The prediction (eps, x0 or v), (B, C, H, W); with ``with_variance`` (a network with
         ``learn_variance``) the prediction and the variance output, (B, 2C, H, W). ``interval``
-        (B,): a MeanFlow network's t - r, in the units of ``t`` (ModelConfig.interval_input)."""
+        (B,): a MeanFlow network's t - r, in the units of ``t`` (ModelConfig.interval_input).
+        ``tokens`` (B, L): a text model's prompts (``models.text.tokenize``; None: the empty
+        prompt)."""
         emb = self.embed(t, y, interval)  # (B, E)
-        h, skips = self.encode(x, emb)
+        text = self.encode_text(tokens, x.shape[0])  # (B, S, D) and (B, S), or None
+        h, skips = self.encode(x, emb, text)
         for module in self.up:
             if isinstance(module, Block):
-                h = module(torch.cat([h, skips.pop()], dim=1), emb)  # concat skip on channels
+                h = module(torch.cat([h, skips.pop()], dim=1), emb, text)  # concat skip
             else:
                 h = module(h)  # Upsample
         out = self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W), or (B, 2C, H, W)

@@ -68,9 +68,19 @@ def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkp
             "(difflab train without --objective flow)"
         )
     check_prediction(teacher.config.diffusion.prediction)
+    check_text_teacher(path, teacher)
     teacher.model  # noqa: B018 (a one-line error for a checkpoint without a diffusion network)
     check_teacher_file(path, expected_sha256)
     return teacher
+
+
+def check_text_teacher(path: str | Path, teacher: Checkpoint) -> None:
+    """Refuse, in one line, a text-conditioned teacher: no distillation carries prompts yet."""
+    if teacher.config.model.text_vocab:
+        raise ValueError(
+            f"{path} is a text-conditioned model (train --text); difflab distill "
+            "does not distil text models yet"
+        )
 
 
 def check_teacher_file(path: str | Path, expected_sha256: str | None) -> None:

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from difflab import distributed, viz
+from difflab import compose, distributed, viz
 from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-from difflab.data import ImageDataset, load_dataset
+from difflab.data import MNIST_COMPOSE, ImageDataset, load_dataset
 from difflab.device import check_precision, pick_device
 from difflab.diffusion import VLB_WEIGHT, diffusion_loss, hybrid_loss
+from difflab.models.text import tokenize
 from difflab.models.unet import UNet, count_parameters
 from difflab.sampling.draw import generate
 from difflab.sampling.plan import ddpm_variance
@@ -61,6 +62,9 @@ class DiffusionObjective(Objective):
         self.schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
         self.images = torch.from_numpy(dataset.images).to(ctx.device)  # (N, C, H, W) in [-1, 1]
         self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
+        self.tokens = None  # a text model's captions as token ids, (N, L)
+        if config.model.text_vocab:
+            self.tokens = caption_tokens(config, dataset).to(ctx.device)
         self.num_items = len(self.images)
         self.space: PixelSpace | LatentSpace = PixelSpace()  # where samples live: pixels
 
@@ -72,19 +76,25 @@ class DiffusionObjective(Objective):
         b = len(batch.idx)
         t = self.draw_t(b)
         eps = self.draw_noise(batch)
-        y = None
+        y = tokens = None
         if config.model.num_classes > 0:
             drop = torch.rand(b, generator=gen, device=device) < config.train.label_dropout
             y = torch.where(drop, config.model.num_classes, self.labels[batch.idx])
+        elif self.tokens is not None:  # the prompt dropped is the empty prompt: all pad (id 0)
+            drop = torch.rand(b, generator=gen, device=device) < config.train.label_dropout
+            tokens = torch.where(drop[:, None], 0, self.tokens[batch.idx])  # (b, L)
         mine = batch.mine  # ddp: this process's share
         x0 = self.x0_batch(batch).contiguous(memory_format=self.memory_format)
         eps = eps[mine].contiguous(memory_format=self.memory_format)  # (b / world, C, H, W)
         t, y = t[mine], (None if y is None else y[mine])
+        text = {} if tokens is None else {"tokens": tokens[mine]}
         net = nets["model"]
         with_variance = self.config.model.learn_variance  # (B, 2C, H, W): hybrid_loss splits it
 
         def model_fn(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = y) -> Any:
-            return net(x_t, t, y, with_variance=True) if with_variance else net(x_t, t, y)
+            if with_variance:
+                return net(x_t, t, y, with_variance=True, **text)
+            return net(x_t, t, y, **text)
 
         return self.batch_loss(model_fn, x0, t, eps)  # (b / world,) float32
 
@@ -126,10 +136,13 @@ class DiffusionObjective(Objective):
         ddpm = (
             {"variance": ddpm_variance(self.config, None)} if cfg.preview_sampler == "ddpm" else {}
         )
+        labels = None  # a text model previews the training captions in turn, one image each
+        if self.tokens is not None:
+            labels = self.tokens[torch.arange(cfg.num_preview) % len(self.tokens)].cpu()  # (n, L)
         x = generate(
             self.networks["ema"], self.config, self.schedule, num_images=cfg.num_preview,
             seed=cfg.seed, sampler=cfg.preview_sampler, steps=cfg.preview_steps, space=self.space,
-            **ddpm,
+            labels=labels, **ddpm,
         )  # fmt: skip
         return viz.save_grid(x, path)
 
@@ -149,11 +162,14 @@ def prepare_run(
     conditional: bool = False,
     num_images: int | None = None,
     backend: str = "torch",
+    text: bool = False,
 ) -> tuple[RunConfig, ImageDataset]:
     """Load the data and fit the default U-Net for it (with any overrides) into a RunConfig.
 
     Flags are checked before the data is read, so a mistake costs no loading time.
     ``num_images`` (default: ``train_cfg.num_images``) is kept in the config for --resume.
+    ``text``: condition on the data's captions (``--data mnist-compose``) through a text encoder
+    and cross-attention (``ModelConfig.text_vocab``); the vocabulary goes into the config.
     """
     from difflab.config import default_model_config
 
@@ -170,6 +186,7 @@ def prepare_run(
         check_precision(train_cfg.precision, pick_device(train_cfg.device))
     diffusion_cfg.validate()
     make_schedule(diffusion_cfg.schedule, diffusion_cfg.timesteps)  # fail early on a bad T
+    check_text(text, data=train_cfg.data, conditional=conditional, backend=backend)
     dataset = load_dataset(
         train_cfg.data,
         data_dir=train_cfg.data_dir,
@@ -189,12 +206,40 @@ def prepare_run(
     )
     if model_overrides:
         model_cfg = replace(model_cfg, **model_overrides)
+    vocabulary: tuple[str, ...] = ()
+    if text:  # compose's words; the checkpoint keeps them, so prompts need no data to tokenise
+        vocabulary = compose.VOCABULARY
+        model_cfg = replace(model_cfg, text_vocab=len(vocabulary), text_length=compose.MAX_TOKENS)
+        model_cfg = replace(model_cfg, cross_attention_levels=model_cfg.cross_levels)
     model_cfg.validate()
     config = RunConfig(
         model=model_cfg, diffusion=diffusion_cfg, train=train_cfg,
-        class_names=dataset.class_names, backend=backend,
+        class_names=dataset.class_names, backend=backend, vocabulary=vocabulary,
     )  # fmt: skip
     return config, dataset
+
+
+def check_text(text: bool, *, data: str, conditional: bool = False, backend: str = "torch") -> None:
+    """Refuse, in one line, text conditioning where it has no captions or no implementation."""
+    if not text:
+        return
+    if data != MNIST_COMPOSE:
+        raise ValueError(
+            f"--text trains on captioned data: --data {MNIST_COMPOSE} (not {data}); its "
+            "captions' vocabulary is what prompts may use"
+        )
+    if conditional:
+        raise ValueError("--text and --conditional exclude each other: a caption or a class label")
+    if backend != "torch":
+        raise ValueError("--text trains with the torch backend only (the NumPy U-Net has no text)")
+
+
+def caption_tokens(config: RunConfig, dataset: ImageDataset) -> torch.Tensor:
+    """The data's captions (``ImageDataset.names``) as token ids of the config's vocabulary,
+    (N, text_length) int64, 0 = pad."""
+    if dataset.names is None:
+        raise ValueError(f"--text needs captioned data; {dataset.name} has no captions")
+    return tokenize(dataset.names, config.vocabulary, config.model.text_length)
 
 
 def check_numpy_options(cfg: TrainConfig) -> None:

@@ -44,7 +44,7 @@ from difflab.flow import (
 )
 from difflab.io import atomic_path, file_sha256
 from difflab.models.unet import UNet
-from difflab.objectives.consistency import check_teacher_file
+from difflab.objectives.consistency import check_teacher_file, check_text_teacher
 from difflab.objectives.flow import FlowObjective
 from difflab.sampling.draw import flow_velocity, generate
 from difflab.training.objective import Batch, Context, Report
@@ -62,6 +62,7 @@ def load_flow_teacher(path: str | Path, expected_sha256: str | None = None) -> C
             f"{path} is a {teacher.config.kind} model; reflow and meanflow distil a flow matching "
             "model (difflab train --objective flow)"
         )
+    check_text_teacher(path, teacher)
     teacher.model  # noqa: B018 (a one-line error for a checkpoint without its network)
     check_teacher_file(path, expected_sha256)
     return teacher

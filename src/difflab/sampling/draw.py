@@ -122,6 +122,20 @@ def guided_model_fn(
     return model_fn
 
 
+def conditioned(model: Callable[..., Any], config: RunConfig) -> tuple[Callable[..., Any], int]:
+    """The network as guidance calls it, ``model(x_t, t, c, **options)``, and the null value of
+    its conditioning c: a class-conditional model's labels and its null label, or a text model's
+    prompt tokens (B, L) and the pad id 0 (a row of pads is the empty prompt, which label
+    dropout trained as the unconditional model)."""
+    if not config.model.text_vocab:
+        return model, config.model.num_classes
+
+    def text_model(x_t: Any, t: Any, tokens: Any, **options: Any) -> Any:
+        return model(x_t, t, None, tokens=tokens, **options)
+
+    return text_model, 0
+
+
 def flow_velocity(
     model: Callable[[Any, Any, Any], Any], y: Any, guidance: float, null_label: int
 ) -> Callable[[Any, Any], Any]:
@@ -150,9 +164,8 @@ def model_denoiser(
     (a network that predicts eps, x0 or v: not a consistency student, whose output is a
     consistency function's; the kind table keeps those away from here). ``learned_variance``:
     (eps, x0_pred, v) of a network trained with it, for DDPM's ``variance="learned"``."""
-    model_fn = guided_model_fn(
-        model, y, guidance, config.model.num_classes, with_variance=learned_variance
-    )
+    network, null = conditioned(model, config)
+    model_fn = guided_model_fn(network, y, guidance, null, with_variance=learned_variance)
     return make_denoiser(model_fn, schedule, config.diffusion.prediction, clip_x0, learned_variance)
 
 
@@ -240,8 +253,9 @@ def generate(
                 callback=callback if start == 0 else None,
             )  # fmt: skip
         elif sampler in FLOW_SOLVERS:  # a flow model's own ODE, on its grid of flow times
+            network, null = conditioned(model, config)
             x = FLOW_SOLVER_FUNCTIONS[sampler](
-                flow_velocity(model, y, guidance, config.model.num_classes), x_start,
+                flow_velocity(network, y, guidance, null), x_start,
                 options["timesteps"], callback=callback if start == 0 else None,
             )  # fmt: skip
         else:

@@ -53,6 +53,11 @@ def load_unet(
     source = ckpt.path or "<memory>"
     model: UNet | NumpyUNet
     if backend == "numpy":
+        if ckpt.config.model.text_vocab:
+            raise ValueError(
+                f"checkpoint {source} is a text-conditioned model: it runs in torch only (the "
+                "NumPy U-Net has no text encoder)"
+            )
         dev = torch.device("cpu")
         model = NumpyUNet(ckpt.config.model)
         try:

@@ -21,6 +21,7 @@ import torch
 from difflab.config import ConsistencyConfig, FlowConfig, ProgressiveConfig, RunConfig
 from difflab.consistency import consistency_timesteps
 from difflab.flow import FLOW_DEFAULT_STEPS, FLOW_SOLVERS, MEANFLOW_DEFAULT_STEPS, flow_timesteps
+from difflab.models.text import tokenize
 from difflab.samplers import (
     DEFAULT_SAMPLER,
     SAMPLERS,
@@ -56,7 +57,9 @@ class SamplingRequest:
     guidance_sweep: tuple[float, ...] | None = None  # several scales, one row each
     class_label: int | str | None = None  # an index or a class name; None: every class
     class_rows: bool = False  # no class chosen: every class in blocks of a row each (a grid with
-    # one row per class, rounded up to whole rows) instead of the classes in turn
+    # one row per class, rounded up to whole rows) instead of the classes in turn; a text
+    # model's prompts likewise, a row each
+    prompts: tuple[str, ...] | None = None  # a text model's prompts (words of its vocabulary)
     clip: bool | None = None  # False: do not clip the predicted x0 to [-1, 1]
     trajectory: str | None = None  # the flag that asks for the intermediate steps, if any
 
@@ -72,14 +75,17 @@ class SamplingPlan:
     # or for euler/heun the flow times from 1 to 0; empty for a GAN
     num_images: int
     seed: int
-    labels: torch.Tensor | None = None  # one per image; None: unconditional
+    labels: torch.Tensor | None = None  # one per image: a class (N,), or a text model's prompt
+    # tokens (N, L); None: unconditional (the null label, the empty prompt)
     guidance: float = 1.0  # the scale applied while sampling (1: one conditional pass)
     shown_guidance: float = 1.0  # the scale to report: baked in for a distilled model
     eta: float = 0.0  # DDIM's noise
     variance: str = "beta"  # DDPM's sigma^2: beta, beta_tilde, or learned (the network's own)
     clip_x0: bool = True  # clip the predicted x0 to [-1, 1]
     guidance_sweep: tuple[float, ...] = ()  # scales of a sweep, checked
-    rows: int = 0  # >0: the labels are classes in blocks of this many (one grid row per class)
+    rows: int = 0  # >0: the labels are classes (or prompts) in blocks of this many (a grid row
+    # each)
+    prompts: tuple[str, ...] = ()  # a text model's prompts, in the order of their rows
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keywords of ``sampling.draw.generate`` that carry this plan out."""
@@ -129,11 +135,26 @@ def class_labels(
     return torch.full((num_images,), index, dtype=torch.long)
 
 
+def prompt_tokens(config: RunConfig, prompts: tuple[str, ...] | None) -> torch.Tensor | None:
+    """A text model's prompts as token ids of its vocabulary, (P, L); None for no prompts. A
+    prompt for a model without text, or with a word it does not know, is a one-line error."""
+    if prompts is None:
+        return None
+    if not config.model.text_vocab:
+        raise ValueError(
+            "a prompt was given, but this model has no text conditioning (train one with "
+            "difflab train --data mnist-compose --text)"
+        )
+    if not prompts:
+        raise ValueError("no prompt given; give --prompt TEXT once per row")
+    return tokenize(prompts, config.vocabulary, config.model.text_length)
+
+
 def check_guidance(config: RunConfig, guidance: float | None) -> float:
     """The guidance scale to use: 1 (plain conditional) by default; an error without labels."""
     if guidance is None:
         return 1.0
-    if config.model.num_classes == 0:
+    if config.model.num_classes == 0 and not config.model.text_vocab:  # text: see _conditioning
         raise ValueError(
             f"guidance {guidance:g} needs a class-conditional model; this checkpoint is "
             "unconditional (train with --conditional)"
@@ -145,7 +166,19 @@ def check_guidance(config: RunConfig, guidance: float | None) -> float:
 
 def _labels(config: RunConfig, request: SamplingRequest) -> tuple[torch.Tensor | None, int, int]:
     """The labels, the number of images and the rows of a request: every class in blocks of a
-    row each when ``class_rows`` and no class was chosen, else ``class_labels``."""
+    row each when ``class_rows`` and no class was chosen, else ``class_labels``; a text
+    model's prompt tokens likewise, a row per prompt or the prompts in turn."""
+    if request.prompts is not None and request.class_label is not None:
+        raise ValueError(
+            "--prompt and --class-label exclude each other: a text model takes prompts, a "
+            "class-conditional model a class"
+        )
+    tokens = prompt_tokens(config, request.prompts)  # (P, L) or None
+    if tokens is not None:
+        if request.class_rows:
+            per_prompt = -(-request.num_images // len(tokens))
+            return tokens.repeat_interleave(per_prompt, 0), len(tokens) * per_prompt, per_prompt
+        return tokens[torch.arange(request.num_images) % len(tokens)], request.num_images, 0
     k = config.model.num_classes
     if request.class_rows and k and request.class_label is None:
         per_class = -(-request.num_images // k)
@@ -185,6 +218,17 @@ def _conditioning(
     guidance = check_guidance(config, request.guidance)
     labels, n, rows = _labels(config, request)
     sweep = tuple(check_guidance(config, w) for w in request.guidance_sweep or ())
+    if config.model.text_vocab:
+        if sweep:
+            raise ValueError(
+                "--guidance-sweep draws a column per class; a text model takes --guidance W "
+                "with its --prompt rows"
+            )
+        if request.guidance is not None and labels is None:
+            raise ValueError(
+                f"guidance {request.guidance:g} needs a prompt: give --prompt (without one a "
+                "text model draws from the empty prompt, unguided)"
+            )
     if sweep and labels is None:
         raise ValueError("--guidance-sweep needs a class-conditional model")
     return guidance, labels, n, rows, sweep
@@ -213,7 +257,7 @@ def plan_diffusion(loaded: LoadedModel, request: SamplingRequest) -> SamplingPla
         labels=labels, guidance=guidance, shown_guidance=guidance,
         eta=(request.eta or 0.0) if sampler == "ddim" else 0.0,
         variance=ddpm_variance(config, request.variance), clip_x0=request.clip is not False and
-        loaded.space.clip_x0, guidance_sweep=sweep, rows=rows,
+        loaded.space.clip_x0, guidance_sweep=sweep, rows=rows, prompts=request.prompts or (),
     )  # fmt: skip
 
 
@@ -231,7 +275,7 @@ def plan_flow(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     return SamplingPlan(
         sampler=sampler, steps=steps, timesteps=tuple(float(t) for t in grid), num_images=n,
         seed=request.seed, labels=labels, guidance=guidance, shown_guidance=guidance,
-        clip_x0=False, guidance_sweep=sweep, rows=rows,
+        clip_x0=False, guidance_sweep=sweep, rows=rows, prompts=request.prompts or (),
     )  # fmt: skip
 
 
@@ -275,6 +319,11 @@ def plan_edit(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     steps = request.steps or default_steps(sampler, schedule.num_timesteps)
     grid = timestep_sequence(schedule.num_timesteps, steps, request.spacing or "trailing")
     guidance = check_guidance(config, request.guidance)
+    if config.model.text_vocab and request.guidance is not None:
+        raise ValueError(
+            "the editing commands take no prompt yet: a text model edits from the empty prompt, "
+            "unguided (leave out --guidance)"
+        )
     labels = None
     if request.class_label is not None:
         labels = class_labels(config, request.class_label, 1)  # (1,): one class for every edit
@@ -343,6 +392,7 @@ DIFFUSION_ONLY = {
     "sampler": "--sampler", "steps": "--steps", "spacing": "--spacing", "eta": "--eta",
     "variance": "--variance", "trajectory": None, "guidance_sweep": "--guidance-sweep",
     "guidance": "--guidance", "class_label": "--class-label", "clip": "--no-clip",
+    "prompts": "--prompt",
 }  # fmt: skip
 
 
