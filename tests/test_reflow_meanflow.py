@@ -172,7 +172,7 @@ def test_reflow_trains_on_the_teachers_own_ode_pairs_and_draws_in_one_step(
 
 def test_a_flow_teacher_gets_reflow_by_default(flow_teacher, diffusion_teacher, capsys):
     flow, ddpm = (load_checkpoint(p).config for p in (flow_teacher, diffusion_teacher))
-    assert distill_route(flow, 1).method == "reflow"
+    assert distill_route(flow, 1).method == "reflow" and "8.24" in distill_route(flow, 1).evidence
     assert distill_route(ddpm, 1).method == "progressive"
 
 

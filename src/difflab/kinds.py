@@ -192,7 +192,10 @@ def _flow_teacher(config: RunConfig) -> dict[str, Any]:
 
 def _flow_distill_route(teacher: RunConfig, steps: int) -> DistillRoute:
     """Reflow for a flow matching teacher: one rectification of its ODE (Liu et al. 2022)."""
-    evidence = "the few-step route for a flow teacher (docs/flow.md); MeanFlow is --method meanflow"
+    evidence = (
+        "from a 10-minute MNIST flow teacher, FID 8.24 in one Euler step and 5.19 in two (the "
+        "teacher's own one step: 154); MeanFlow diverged there (docs/flow.md)"
+    )
     return DistillRoute("reflow", {}, evidence)
 
 

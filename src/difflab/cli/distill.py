@@ -87,8 +87,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "distribution-matching stage at 2 and 4 steps (MNIST, 20 CPU-minutes: FID 3.67 at 4 "
         "steps, 4.59 at 2, against DDPM-1000's 3.47; four rounds alone 9.60 at 1 step); "
         "consistency distillation scored 23.6 at 4 steps where progressive scored 2.87 "
-        "(docs/few_step.md); for a flow matching teacher reflow (Liu et al. 2022); meanflow "
-        "(Geng et al. 2025) is the other route for one",
+        "(docs/few_step.md); for a flow matching teacher reflow (Liu et al. 2022: FID 8.24 in "
+        "one Euler step on MNIST, the teacher's own 154); meanflow (Geng et al. 2025) is the "
+        "other route for one (it diverged in that run, docs/flow.md)",
     )  # fmt: skip
     p.add_argument("--data-dir", help="where the teacher's data lies, if not where it was trained")
     p.add_argument("--epochs", type=positive_int, help="passes over the data (default: 20)")
