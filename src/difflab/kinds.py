@@ -30,6 +30,7 @@ from difflab.config import (
     LatentConfig,
     MeanFlowConfig,
     ProgressiveConfig,
+    ReflowConfig,
     RunConfig,
 )
 from difflab.consistency import STEP_TIMES
@@ -185,9 +186,14 @@ def _progressive_teacher(config: RunConfig) -> dict[str, Any]:
     return {"teacher": load_teacher(pc.teacher, pc.teacher_sha256)}
 
 
-def _flow_teacher(config: RunConfig) -> dict[str, Any]:
-    section = config.reflow or config.section(MeanFlowConfig)
-    return {"teacher": load_flow_teacher(section.teacher, section.teacher_sha256)}
+def _flow_teacher(section: type[ReflowConfig | MeanFlowConfig]) -> Callable[..., dict[str, Any]]:
+    """The prepare step of a student of a flow teacher: its section names the teacher."""
+
+    def prepare(config: RunConfig) -> dict[str, Any]:
+        s = config.section(section)
+        return {"teacher": load_flow_teacher(s.teacher, s.teacher_sha256)}
+
+    return prepare
 
 
 def _flow_distill_route(teacher: RunConfig, steps: int) -> DistillRoute:
@@ -262,14 +268,14 @@ KINDS: dict[str, Kind] = {
             objective=lambda config, data, ctx, out, teacher: Reflow(
                 config, teacher, data, ctx, out
             ),
-            prepare=_flow_teacher, load=load_unet, plan=planners.plan_reflow, denoiser=True,
+            prepare=_flow_teacher(ReflowConfig), load=load_unet, plan=planners.plan_reflow, denoiser=True,
             refusal="", title=lambda config: "rectified flow model (1 Euler step)",
             stepwise=True, samplers=(*FLOW_SOLVERS, *SAMPLERS), distill=_flow_distill_route,
         ),
         Kind(
             name="meanflow", description="distillation", command="distill",
             objective=lambda config, data, ctx, out, teacher: MeanFlow(config, teacher, data, ctx),
-            prepare=_flow_teacher, load=load_unet, plan=planners.plan_meanflow, denoiser=True,
+            prepare=_flow_teacher(MeanFlowConfig), load=load_unet, plan=planners.plan_meanflow, denoiser=True,
             refusal="", title=lambda config: "MeanFlow model (1 step)", stepwise=True,
             samplers=(planners.MEANFLOW, *FLOW_SOLVERS, *SAMPLERS),
         ),

@@ -244,9 +244,10 @@ class ProgressiveDistillation(Objective):
 
     def round_at(self, step: int) -> int:
         """The round of ``step``; len(plan), one past the last, for the DMD stage."""
-        if self.config.progressive.dmd_steps and step >= self.stage_start:  # type: ignore[union-attr]
+        pc = self.config.section(ProgressiveConfig)
+        if pc.dmd_steps and step >= self.stage_start:
             return len(self.plan)
-        return min(step // self.config.progressive.round_steps, len(self.plan) - 1)  # type: ignore[union-attr]
+        return min(step // pc.round_steps, len(self.plan) - 1)
 
     def in_stage(self) -> bool:
         return self.round == len(self.plan)
@@ -255,7 +256,7 @@ class ProgressiveDistillation(Objective):
         """The step within this round: each round's EMA warms up anew from the round's start.
         Counted over the run, a decay of 0.999 would leave 0.999^500 = 61% of the previous
         round's weights in the EMA of a 500-step round: a student mostly still its teacher."""
-        return step - self.round * self.config.progressive.round_steps  # type: ignore[union-attr]
+        return step - self.round * self.config.section(ProgressiveConfig).round_steps
 
     def ema_decay(self, step: int, decay: float) -> float:
         """With ``dmd_average`` N, the stage's last N steps replace the EMA by the plain mean of

@@ -42,7 +42,7 @@ from difflab.flow import (
     interpolate,
     sample_t_r,
 )
-from difflab.io import atomic_path, file_sha256
+from difflab.io import atomic_path
 from difflab.models.unet import UNet
 from difflab.objectives.consistency import check_teacher_file, check_text_teacher
 from difflab.objectives.flow import FlowObjective
@@ -182,7 +182,7 @@ def make_pairs(
     uniform over a conditional teacher's classes, Heun in ``pair_steps`` on the flow grid of the
     teacher's shift) and written there atomically, so a resumed run trains on the same pairs."""
     tc = teacher.config
-    key = f"{teacher.path and file_sha256(teacher.path)}:{reflow.pairs}:{reflow.pair_steps}:{seed}"
+    key = f"{reflow.teacher_sha256}:{reflow.pairs}:{reflow.pair_steps}:{seed}"
     if path.exists():
         stored = load_file(path)
         if bytes(stored["key"].tolist()).decode() == key:
