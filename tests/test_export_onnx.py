@@ -1,7 +1,7 @@
 """`difflab export --onnx`: each kind's network, run by onnxruntime, gives PyTorch's output (max
-|diff| <= 1e-4) at any batch size, timestep and label; the JSON holds the checkpoint's schedule
-and the plan `difflab sample` makes; docs/export.md's snippets sample as difflab does; bad input
-is one line and leaves no file.
+|diff| <= 1e-4) at any batch size, timestep and label (a text model's: prompt); the JSON holds the
+checkpoint's schedule and the plan `difflab sample` makes (and a text model's vocabulary);
+docs/export.md's snippets sample as difflab does; bad input is one line and leaves no file.
 
 The checkpoints are tiny 8 px networks built here with every weight moved off its initial value
 (GroupNorm's scale 1 and shift 0 would hide a scale applied per group instead of per channel)."""
@@ -10,6 +10,7 @@ import ast
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 import difflab
+from difflab import compose
 from difflab.checkpoint import write_checkpoint
 from difflab.cli import main
 from difflab.config import (
@@ -37,6 +39,7 @@ from difflab.export import OPSET, export_onnx
 from difflab.kinds import KINDS, load_model, plan_sampling
 from difflab.models.autoencoder import Autoencoder
 from difflab.models.gan import build_networks
+from difflab.models.text import tokenize
 from difflab.models.unet import UNet
 from difflab.sampling import SamplingRequest, execute
 from difflab.schedules import make_schedule
@@ -109,6 +112,29 @@ def configs():
     return {kind: (config, networks[kind]) for kind, config in runs.items()}
 
 
+def text_configs():
+    """Two text-conditioned models with compose's vocabulary, keyed by a name: a diffusion model
+    (v) with the transformer encoder, and a flow matching one with the bag of words; every weight
+    moved off its initial value, the cross-attention blocks' zero output projections too (else
+    the prompt would change nothing and a lost tokens input would pass)."""
+    text = ModelConfig(image_size=8, in_channels=3, text_vocab=len(compose.VOCABULARY),
+                       text_width=16, **SMALL)  # fmt: skip
+    runs = {
+        "text": RunConfig(model=text, diffusion=DiffusionConfig(timesteps=30, prediction="v"),
+                          vocabulary=compose.VOCABULARY),
+        "text-bag-flow": RunConfig(
+            model=replace(text, text_encoder="bag"),
+            diffusion=DiffusionConfig(timesteps=30, prediction="flow", min_snr_gamma=None),
+            flow=FlowConfig(), vocabulary=compose.VOCABULARY,
+        ),
+    }  # fmt: skip
+    out = {}
+    for name, config in runs.items():
+        torch.manual_seed(0)
+        out[name] = (config, {"model": perturbed(UNet(config.model), 5)})
+    return out
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpts")
@@ -135,6 +161,21 @@ def exported(checkpoints, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def text_exported(tmp_path_factory):
+    """The text models of ``text_configs`` exported: (the loaded model, the JSON, a session,
+    the folder), by name."""
+    root = tmp_path_factory.mktemp("text-onnx")
+    out = {}
+    for name, (config, networks) in text_configs().items():
+        ckpt = write_checkpoint(root / f"{name}.safetensors", config, networks)
+        result = export_onnx(ckpt, root / name / "model.onnx")
+        assert result.max_abs_diff <= TOL
+        meta = json.loads(result.metadata.read_text())
+        out[name] = (load_model(ckpt, "cpu"), meta, session(result.network), root / name)
+    return out
+
+
 def session(path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -150,6 +191,13 @@ def both(loaded, sess, x, t, label=None):
         null = torch.full(t.shape, loaded.config.model.num_classes, dtype=torch.long)
         feed["label"] = (null if label is None else label).numpy()
     return want, sess.run(None, feed)[0]
+
+
+def both_text(loaded, sess, x, t, tokens):
+    """A text model's output for one batch of prompt tokens (N, L) in PyTorch and onnxruntime."""
+    with torch.no_grad():
+        want = loaded.model(x, t, tokens=tokens).numpy()
+    return want, sess.run(None, {"x": x.numpy(), "t": t.numpy(), "tokens": tokens.numpy()})[0]
 
 
 def max_diff(pairs):
@@ -177,6 +225,58 @@ def test_onnxruntime_gives_pytorchs_output_at_every_t_and_label(exported, kind):
     print(f"{kind}: max |onnxruntime - PyTorch| = {diff:.2e}")
     assert diff <= TOL
     assert np.abs(pairs[0][0]).max() > 0.1  # a real output, not a vanishing one
+
+
+PROMPTS = ("a red 3 left of a blue 7", "a blue 7 left of a red 3", "", "a green 2",
+           "a yellow 6 below a white 0")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["text", "text-bag-flow"])
+def test_a_text_models_prompt_tokens_are_an_input_that_counts(text_exported, name):
+    """The prompt's token ids (N, L) int64 are the graph's third input; onnxruntime gives
+    PyTorch's output for prompts of every length, the empty one too, at any t and batch size."""
+    loaded, _, sess, folder = text_exported[name]
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    types = {i.name: i.type.tensor_type for i in graph.input}
+    assert list(types) == ["x", "t", "tokens"]
+    assert types["tokens"].elem_type == onnx.TensorProto.INT64
+    assert [d.dim_param or d.dim_value for d in types["tokens"].shape.dim] == ["batch", 8]
+    tokens = tokenize(PROMPTS, compose.VOCABULARY, 8)  # (5, 8)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 8, 8, generator=gen)
+    if name == "text":
+        grids = [torch.full((5,), t) for t in (0, 15, 29)] + [torch.randint(0, 30, (5,))]
+    else:  # a flow network's t: 1000 times a flow time, float32
+        grids = [torch.full((5,), 1000.0 * s) for s in (0.0, 0.5, 1.0)]
+        grids.append(1000.0 * torch.rand(5, generator=gen))
+    pairs = [both_text(loaded, sess, x, t, tokens) for t in grids]
+    for n in (1, 7):  # other batch sizes than the traced one (2)
+        pairs.append(both_text(loaded, sess, torch.randn(n, 3, 8, 8), grids[1][:1].repeat(n),
+                               tokens[torch.arange(n) % 5]))  # fmt: skip
+    diff = max_diff(pairs)
+    # The prompt counts: each output differs from the empty prompt's, in both runtimes.
+    empty = both_text(loaded, sess, x, grids[1], tokens[[2] * 5])
+    prompt_effect = float(np.abs(pairs[1][1] - empty[1]).reshape(5, -1).max(1)[[0, 1, 3, 4]].min())
+    print(f"{name}: max |onnxruntime - PyTorch| = {diff:.2e}; prompt vs empty >= "
+          f"{prompt_effect:.2e}")  # fmt: skip
+    assert diff <= TOL and np.abs(pairs[0][0]).max() > 0.1
+    assert prompt_effect > 1e-3
+    # Word order: the transformer tells the two orders apart; the bag of words cannot.
+    _, got = both_text(loaded, sess, x[:1].repeat(2, 1, 1, 1), grids[1][:2], tokens[:2])
+    order = float(np.abs(got[0] - got[1]).max())
+    assert (order > 1e-3) if name == "text" else (order < 1e-5), order
+
+
+@pytest.mark.parametrize("name", ["text", "text-bag-flow"])
+def test_a_text_models_json_holds_its_vocabulary_and_prompt_length(text_exported, name):
+    loaded, meta, _, _ = text_exported[name]
+    assert meta["classes"] is None and list(meta["network"]["inputs"]) == ["x", "t", "tokens"]
+    assert meta["network"]["inputs"]["tokens"] == {"shape": ["batch", 8], "dtype": "int64"}
+    text = meta["text"]
+    assert text["vocabulary"] == list(compose.VOCABULARY) == list(loaded.config.vocabulary)
+    assert text["length"] == loaded.config.model.text_length == 8 and text["pad"] == 0
+    assert "empty prompt" in text["guidance"] and "str.split()" in text["tokenizer"]
+    assert meta["kind"] == ("diffusion" if name == "text" else "flow")
 
 
 def test_the_gan_generator_and_the_latent_decoder_match_pytorch(exported):
@@ -242,6 +342,7 @@ def test_the_json_holds_the_checkpoints_schedule_and_prediction(exported, kind):
         assert list(meta["network"]["inputs"]) == ["x", "t", "label"]
     else:
         assert meta["classes"] is None and list(meta["network"]["inputs"]) == ["x", "t"]
+    assert meta["text"] is None
 
 
 @pytest.mark.parametrize("kind", ["consistency", "progressive"])

@@ -1,18 +1,21 @@
 """`difflab export --web DIR`: a static page folder that draws in the browser with onnxruntime-web.
 
 Default suite (no browser, no network): the folder's files and JSON; the Python noise twin; the
-JavaScript sampler (sampler.js, run by node when it is installed) against its Python twin
-``sample_page`` on a stand-in network; ``sample_page`` against difflab's own samplers for the same
-noise; npm pack and its checks with a stand-in npm; bad input is one line and leaves nothing. The
-default suite runs on a stand-in runtime (tiny files named as onnxruntime-web's).
+JavaScript sampler and tokenizer (sampler.js, run by node when it is installed) against their
+Python twins ``sample_page`` and ``models.text.tokenize`` on a stand-in network; ``sample_page``
+against difflab's own samplers for the same noise (a text model's prompt and guidance too); npm
+pack and its checks with a stand-in npm; bad input is one line and leaves nothing. The default
+suite runs on a stand-in runtime (tiny files named as onnxruntime-web's).
 
 Slow (`make web-runtime` first; Debian's chromium, driven by Playwright): the pages of tiny
 checkpoints of each kind drawn in headless Chromium give the images ``sample_page`` gives for the
-same seed (max |diff| <= 1e-3 as floats, <= 2/255 as pixels), no request leaves 127.0.0.1; the
+same seed (max |diff| <= 1e-3 as floats, <= 2/255 as pixels), a text model's for a prompt typed
+in its box too, no request leaves 127.0.0.1; a bad prompt is one message in the page; the
 default MNIST model's page is at most 5 MiB.
 
 The checkpoints are test_export_onnx's tiny 8 px networks with every weight moved off its initial
-value."""
+value (its two text models: a diffusion one with the transformer encoder, a flow one with the bag
+of words)."""
 
 import base64
 import functools
@@ -34,12 +37,14 @@ import pytest
 import torch
 
 import difflab.export.web as web
+from difflab import compose
 from difflab.checkpoint import write_checkpoint
 from difflab.cli import main
 from difflab.config import RunConfig, default_model_config
 from difflab.export.web import (
     ORT_WEB_VERSION,
     RUNTIME_FILES,
+    PageNetwork,
     export_web,
     page_grid,
     page_noise,
@@ -47,9 +52,10 @@ from difflab.export.web import (
     sample_page,
 )
 from difflab.kinds import load_model, plan_sampling
+from difflab.models.text import tokenize
 from difflab.models.unet import UNet
 from difflab.sampling import SamplingRequest, execute
-from test_export_onnx import configs, perturbed
+from test_export_onnx import configs, perturbed, text_configs
 
 SAMPLER_JS = Path(web.__file__).parent / "page" / "sampler.js"
 PAGE_FILES = {
@@ -57,6 +63,8 @@ PAGE_FILES = {
     "page.json", "THIRD_PARTY.txt", *RUNTIME_FILES,
 }  # fmt: skip
 DRAWN = ("diffusion", "flow", "consistency", "progressive")
+TEXT = ("text", "text-bag-flow")  # test_export_onnx's text models: diffusion, flow
+PROMPT = "a red 3 left of a blue 7"  # the page's default prompt
 TOL = 1e-4  # sample_page against difflab's own samplers (float32 rounding, as test_export_onnx)
 PAGE_TOL, PIXEL_TOL = 1e-3, 2  # the browser against sample_page: floats, and pixels of 255
 FIVE_MIB = 5 * 2**20
@@ -73,7 +81,7 @@ def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("web-ckpts")
     return {
         kind: write_checkpoint(root / f"{kind}.safetensors", config, networks)
-        for kind, (config, networks) in configs().items()
+        for kind, (config, networks) in {**configs(), **text_configs()}.items()
     }
 
 
@@ -105,7 +113,9 @@ def pages(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("pages")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIFFLAB_NPM_CACHE", str(cache))
-        return {kind: export_web(checkpoints[kind], root / kind).out_dir for kind in DRAWN}
+        return {
+            kind: export_web(checkpoints[kind], root / kind).out_dir for kind in (*DRAWN, *TEXT)
+        }
 
 
 # The folder ------------------------------------------------------------------------------------
@@ -125,6 +135,7 @@ def test_the_command_writes_the_page_folder_in_one_line(checkpoints, fake_runtim
     assert info["format"] == "difflab-web-1" and info["onnxruntime_web"]["version"] == "1.22.0"
     assert info["steps"] == {"default": 1, "choices": [1, 2, 4], "max": 30}
     assert info["num_images"] == 16 and info["onnxruntime_web"]["threads"] == 1
+    assert info["prompt"] is None and meta["text"] is None  # no text: no prompt box
     assert meta["kind"] == "consistency" and meta["classes"]["names"] == ["cat", "dog", "owl"]
     assert set(info["onnxruntime_web"]["files"]) == set(RUNTIME_FILES)
     # The graph and its weights are an ONNX model again when put together.
@@ -139,6 +150,18 @@ def test_the_command_writes_the_page_folder_in_one_line(checkpoints, fake_runtim
     assert urls and all(u in PAGE_FILES or u.startswith("data:") for u in urls), urls
     for name in ("index.html", "page.js", "sampler.js"):
         assert not re.search(r"https?://|//cdn|fonts\.", (out / name).read_text()), name
+
+
+@pytest.mark.parametrize("kind", TEXT)
+def test_a_text_models_page_has_a_prompt_box_and_the_vocabulary(pages, kind):
+    info = json.loads((pages[kind] / "page.json").read_text())
+    meta = json.loads((pages[kind] / "model.json").read_text())
+    assert info["prompt"] == {"default": PROMPT, "guidance": 3.0}
+    assert meta["text"]["vocabulary"] == list(compose.VOCABULARY) and meta["text"]["length"] == 8
+    assert meta["classes"] is None and list(meta["network"]["inputs"]) == ["x", "t", "tokens"]
+    assert info["steps"] == {"default": 20, "choices": None, "max": 30}
+    html = (pages[kind] / "index.html").read_text()
+    assert '<label id="prompt-row" hidden>' in html and 'id="prompt"' in html
 
 
 def test_overwrite_replaces_a_page_and_only_a_page(checkpoints, fake_runtime, tmp_path, capsys):
@@ -278,15 +301,25 @@ def test_page_noise_is_deterministic_standard_normal_and_per_element():
 NODE_SCRIPT = """
 const S = require(process.argv[1]);
 const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
-const fake = async (x, t, labels) => {  // the stand-in network, as in the Python test
-  const n = labels ? labels.length : 1, per = x.length / n, out = new Float32Array(x.length);
+const fake = async (x, t, labels, tokens) => {  // the stand-in network, as in the Python test
+  const rows = labels || tokens, n = rows ? rows.length : 1, per = x.length / n;
+  const out = new Float32Array(x.length);
   for (let j = 0; j < x.length; j++) {
-    out[j] = 0.3 * x[j] + 0.0007 * t - 0.2 + (labels ? 0.05 * labels[Math.floor(j / per)] : 0);
+    const r = Math.floor(j / per);
+    const words = tokens ? 0.0005 * tokens[r].reduce((sum, id, k) => sum + id * (k + 1), 0) : 0;
+    out[j] = 0.3 * x[j] + 0.0007 * t - 0.2 + (labels ? 0.05 * labels[r] : 0) + words;
   }
   return out;
 };
 (async () => {
-  const result = {noise: {}, grids: {}, samples: [], pixels: null};
+  const result = {noise: {}, grids: {}, samples: [], pixels: null, tokens: []};
+  for (const prompt of input.prompts) {
+    try {
+      result.tokens.push({ids: S.tokenize(input.text, prompt)});
+    } catch (err) {
+      result.tokens.push({error: err.message});
+    }
+  }
   for (const [seed, stream, size] of input.noise) {
     result.noise[`${seed},${stream}`] = Array.from(S.pageNoise(seed, stream, size));
   }
@@ -306,6 +339,13 @@ const fake = async (x, t, labels) => {  // the stand-in network, as in the Pytho
 """
 
 
+TOKENIZER_CASES = [
+    PROMPT, "", "a green 2", "  a  red\t3\n left  of a blue 7 ", "a\u2003red\u30003",
+    "a\x1cred\x853", "a white 0 below a yellow 6",
+    "a purple 3", "a Red 3", "<pad>", "a red 3 left of a blue 7 now", "a red 3, please",
+]  # fmt: skip  # Python's whitespace (\u2003, \x1c, \x85 ...); unknown words; 9 words
+
+
 def fake_net(meta, info):
     """The stand-in network of NODE_SCRIPT, in NumPy: float64 per element, stored as float32."""
 
@@ -313,10 +353,13 @@ def fake_net(meta, info):
         def __init__(self):
             self.meta, self.page = meta, info
 
-        def __call__(self, x, t, labels):
+        def __call__(self, x, t, labels, tokens):
             out = 0.3 * x.astype(np.float64) + 0.0007 * t - 0.2
             if labels is not None:
                 out = out + 0.05 * np.asarray(labels, np.float64).reshape(-1, 1, 1, 1)
+            if tokens is not None:  # position-weighted: word order counts
+                weighted = (tokens * np.arange(1, tokens.shape[1] + 1)).sum(1)  # (N,)
+                out = out + 0.0005 * weighted.astype(np.float64).reshape(-1, 1, 1, 1)
             return out.astype(np.float32)
 
     return Fake()
@@ -324,8 +367,8 @@ def fake_net(meta, info):
 
 def test_the_javascript_sampler_is_its_python_twin(pages):
     """sampler.js under node against difflab.export.web on the same stand-in network: the same
-    noise, timestep grids, sampler loops (each kind, guidance, classes, consistency's fresh noise
-    at each step) and pixels."""
+    noise, timestep grids, sampler loops (each kind, guidance, classes, prompts, consistency's
+    fresh noise at each step) and pixels; and sampler.js's tokenizer is models.text.tokenize."""
     node = shutil.which("node") or pytest.skip("node is not installed (apt-get install nodejs)")
     cases = [
         ("consistency", {"seed": 3, "steps": 4, "label": None, "guidance": 1}),
@@ -334,6 +377,12 @@ def test_the_javascript_sampler_is_its_python_twin(pages):
         ("diffusion", {"seed": 5, "steps": 7, "label": None, "guidance": 2.5}),
         ("diffusion", {"seed": 6, "steps": 30, "label": 1, "guidance": 1}),
         ("flow", {"seed": 2**32 - 1, "steps": 4, "label": 0, "guidance": 0}),
+        ("text", {"seed": 10, "steps": 6, "label": None, "prompt": PROMPT, "guidance": 3}),
+        ("text", {"seed": 11, "steps": 3, "label": None, "prompt": "", "guidance": 2}),
+        (
+            "text-bag-flow",
+            {"seed": 12, "steps": 4, "label": None, "prompt": "a green 2", "guidance": 1},
+        ),
     ]
     samples = []
     for kind, opts in cases:
@@ -347,6 +396,8 @@ def test_the_javascript_sampler_is_its_python_twin(pages):
         "T": [1, 7, 30, 40, 1000],
         "samples": [{"meta": meta, "opts": opts} for meta, _, opts in samples],
         "pixels": {"x": images.ravel().tolist(), "n": 5, "C": 3, "H": 4, "W": 4},
+        "text": {"vocabulary": list(compose.VOCABULARY), "length": 8},
+        "prompts": TOKENIZER_CASES,
     }
     done = subprocess.run([node, "-e", NODE_SCRIPT, str(SAMPLER_JS)], input=json.dumps(request),
                           capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
@@ -360,7 +411,8 @@ def test_the_javascript_sampler_is_its_python_twin(pages):
     for (meta, info, opts), js in zip(samples, got["samples"], strict=True):
         frames: list = []
         py = sample_page(fake_net(meta, info), seed=opts["seed"], steps=opts["steps"],
-                         class_label=opts["label"], guidance=opts["guidance"], num_images=5,
+                         class_label=opts["label"], prompt=opts.get("prompt"),
+                         guidance=opts["guidance"], num_images=5,
                          callback=lambda s, frames=frames: frames.append([s["i"], s["t"]]))  # fmt: skip
         assert js["frames"] == frames == [[i, t] for i, t in
                                           enumerate(page_plan(meta, opts["steps"]).timesteps)]  # fmt: skip
@@ -370,6 +422,12 @@ def test_the_javascript_sampler_is_its_python_twin(pages):
         assert py.std() > 0.01
     rgba = np.array(got["pixels"], np.uint8).reshape(*page_grid(images).shape[:2], 4)
     assert np.array_equal(rgba[..., :3], page_grid(images)) and (rgba[..., 3] == 255).all()
+    for prompt, js in zip(TOKENIZER_CASES, got["tokens"], strict=True):
+        try:
+            py = {"ids": tokenize([prompt], compose.VOCABULARY, 8)[0].tolist()}
+        except ValueError as err:
+            py = {"error": str(err)}
+        assert js == py, (prompt, js, py)
 
 
 @pytest.mark.parametrize(
@@ -396,6 +454,33 @@ def test_sample_page_is_difflabs_own_sampler_for_the_pages_noise(pages, checkpoi
     assert list(plan.timesteps) == page_plan(meta, steps).timesteps
 
 
+@pytest.mark.parametrize(
+    ("kind", "steps", "prompt", "guidance"),
+    [("text", 6, PROMPT, 3.0), ("text", 4, "a green 2", 1.0), ("text-bag-flow", 5, None, 2.0)],
+)  # fmt: skip
+def test_sample_page_draws_a_prompt_as_difflab_does(pages, checkpoints, kind, steps, prompt,
+                                                    guidance):  # fmt: skip
+    """A text model's page in Python against difflab's DDIM (PyTorch) for the same prompt (None:
+    the page's default), guided against the empty prompt, from the same x_T."""
+    loaded = load_model(checkpoints[kind], "cpu")
+    request = SamplingRequest(num_images=16, steps=steps, sampler="ddim", guidance=guidance,
+                              prompts=(prompt or PROMPT,))  # fmt: skip
+    plan = plan_sampling(loaded, request)
+    meta = json.loads((pages[kind] / "model.json").read_text())
+    x_T = torch.from_numpy(page_noise(13, (16, *meta["input_shape"])))
+    want = execute(loaded, plan, x_T=x_T).numpy()
+    got = sample_page(pages[kind], seed=13, steps=steps, prompt=prompt, guidance=guidance)
+    diff = float(np.abs(np.clip(got, -1, 1) - want).max())
+    print(f"{kind} {prompt!r} w={guidance}: sample_page vs difflab: {diff:.2e}")
+    assert diff <= TOL and want.std() > 0.05
+    # The prompt and the guidance count.
+    other = sample_page(pages[kind], seed=13, steps=steps, prompt="a white 0", guidance=guidance)
+    assert np.abs(other - got).max() > 1e-2
+    if guidance != 1.0:
+        plain = sample_page(pages[kind], seed=13, steps=steps, prompt=prompt, guidance=1.0)
+        assert np.abs(plain - got).max() > 1e-2
+
+
 def test_the_pythons_twin_refuses_what_the_page_refuses(pages):
     with pytest.raises(ValueError, match="steps must be one of 1, 2, 4 for this model, got 3"):
         sample_page(pages["consistency"], steps=3)
@@ -403,6 +488,30 @@ def test_the_pythons_twin_refuses_what_the_page_refuses(pages):
         sample_page(pages["diffusion"], steps=31)
     with pytest.raises(ValueError, match=r"class label 3 out of range; expected 0..2"):
         sample_page(pages["diffusion"], class_label=3)
+    # A prompt for a model without text, a class for a text model: one line each.
+    refusals = [
+        (lambda: sample_page(pages["diffusion"], prompt=PROMPT),
+         "a prompt was given, but this page's model is class-conditional, without text"),
+        (lambda: sample_page(pages["progressive"], prompt=""),
+         "a prompt was given, but this page's model is unconditional, without text"),
+        (lambda: sample_page(pages["text"], class_label=1),
+         "a class label was given, but this page's model is text-conditioned: give a prompt"),
+        (lambda: sample_page(pages["progressive"], class_label=1),
+         "a class label was given, but this page's model is unconditional"),
+        (lambda: sample_page(pages["text"], prompt="a purple 3"),
+         "unknown word 'purple' in prompt 'a purple 3'; this model knows: a red green"),
+        (lambda: sample_page(pages["text"], prompt=f"{PROMPT} now"), "has 9 words; at most 8 fit"),
+    ]  # fmt: skip
+    net, text_net = PageNetwork(pages["diffusion"]), PageNetwork(pages["text"])
+    x = page_noise(0, (2, 3, 8, 8))
+    refusals += [
+        (lambda: net(x, 3, [0, 1], np.zeros((2, 8), np.int64)), "a prompt was given"),
+        (lambda: text_net(x, 3, [0, 1]), "a class label was given"),
+    ]
+    for call, message in refusals:
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert message in str(caught.value) and "\n" not in str(caught.value), caught.value
 
 
 # In the browser (slow) ------------------------------------------------------------------------
@@ -431,7 +540,7 @@ def served(real_runtime, checkpoints, tmp_path_factory):
     """The real pages of each kind in one folder, served by Python's static server on
     127.0.0.1 (a thread): (base URL, {kind: folder})."""
     root = tmp_path_factory.mktemp("site")
-    folders = {kind: export_web(checkpoints[kind], root / kind).out_dir for kind in DRAWN}
+    folders = {kind: export_web(checkpoints[kind], root / kind).out_dir for kind in (*DRAWN, *TEXT)}
     handler = functools.partial(QuietHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -533,6 +642,96 @@ def test_a_bad_value_is_one_message_in_the_page(browser, served):
         page.fill("#seed", "-1")
         page.click("#draw")
         assert page.text_content("#status").startswith("error: seed must be an integer")
+    finally:
+        page.close()
+
+
+def open_page(browser, url):
+    """A new page at ``url``, loaded ("ready"), with its errors and requested hosts recorded."""
+    page = browser.new_page(viewport={"width": 1000, "height": 1200})
+    page.errors, page.hosts = [], []
+    page.on("request", lambda r: page.hosts.append(r.url.split("/")[2]))
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function("/^(ready|error)/.test(document.querySelector('#status').textContent)",
+                           timeout=120_000)  # fmt: skip
+    assert page.text_content("#status").startswith("ready"), page.text_content("#status")
+    return page
+
+
+def click_draw(page):
+    page.click("#draw")
+    page.wait_for_function("/^(done|error)/.test(document.querySelector('#status').textContent)",
+                           timeout=120_000)  # fmt: skip
+    return page.text_content("#status")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "seed", "steps", "prompt", "guidance"),
+    [("text", 9, 4, None, None), ("text", 10, 3, "a green 2 above a white 0", 1.0),
+     ("text-bag-flow", 11, 3, "a yellow 6", 2.0)],
+)  # fmt: skip
+def test_a_text_page_draws_pythons_images_for_its_prompt(browser, served, kind, seed, steps,
+                                                        prompt, guidance):  # fmt: skip
+    """The prompt box (its default prompt and guidance 3 when untouched), tokenised in the page
+    and drawn with guidance against the empty prompt, gives sample_page's images."""
+    url, folders = served
+    page = open_page(browser, url + kind + "/")
+    try:
+        assert page.is_visible("#prompt") and page.is_visible("#guidance")
+        assert page.is_hidden("#class-row")
+        assert page.input_value("#prompt") == PROMPT and page.input_value("#guidance") == "3"
+        page.fill("#seed", str(seed))
+        page.fill("#steps", str(steps))
+        if prompt is not None:
+            page.fill("#prompt", prompt)
+        if guidance is not None:
+            page.fill("#guidance", str(guidance))
+        page.context.set_offline(True)  # loaded: drawing needs no network
+        assert click_draw(page) == f"done: seed {seed}, {steps} steps"
+        want = sample_page(folders[kind], seed=seed, steps=steps, prompt=prompt,
+                           guidance=guidance)  # fmt: skip
+        got = np.array(page.evaluate("Array.from(window.difflab.last.images)"), np.float32)
+        diff = float(np.abs(got.reshape(want.shape) - want).max())
+        canvas = page.evaluate(READ_CANVAS)
+        rgba = np.array(canvas["data"], np.uint8).reshape(canvas["height"], canvas["width"], 4)
+        pixels = np.abs(rgba[..., :3].astype(int) - page_grid(want).astype(int)).max()
+        print(f"{kind} {prompt or PROMPT!r} w={guidance or 3.0}: the page vs sample_page: "
+              f"max |diff| {diff:.2e}, pixels {pixels}/255")  # fmt: skip
+        assert diff <= PAGE_TOL and pixels <= PIXEL_TOL and want.std() > 0.05
+        assert not page.errors, page.errors
+        assert all(h.split(":")[0] in LOOPBACK_HOSTS for h in page.hosts), set(page.hosts)
+    finally:
+        page.context.set_offline(False)
+        page.close()
+
+
+@pytest.mark.slow
+def test_a_bad_prompt_is_one_message_in_the_page_and_draws_nothing(browser, served):
+    url, _ = served
+    page = open_page(browser, url + "text/")
+    try:
+        page.fill("#steps", "2")
+        assert click_draw(page) == "done: seed 0, 2 steps"
+        before = page.evaluate(READ_CANVAS)
+        vocabulary = " ".join(compose.VOCABULARY[1:])
+        for prompt, message in [
+            ("a purple 3", f"unknown word 'purple' in prompt 'a purple 3'; this model knows: "
+                           f"{vocabulary}"),
+            ("a Red 3", "unknown word 'Red' in prompt 'a Red 3'"),
+            (f"{PROMPT} now", f"prompt '{PROMPT} now' has 9 words; at most 8 fit"),
+        ]:  # fmt: skip
+            page.fill("#seed", "5")
+            page.fill("#prompt", prompt)
+            page.click("#draw")
+            status = page.text_content("#status")
+            assert status.startswith(f"error: {message}"), status
+            assert page.evaluate("window.difflab.last.seed") == 0  # nothing drawn
+            assert page.evaluate(READ_CANVAS) == before
+        page.fill("#prompt", "")  # the empty prompt: drawn, unconditional
+        assert click_draw(page) == "done: seed 5, 2 steps"
+        assert not page.errors, page.errors
     finally:
         page.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,6 +22,7 @@ from difflab.config import ModelConfig, run_config_from_dict, to_dict
 from difflab.kinds import draw, load_model, plan_editing, plan_sampling
 from difflab.models.text import BagOfWordsEncoder, TransformerTextEncoder, tokenize
 from difflab.models.unet import SpatialTransformer, UNet
+from difflab.sampling import execute
 from difflab.sampling.plan import SamplingRequest
 from test_compose import write_glyph_mnist
 
@@ -28,7 +30,7 @@ VOCAB = compose.VOCABULARY
 PROMPT = "a red 3 left of a blue 7"
 SWAPPED = "a blue 7 left of a red 3"  # the same bag of words in another order
 
-# A 32 px text U-Net of 8/16/16 channels; cross-attention at 16 and 8 px and in the middle.
+# A 32 px text U-Net of 8/16/16 channels; cross-attention at 8 px and in the middle.
 SMALL = ModelConfig(
     image_size=32, in_channels=3, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
     text_vocab=len(VOCAB), text_width=16,
@@ -167,9 +169,11 @@ def test_text_fields_default_so_old_configs_and_weights_load_unchanged():
         UNet(config.model)(*inputs(), tokens=tokens(PROMPT, PROMPT))
 
 
-def test_cross_attention_levels_default_to_the_two_lowest_resolutions():
-    assert SMALL.cross_levels == (1, 2)
-    assert replace(SMALL, cross_attention_levels=(2,)).cross_levels == (2,)
+def test_cross_attention_levels_default_to_those_of_at_most_8_px():
+    assert SMALL.cross_levels == (2,)  # 32, 16, 8 px
+    assert replace(SMALL, channel_mults=(1, 2, 2, 2)).cross_levels == (2, 3)  # 8 and 4 px
+    assert replace(SMALL, image_size=64).cross_levels == (2,)  # none that small: the lowest
+    assert replace(SMALL, cross_attention_levels=(1, 2)).cross_levels == (1, 2)
     assert replace(SMALL, text_vocab=0).cross_levels == ()
     model = UNet(replace(SMALL, cross_attention_levels=(2,)))
     crossed = {
@@ -217,7 +221,7 @@ def test_train_text_records_the_vocabulary_and_samples_prompt_rows(text_run, tmp
     ckpt = load_checkpoint(run / "model_final.safetensors")
     config = ckpt.config
     assert config.vocabulary == VOCAB and config.model.text_vocab == len(VOCAB)
-    assert config.model.cross_attention_levels == (1, 2) and config.kind == "diffusion"
+    assert config.model.cross_attention_levels == (2,) and config.kind == "diffusion"
     assert config.train.label_dropout == 0.5
     weights = ckpt.model
     assert any(k.startswith("text.layers.1.") for k in weights)
@@ -308,9 +312,147 @@ def test_train_and_other_commands_refuse_what_text_models_lack(
     distill = ["distill", "--teacher", text_ckpt, "--out", str(tmp_path / "d"), "--no-progress"]
     assert main(distill) == 2
     assert "does not distil text models" in one_line(capsys)
-    assert main(["export", "--checkpoint", text_ckpt, "--onnx", str(tmp_path / "m.onnx")]) == 2
-    assert "text-conditioned" in one_line(capsys)
+    never = tmp_path / "diffusers"
+    assert main(["export", "--checkpoint", text_ckpt, "--diffusers", str(never)]) == 2
+    assert "not exported to diffusers" in one_line(capsys) and not never.exists()
     loaded = load_model(text_ckpt, "cpu")
     with pytest.raises(ValueError, match="editing commands take no prompt yet"):
         plan_editing(loaded, SamplingRequest(sampler="ddim", guidance=2.0))
     assert plan_editing(loaded, SamplingRequest(sampler="ddim")).labels is None  # empty prompt
+
+
+# --- inspect: cross-attention maps; evaluate: prompt adherence ---------------------------------------
+
+
+def test_cross_attention_weights_reproduce_the_attention_and_maps_sum_to_one():
+    from difflab import insides
+
+    torch.manual_seed(0)
+    model = trained_looking(UNet(replace(SMALL, cross_attention_levels=(1, 2))))
+    block = model.mid1.cross
+    seen = {}
+    hook = block.cross_attn.register_forward_hook(
+        lambda _m, i, o: seen.update(x=i[0], states=i[1], mask=i[2], out=o)
+    )
+    x, t = inputs()
+    prompt = tokens(PROMPT, PROMPT)
+    with torch.no_grad():
+        model(x, t, tokens=prompt)
+        hook.remove()
+        attn = block.cross_attn
+        weights = insides.attention_weights(attn, seen["x"], seen["states"], seen["mask"])
+        b, n, d = seen["x"].shape
+        heads = attn.heads
+        v = attn.to_v(seen["states"]).reshape(b, -1, heads, d // heads).transpose(1, 2)
+        mixed = (weights @ v).transpose(1, 2).reshape(b, n, d)  # A v per head, heads joined
+        torch.testing.assert_close(attn.to_out(mixed), seen["out"], rtol=1e-4, atol=1e-5)
+    assert weights.shape == (2, heads, n, 1 + compose.MAX_TOKENS)
+    assert (weights[..., ~seen["mask"][0]] == 0).all()  # the pad tokens get no weight
+
+    cross = insides.cross_attention_maps(model, x, [3, 40], prompt, PROMPT.split())
+    assert cross.tokens == ["<start>", *PROMPT.split()]
+    assert cross.maps.shape == (2, 1 + len(PROMPT.split()), 32, 32)
+    torch.testing.assert_close(cross.maps.sum(1), torch.ones(2, 32, 32))
+    up = ["up 8x8"] * 2 + ["up 16x16"] * 2  # num_res_blocks + 1 blocks a level on the way up
+    assert cross.blocks == ["down 16x16", "down 8x8", "mid 8x8", *up]
+
+
+def test_cross_attention_map_of_a_block_with_constant_keys_is_uniform():
+    """Keys that do not depend on the token make every unmasked token equally attended."""
+    from difflab import insides
+
+    model = UNet(replace(SMALL, cross_attention_levels=(2,)))
+    for module in model.modules():
+        if isinstance(module, SpatialTransformer):
+            torch.nn.init.zeros_(module.cross_attn.to_k.weight)
+    x, t = inputs()
+    prompt = tokens("a green 2", "a green 2")
+    cross = insides.cross_attention_maps(model, x, t.tolist(), prompt, ["a", "green", "2"])
+    assert cross.tokens == ["<start>", "a", "green", "2"]
+    torch.testing.assert_close(cross.maps, torch.full((2, 4, 32, 32), 0.25))
+
+
+def test_inspect_draws_cross_attention_for_a_prompt(text_run, tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    run, _ = text_run
+    checkpoint = str(run / "model_final.safetensors")
+    out = tmp_path / "inspect"
+    argv = ["inspect", "--checkpoint", checkpoint, "--out", str(out), "--t", "5,40",
+            "--prompt", "a green 2 above a red 7"]  # fmt: skip
+    assert main(argv) == 0
+    picture = out / "cross_attention.png"
+    assert f"wrote {picture}" in capsys.readouterr().out
+    with Image.open(picture) as image:
+        assert image.size[0] > 400
+    assert (out / "feature_maps.png").is_file()
+    plain = str(tiny_checkpoint(tmp_path / "plain.safetensors", 0))
+    never = tmp_path / "never"
+    assert main(["inspect", "--checkpoint", plain, "--out", str(never), "--prompt", PROMPT]) == 2
+    assert "has no text conditioning" in one_line(capsys)
+    assert main(["inspect", "--checkpoint", checkpoint, "--out", str(never), "--prompt",
+                 "a purple 3"]) == 2  # fmt: skip
+    assert "unknown word 'purple'" in one_line(capsys)
+    assert not never.exists()
+
+
+def test_adherence_captions_split_seen_and_held_out():
+    from difflab.evaluation import adherence_captions
+
+    captions, held_out = adherence_captions(401, seed=3)
+    assert len(captions) == 401 and held_out.sum() == 200 and not held_out[:201].any()
+    assert [compose.DEFAULT_SPLIT.is_held_out(c) for c in captions] == held_out.tolist()
+    assert {c.kind for c in captions[201:]} == set(compose.KINDS)
+    again, _ = adherence_captions(401, seed=3)
+    assert again == captions and adherence_captions(401, seed=4)[0] != captions
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        adherence_captions(1)
+
+
+def test_evaluate_scores_a_text_model_by_prompt_adherence(text_run, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from difflab import evaluation as ev
+    from difflab.models.classifier import Classifier, ClassifierConfig
+
+    run, _ = text_run
+    checkpoint = str(run / "model_final.safetensors")
+    torch.manual_seed(0)
+    info = {"data": "mnist", "class_names": [str(d) for d in range(10)], "test_accuracy": 0.1}
+    evaluator_path = ev.save_evaluator(tmp_path / "mnist.safetensors",
+                                       Classifier(ClassifierConfig()), info)  # fmt: skip
+    out = tmp_path / "adherence.json"
+    argv = ["evaluate", "--checkpoint", checkpoint, "--evaluator", str(evaluator_path),
+            "--num-samples", "6", "--steps", "2", "--guidance", "2", "--no-progress",
+            "--save-images", str(tmp_path / "drawn.npz"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "held-out captions" in printed and f"wrote {out}" in printed
+    report = json.loads(out.read_text())
+    summary, setup = report["prompt_adherence"], report["setup"]
+    assert summary["n"] == 6 and summary["seen"]["n"] == 3 and summary["held_out"]["n"] == 3
+    assert setup["guidance"] == 2.0 and setup["steps"] == 2 and setup["held_out_prompts"] == 3
+    with Image.open(setup["picture"]) as picture:
+        assert picture.size[0] > 200
+    saved = np.load(tmp_path / "drawn.npz")
+    captions, _ = ev.adherence_captions(6, seed=0)
+    assert saved["images"].shape == (6, 3, 32, 32)
+    assert saved["captions"].tolist() == [c.text for c in captions]
+
+    # The face adds nothing: the library call with the same arguments gives the same verdicts.
+    loaded = load_model(checkpoint, "cpu")
+    evaluator = ev.load_evaluator(evaluator_path, torch.device("cpu"))
+    plan = plan_sampling(loaded, ev.prompt_request(captions, steps=2, guidance=2.0))
+    images = execute(loaded, plan).numpy()
+    direct = ev.score_prompts(images, captions, np.arange(6) >= 3, evaluator, plan)
+    assert direct.summary == summary
+
+    for flags, expected in [
+        (["--memorisation"], "--memorisation does not apply to a text model"),
+        (["--data", "mnist"], "--data does not apply to a text model"),
+    ]:
+        assert main([*argv[:-2], "--out", str(tmp_path / "never.json"), *flags]) == 2
+        assert expected in one_line(capsys)
+    assert not (tmp_path / "never.json").exists()

@@ -58,6 +58,7 @@ PAD = "<pad>"  # token 0
 VOCABULARY = (PAD, "a", *COLOUR_NAMES, *(str(d) for d in DIGITS), "left", "right", "of", "above",
               "below")  # fmt: skip
 MAX_TOKENS = 8  # "a red 3 left of a blue 7"
+EXAMPLE_PROMPT = "a red 3 left of a blue 7"  # what inspect and the web page show at first
 _TOKEN_IDS = {word: i for i, word in enumerate(VOCABULARY)}
 
 
@@ -407,13 +408,7 @@ def draw_canvases(
 
     # Draw the captions and the digit images.
     rng = np.random.default_rng(seed)
-    drawable = _caption_pool(split, captions)
-    pool = {kind: [c for c in drawable if c.kind == kind] for kind in KINDS}
-    kinds = [k for k in KINDS if pool[k]]
-    chosen = []
-    for kind in rng.choice(len(kinds), size=num_images):
-        options = pool[kinds[kind]]
-        chosen.append(options[rng.integers(len(options))])
+    chosen = pick_captions(num_images, rng, captions=captions, split=split)
     indices = np.full((num_images, 2), -1, np.int64)
     for i, caption in enumerate(chosen):
         for j, thing in enumerate(caption.objects):
@@ -487,6 +482,30 @@ def _span(occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     end = occupied.shape[1] - occupied[:, ::-1].argmax(1)
     none = ~occupied.any(1)
     return np.where(none, 0, first), np.where(none, 0, end)
+
+
+def pick_captions(
+    num_captions: int,
+    rng: np.random.Generator,
+    *,
+    captions: str = "seen",
+    split: HeldOut = DEFAULT_SPLIT,
+) -> list[Caption]:
+    """``num_captions`` captions as ``draw_canvases`` picks them: each first its kind (one digit,
+    or one of the four relations, equally often), then a caption of that kind uniformly from the
+    caption set ("seen", "held-out" or "all"). A model's prompts for ``evaluate`` are picked so."""
+    if captions not in CAPTION_SETS:
+        raise ValueError(
+            f"unknown caption set {captions!r}; expected one of {', '.join(CAPTION_SETS)}"
+        )
+    drawable = _caption_pool(split, captions)
+    pool = {kind: [c for c in drawable if c.kind == kind] for kind in KINDS}
+    kinds = [k for k in KINDS if pool[k]]
+    chosen = []
+    for kind in rng.choice(len(kinds), size=num_captions):
+        options = pool[kinds[kind]]
+        chosen.append(options[rng.integers(len(options))])
+    return chosen
 
 
 def _caption_pool(split: HeldOut, which: str) -> tuple[Caption, ...]:

@@ -339,6 +339,50 @@ def save_image_pairs(
     return _save_png(np.asarray(canvas), path)
 
 
+def save_captioned_grid(
+    images: Any,
+    path: PathLike,
+    *,
+    captions: Sequence[str],
+    per_row: int = 6,
+    title: str | None = None,
+) -> Path:
+    """PNG of images on white, each with its caption (wrapped) under it, ``per_row`` a row.
+
+    ``images`` is an (N, C, H, W) batch in [-1, 1], drawn in colour when C = 3. Used by prompt
+    adherence (each image drawn for a prompt, the prompt and the scorer's verdict under it).
+    """
+    pixels = to_uint8(images)  # (N, H, W, 3)
+    n, h, w, _ = pixels.shape
+    if n == 0 or len(captions) != n or per_row < 1:
+        raise ValueError(
+            f"save_captioned_grid needs a caption per image, got {n} images, {len(captions)} "
+            f"captions and per_row={per_row}"
+        )
+    scale = _scale_for(w, PAIR_CELL_MIN_PX)
+    cell_h, cell_w, pad = h * scale, w * scale, 10
+    font = _font(11)
+    line_h = font.getbbox("Ay0,")[3] + 3
+    wrapped = [_wrap(text, font, cell_w + pad) for text in captions]
+    label_h = max(len(lines) for lines in wrapped) * line_h
+    cols, rows = min(per_row, n), math.ceil(n / per_row)
+    width = pad + cols * (cell_w + pad)
+    title_lines = _wrap(title, font, width - 2 * pad) if title else []
+    top = pad + len(title_lines) * line_h
+    row_h = cell_h + label_h + pad
+    canvas = Image.new("RGB", (width, top + rows * row_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(title_lines):
+        draw.text((pad, pad + k * line_h), line, fill="black", font=font)
+    for i in range(n):
+        x, y = pad + (i % cols) * (cell_w + pad), top + (i // cols) * row_h
+        canvas.paste(Image.fromarray(_upscale(pixels[i], scale)), (x, y))
+        for k, line in enumerate(wrapped[i]):
+            draw.text((x + cell_w // 2, y + cell_h + 2 + k * line_h), line, fill="black",
+                      font=font, anchor="ma")  # fmt: skip
+    return _save_png(np.asarray(canvas), path)
+
+
 # ---------------------------------------------------------------------------------------------
 # GIFs
 # ---------------------------------------------------------------------------------------------
@@ -597,6 +641,48 @@ def plot_attention(
             if j == 0:
                 ax.set_ylabel(f"t = {t}")
     fig.suptitle(f"Bottleneck attention ({grid}x{grid}):\nwhere each query pixel looks")
+    return _save_figure(fig, path)
+
+
+def plot_cross_attention(
+    x_t: Any,
+    timesteps: Sequence[int],
+    maps: Any,
+    tokens: Sequence[str],
+    path: PathLike,
+    *,
+    prompt: str,
+    blocks: Sequence[str],
+) -> Path:
+    """PNG grid: a row per timestep, the noised input then one panel per prompt token with the
+    token's cross-attention weight at each pixel (``insides.cross_attention_maps``), each panel
+    scaled to its own maximum (printed in its corner) and laid over the input in grey."""
+    images = to_uint8(x_t)  # (B, H, W, C)
+    weights = np.asarray(maps)  # (B, S, H, W)
+    rows, cols = len(timesteps), 1 + len(tokens)
+    fig = Figure(figsize=(1.5 * cols, 1.5 * rows + 0.8))
+    for i, t in enumerate(timesteps):
+        ax = fig.add_subplot(rows, cols, i * cols + 1)
+        _show_image(ax, images[i])
+        ax.set_ylabel(f"t = {t}")
+        if i == 0:
+            ax.set_title("x_t", fontsize=8)
+        grey = images[i].mean(-1)
+        for j, token in enumerate(tokens):
+            ax = fig.add_subplot(rows, cols, i * cols + j + 2)
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
+            top = float(weights[i, j].max())
+            ax.imshow(weights[i, j] / max(top, 1e-12), cmap="magma", vmin=0, vmax=1, alpha=0.75)
+            ax.text(0.5, 1.5, f"{top:.2f}", color="white", fontsize=6, va="top")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(token, fontsize=8)
+    fig.suptitle(
+        f'Cross-attention to "{prompt}": each token\'s weight at each pixel\n(mean over heads '
+        f"and the blocks {', '.join(blocks)}; bright = looks at this token; max in the corner)",
+        fontsize=8,
+    )
     return _save_figure(fig, path)
 
 

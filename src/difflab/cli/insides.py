@@ -2,8 +2,10 @@
 
 Writes into ``--out``: ``feature_maps.png`` (each level's feature energy for one image noised to
 several t), ``attention.png`` (where chosen pixels look in the bottleneck's self-attention),
-``time_embeddings.png`` (cosine similarities of the time embeddings) and, for a class-conditional
-model, ``class_embeddings.png`` (its label embeddings on their two principal axes).
+``time_embeddings.png`` (cosine similarities of the time embeddings), for a class-conditional
+model ``class_embeddings.png`` (its label embeddings on their two principal axes), and for a text
+model ``cross_attention.png`` (where the image looks at each word of ``--prompt``; the image is
+the model's own drawing for the prompt unless --image or --from-data gives one).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import torch
 
 from difflab import insides, viz
 from difflab.cli.flags import add_command, add_input_flags, int_tuple
-from difflab.kinds import load_model
+from difflab.compose import EXAMPLE_PROMPT
+from difflab.kinds import load_model, plan_sampling
 from difflab.models.unet import UNet
-from difflab.sampling import class_labels, load_input_images
+from difflab.sampling import SamplingRequest, class_labels, execute, load_input_images
+from difflab.sampling.plan import prompt_tokens
 
 # Where on the schedule the pictures look, as fractions of T (near the data .. near pure noise).
 T_FRACTIONS = (0.02, 0.25, 0.5, 0.75, 0.98)
@@ -29,7 +33,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "inspect",
         "Pictures of a trained U-Net's insides: feature maps per level, the bottleneck's "
-        "attention, the time embeddings' similarities and a conditional model's class embeddings.",
+        "attention, the time embeddings' similarities, a conditional model's class embeddings "
+        "and a text model's cross-attention to each word of its prompt.",
     )
     p.add_argument("--checkpoint", required=True, help="a .safetensors file written by difflab")
     add_input_flags(p)
@@ -44,6 +49,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--class-label", metavar="LABEL",
         help="the label a conditional model is given (default: its null label)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prompt", metavar="TEXT",
+        help=f"a text model's prompt, whose words' cross-attention maps to draw (default: "
+        f'"{EXAMPLE_PROMPT}"); the image is the model\'s drawing for it unless --image or '
+        "--from-data gives one",
     )  # fmt: skip
     p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--seed", type=int, default=0, help="which noise")
@@ -68,20 +79,29 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         if len(query) != 2:
             raise ValueError(f"--query {query} must be two numbers, ROW,COL")
         insides.query_index(*query, size, 1)  # checks it lies in the image, before any work
-    image = load_input_images(config, args.image, args.from_data or ([] if args.image else [0]))[0]
+    prompt = args.prompt or (EXAMPLE_PROMPT if config.vocabulary else None)
+    tokens = prompt_tokens(config, None if prompt is None else (prompt,))  # checked: (1, L)
+    if tokens is not None and not (args.image or args.from_data):  # the model's own drawing
+        request = SamplingRequest(num_images=1, seed=args.seed, prompts=(prompt,))
+        image = execute(loaded, plan_sampling(loaded, request))[0]
+    else:
+        image = load_input_images(
+            config, args.image, args.from_data or ([] if args.image else [0])
+        )[0]
     label = class_labels(config, args.class_label, len(timesteps)) if args.class_label else None
+    tokens = None if tokens is None else tokens.expand(len(timesteps), -1)
 
     x_t = insides.noised(image, timesteps, schedule, torch.Generator().manual_seed(args.seed))
     reading = (schedule, config.diffusion.prediction)  # a flow network: at its own inputs
     out = Path(args.out)
     paths = [
         viz.plot_feature_maps(
-            x_t, timesteps, insides.feature_maps(model, x_t, timesteps, label, reading),
+            x_t, timesteps, insides.feature_maps(model, x_t, timesteps, label, reading, tokens),
             out / "feature_maps.png",
         )
     ]  # fmt: skip
     if config.model.mid_attention:
-        weights = insides.bottleneck_attention(model, x_t, timesteps, label, reading)
+        weights = insides.bottleneck_attention(model, x_t, timesteps, label, reading, tokens)
         grid = math.isqrt(weights.shape[-1])
         rows = [insides.query_index(r, c, size, grid) for r, c in queries]
         paths.append(
@@ -89,6 +109,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         )
     else:
         print("no attention.png: this model has no attention in its middle block")
+    if tokens is not None:
+        assert prompt is not None
+        cross = insides.cross_attention_maps(model, x_t, timesteps, tokens, prompt.split(), reading)
+        paths.append(
+            viz.plot_cross_attention(
+                x_t, timesteps, cross.maps, cross.tokens, out / "cross_attention.png",
+                prompt=prompt, blocks=cross.blocks,
+            )
+        )  # fmt: skip
     t, sinusoid, learned = insides.time_embedding_similarity(model, schedule.num_timesteps)
     paths.append(
         viz.plot_similarity(

@@ -22,6 +22,9 @@ above it:
 - ``adherence.py``: prompt adherence of captioned canvases (``difflab.compose``), GenEval-style:
   ``read_canvases`` finds and reads the digits, ``judge`` and ``score_canvases`` check them
   against the captions, ``mnist_classifier`` reads digits with the MNIST evaluator.
+- ``prompts.py``: a text model's prompt adherence: ``adherence_captions`` (seen and held-out
+  prompts), ``prompt_request`` (one image per prompt, for the sampling plan),
+  ``score_prompts`` (judge the images drawn), ``format_adherence`` (its table) and ``save_adherence_picture`` (images and verdicts).
 - ``reference.py``: the real data: ``reference_datasets`` (the train and test splits),
   ``reference_statistics`` (their features, mean and covariance, cached beside the evaluator),
   and ``score_features``, generated features against them.
@@ -78,6 +81,14 @@ from difflab.evaluation.metrics import (
     polynomial_kernel,
     precision_recall,
 )
+from difflab.evaluation.prompts import (
+    PromptReport,
+    adherence_captions,
+    format_adherence,
+    prompt_request,
+    save_adherence_picture,
+    score_prompts,
+)
 from difflab.evaluation.reference import (
     HOLDOUT_EVERY,
     REFERENCE_FORMAT,
@@ -99,8 +110,10 @@ __all__ = [
     "Detection",
     "Evaluator",
     "MemorisationCheck",
+    "PromptReport",
     "Reference",
     "Verdict",
+    "adherence_captions",
     "adherence_summary",
     "check_classes",
     "class_accuracy",
@@ -110,6 +123,7 @@ __all__ = [
     "default_evaluator_path",
     "feature_statistics",
     "fid_from_features",
+    "format_adherence",
     "format_memorisation",
     "format_table",
     "frechet_distance",
@@ -127,15 +141,18 @@ __all__ = [
     "nearest_neighbours",
     "polynomial_kernel",
     "precision_recall",
+    "prompt_request",
     "read_canvases",
     "reference_cache_path",
     "reference_datasets",
     "reference_statistics",
     "relation_between",
+    "save_adherence_picture",
     "save_evaluator",
     "save_memorisation_picture",
     "score_canvases",
     "score_features",
+    "score_prompts",
     "subset",
     "train_classifier",
     "train_evaluator_command",

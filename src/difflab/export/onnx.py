@@ -2,21 +2,26 @@
 
 What is exported is the network alone, called as every difflab sampler calls it::
 
-    x (N, C, H, W) float32, t (N,) int64[, label (N,) int64]  ->  prediction (N, C, H, W) float32
+    x (N, C, H, W) float32, t (N,) int64[, label (N,) int64 | tokens (N, L) int64]
+        ->  prediction (N, C, H, W) float32
 
 ``t`` is the code timestep 0 .. T-1 (``schedules.py``: the paper's step t + 1), one per image (a
 flow network's is float32, 1000 times its flow time: ``FLOW_CONVENTION``, ``difflab.flow``);
 ``label`` (a class-conditional model only) is a class 0 .. K-1 or K, the null label the network
 learned under label dropout (``models/unet.py``), which classifier-free guidance runs beside the
-class. The output is the raw eps, x0 or v the network was trained to predict (the JSON says
-which). A GAN's generator is exported as ``z (N, z_dim) -> image (N, C, S, S)``; a latent model's
-decoder beside its U-Net as OUT.decoder.onnx, ``latent (N, c, l, l) -> image (N, C, S, S)``, which
-is ``LatentSpace.to_images`` (divide by the latent scale, decode, clamp to [-1, 1]).
+class; ``tokens`` (a text-conditioned model only) are a prompt's token ids, L = the model's
+text_length, padded with 0, all pad being the empty prompt that guidance runs beside the prompt
+(``models.text.tokenize``; the JSON holds the vocabulary). The output is the raw eps, x0 or v
+the network was trained to predict (the JSON says which). A GAN's generator is exported as
+``z (N, z_dim) -> image (N, C, S, S)``; a latent model's decoder beside its U-Net as
+OUT.decoder.onnx, ``latent (N, c, l, l) -> image (N, C, S, S)``, which is
+``LatentSpace.to_images`` (divide by the latent scale, decode, clamp to [-1, 1]).
 
 The sampler (DDIM, consistency steps, guidance, clipping) is the caller's; OUT.json gives it as
 data: the schedule's alpha_bar, the plan ``kinds.plan_sampling`` makes for the model (a
 distilled student's steps and timesteps, a diffusion model's DDIM grid), a consistency student's
-boundary scalings c_skip and c_out, the class names and the null label, the latent scale.
+boundary scalings c_skip and c_out, the class names and the null label, a text model's vocabulary
+and prompt length, the latent scale.
 
 The exporter is ``torch.onnx.export``'s TorchScript path (``dynamo=False``) at opset 17. The
 torch.export-based one (the default since torch 2.9) needs onnxscript, and with torch 2.13 and
@@ -30,7 +35,8 @@ for, and everything here needs nothing newer (onnxruntime and onnxruntime-web ru
 Each file is checked before anything is written: no value read from a tensor by difflab's code
 was frozen into the graph (the tracer's warning is an error here), no GroupNormalization op, and
 onnxruntime agrees with PyTorch on a batch of another size than the traced one, at other
-timesteps and labels. The files are written atomically, together: all of them or none.
+timesteps and labels (or prompts). The files are written atomically, together: all of them or
+none.
 """
 
 from __future__ import annotations
@@ -170,7 +176,8 @@ def _import_extra() -> tuple[ModuleType, ModuleType]:
 
 
 def _network(loaded: LoadedModel) -> _Graph:
-    """The loaded network with example inputs: a U-Net's (x, t[, label]) or a generator's z."""
+    """The loaded network with example inputs: a U-Net's (x, t[, label | tokens]) or a
+    generator's z."""
     model = loaded.model
     if isinstance(model, Generator):
         return _Graph(
@@ -178,10 +185,6 @@ def _network(loaded: LoadedModel) -> _Graph:
             {"z": _normal(CHECK_BATCH, model.z_dim, seed=1)}, "image",
         )  # fmt: skip
     assert isinstance(model, UNet) and loaded.schedule is not None  # load_model's torch U-Net
-    if model.config.text_vocab:
-        raise ValueError(
-            f"{loaded.path} is a text-conditioned model; the ONNX export takes no prompts yet"
-        )
     prediction = loaded.config.diffusion.prediction
     if prediction not in PREDICTIONS:
         raise ValueError(
@@ -197,18 +200,23 @@ def _network(loaded: LoadedModel) -> _Graph:
 
 
 class _Denoiser(nn.Module):
-    """The U-Net as every sampler calls it, ``(x, t[, label]) -> prediction``. The TorchScript
-    exporter passes every parameter of ``forward`` it is not given, keyword-only ones too, as
-    positional arguments: the U-Net's own options (``with_variance``, ...) must stay out of it."""
+    """The U-Net as every sampler calls it, ``(x, t[, label | tokens]) -> prediction``: the
+    conditioning ``c`` is a class-conditional model's labels (N,) or a text model's prompt
+    tokens (N, L). The TorchScript exporter passes every parameter of ``forward`` it is not
+    given, keyword-only ones too, as positional arguments: the U-Net's own options
+    (``with_variance``, ``tokens``, ...) must stay out of it."""
 
     def __init__(self, unet: UNet) -> None:
         super().__init__()
         self.unet = unet
+        self.text = bool(unet.config.text_vocab)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor | None = None
+        self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.unet(x, t, label)  # (N, C, H, W)
+        if self.text:
+            return self.unet(x, t, None, tokens=c)  # (N, C, H, W)
+        return self.unet(x, t, c)  # (N, C, H, W)
 
 
 def _unet_inputs(
@@ -216,7 +224,8 @@ def _unet_inputs(
 ) -> dict[str, torch.Tensor]:
     """A batch of ``n`` inputs: noise, timesteps from T-1 down to 0 (all different, so none is
     mistaken for a constant; a flow network's: 1000 times flow times from 1 down to 0, float32),
-    and for a conditional model the null label, then classes."""
+    and for a conditional model the null label, then classes; for a text model the empty prompt,
+    then prompts of random words (``_prompts``)."""
     mc = model.config
     t = (
         FLOW_TIME_SCALE * torch.linspace(1, 0, n)
@@ -230,7 +239,18 @@ def _unet_inputs(
     if mc.num_classes:
         k = mc.num_classes
         inputs["label"] = (torch.arange(n) + k) % (k + 1)  # (N,): k (null), 0, 1, ...
+    if mc.text_vocab:
+        inputs["tokens"] = _prompts(mc.text_vocab, mc.text_length, n, seed=seed)  # (N, L)
     return inputs
+
+
+def _prompts(vocab: int, length: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` prompts as token ids (N, L): prompt i holds 3 i mod (L + 1) random words (ids
+    1 .. vocab - 1), then pad (0); prompt 0 is the empty one."""
+    gen = torch.Generator().manual_seed(seed)
+    words = torch.randint(1, vocab, (n, length), generator=gen)  # (N, L)
+    count = (3 * torch.arange(n) % (length + 1))[:, None]  # (N, 1)
+    return torch.where(torch.arange(length) < count, words, 0)  # (N, L)
 
 
 class _Decoder(nn.Module):
@@ -330,7 +350,7 @@ def _metadata(
     loaded: LoadedModel, graphs: dict[Path, _Graph], diffs: dict[Path, float]
 ) -> dict[str, Any]:
     """OUT.json: the files, their inputs, the prediction, the schedule, the sampling plan, the
-    classes and the latent space, with difflab's version."""
+    classes or the text, and the latent space, with difflab's version."""
     config, schedule = loaded.config, loaded.schedule
     kind = kind_of(config)
     (path, network), *rest = graphs.items()
@@ -352,6 +372,7 @@ def _metadata(
         "schedule": None,
         "sampling": _sampling(loaded),
         "classes": None,
+        "text": None,
         "latent": None,
     }
     if schedule is not None:
@@ -367,6 +388,18 @@ def _metadata(
             "null_label": mc.num_classes,  # UNet.label_emb's last row, learned for guidance
             "guidance": "classifier-free: out = u + w (c - u), c at the class, u at null_label "
             "(w = 1: one pass with the class; a distilled student's guidance is baked in)",
+        }
+    if mc.text_vocab and schedule is not None:
+        info["text"] = {
+            "vocabulary": list(config.vocabulary),  # token id = index; 0 is the pad token
+            "length": mc.text_length,  # L: the tokens input's second axis
+            "pad": 0,
+            "tokenizer": "split the prompt on whitespace (Python's str.split()); word j is token "
+            "j, its index in vocabulary (no lowercasing; the pad token's name is no word); the "
+            "rest of the L tokens are 0 (pad). A word outside the vocabulary, or more than L "
+            "words, is an error (difflab.models.text.tokenize)",
+            "guidance": "classifier-free: out = u + w (c - u), c at the prompt's tokens, u at the "
+            "empty prompt, all pad (w = 1: one pass with the prompt)",
         }
     if isinstance(loaded.space, LatentSpace):
         (decoder_path, decoder), *_ = rest

@@ -5,14 +5,17 @@ docs/export.md, "In the browser".
 
 DIR holds, written together or not at all (into a temporary sibling, renamed into place)::
 
-    index.html, page.js   the page: seed, class, steps (and guidance), frames, a grid of 16
-    sampler.js            the seeded noise, the timestep grid and the sampler loop
+    index.html, page.js   the page: seed, class or prompt, steps (and guidance), frames, a grid
+                          of 16
+    sampler.js            the seeded noise, the timestep grid, a text model's tokenizer and the
+                          sampler loop
     model.onnx.gz         ``export_onnx``'s network, gzipped, with its float32 weights moved to
     model.weights.gz      one file, byte-shuffled (byte 0 of every value, then byte 1, ...) and
                           gzipped: 9% smaller than the gzipped .onnx, which is what keeps the
                           MNIST page under 5 MiB
-    model.json            ``export_onnx``'s JSON: schedule, prediction, plan, classes
-    page.json             the page's own facts: its files, the runtime, steps, the noise
+    model.json            ``export_onnx``'s JSON: schedule, prediction, plan, classes or text
+    page.json             the page's own facts: its files, the runtime, steps, the noise, a text
+                          model's default prompt and guidance
     ort.wasm.min.js, ort-wasm-simd-threaded.mjs, ort-wasm-simd-threaded.wasm.gz
                           onnxruntime-web ``ORT_WEB_VERSION`` from its npm package (pinned by
                           sha512), the .wasm gzipped (11 MB -> 2.9 MB) and unzipped by the
@@ -52,8 +55,10 @@ from typing import Any
 import numpy as np
 
 import difflab
+from difflab.compose import EXAMPLE_PROMPT
 from difflab.data import default_cache_dir
 from difflab.export.onnx import _import_extra, export_onnx
+from difflab.models.text import tokenize
 from difflab.samplers import timestep_sequence
 from difflab.viz import make_grid
 
@@ -70,6 +75,9 @@ RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", f"{WASM}.gz")
 ASSETS = ("index.html", "page.js", "sampler.js")  # page/ in this package
 NUM_IMAGES, NROW = 16, 4  # the page draws a 4 x 4 grid
 DEFAULT_DDIM_STEPS = 20  # a diffusion model's DDIM steps on the page unless changed there
+DEFAULT_PROMPT = EXAMPLE_PROMPT  # a text model's prompt box at first (compose's grammar); the
+# empty prompt for a model whose vocabulary lacks its words
+DEFAULT_TEXT_GUIDANCE = 3.0  # a text model's guidance at first (docs/text.md samples with 3)
 MAX_SEED = 2**32 - 1
 EXTERNAL_MIN_BYTES = 1024  # float32 initializers this large go to model.weights; smaller stay
 WEIGHTS = "model.weights"  # the weights' name in model.onnx (what the page hands onnxruntime)
@@ -149,7 +157,7 @@ def export_web(
             shutil.copyfile(runtime / name, page / name)
         (page / "THIRD_PARTY.txt").write_text(THIRD_PARTY, encoding="utf-8")
         steps = _steps_info(meta)
-        info = _page_info(meta, steps, len(weights))
+        info = _page_info(meta, steps, len(weights), _prompt_info(meta))
         (page / "page.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
 
         # Check: the page's files give the exported network's outputs.
@@ -233,7 +241,23 @@ def _steps_info(meta: dict[str, Any]) -> dict[str, Any]:
     return {"default": min(DEFAULT_DDIM_STEPS, T), "choices": None, "max": T}
 
 
-def _page_info(meta: dict[str, Any], steps: dict[str, Any], weight_bytes: int) -> dict[str, Any]:
+def _prompt_info(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """A text model's prompt box at first: ``DEFAULT_PROMPT`` if the model knows its words (else
+    the empty prompt), and ``DEFAULT_TEXT_GUIDANCE``; None for a model without text."""
+    text = meta.get("text")
+    if not text:
+        return None
+    try:
+        tokenize([DEFAULT_PROMPT], text["vocabulary"], text["length"])
+        prompt = DEFAULT_PROMPT
+    except ValueError:
+        prompt = ""
+    return {"default": prompt, "guidance": DEFAULT_TEXT_GUIDANCE}
+
+
+def _page_info(
+    meta: dict[str, Any], steps: dict[str, Any], weight_bytes: int, prompt: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "format": PAGE_FORMAT,
         "difflab_version": difflab.__version__,
@@ -263,6 +287,7 @@ def _page_info(meta: dict[str, Any], steps: dict[str, Any], weight_bytes: int) -
         "num_images": NUM_IMAGES,
         "nrow": NROW,
         "steps": steps,
+        "prompt": prompt,  # a text model's default prompt and guidance; None without text
         "noise": NOISE,
         "pixels": "round((x + 1) * 127.5) in float32, half to even, clipped to 0..255 "
         "(difflab.viz.make_grid, nrow 4, 1 px of black between)",
@@ -423,12 +448,41 @@ class PageNetwork:
         )  # fmt: skip
         self.t_dtype = np.dtype(self.meta["network"]["inputs"]["t"]["dtype"])
 
-    def __call__(self, x: np.ndarray, t: float, labels: list[int] | None) -> np.ndarray:
-        """The network's raw output (float32) for the batch ``x`` at one ``t`` for every image."""
+    def __call__(
+        self,
+        x: np.ndarray,
+        t: float,
+        labels: Sequence[int] | None = None,
+        tokens: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The network's raw output (float32) for the batch ``x`` at one ``t`` for every image,
+        with a class-conditional model's ``labels`` (N,) or a text model's prompt ``tokens``
+        (N, L); the other kind of conditioning is refused in one line."""
+        _check_conditioning(self.meta, labels is not None, tokens is not None)
         feed = {"x": x, "t": np.full(len(x), t, dtype=self.t_dtype)}
         if labels is not None:
             feed["label"] = np.asarray(labels, dtype=np.int64)
+        if tokens is not None:
+            feed["tokens"] = np.asarray(tokens, dtype=np.int64)  # (N, L)
         return self.session.run(None, feed)[0]
+
+
+def _check_conditioning(meta: dict[str, Any], label: bool, prompt: bool) -> None:
+    """Refuse, in one line, a class label for a model without classes (a text model takes a
+    prompt) and a prompt for a model without text conditioning."""
+    text, classes = meta.get("text"), meta["classes"]
+    if prompt and not text:
+        what = "class-conditional" if classes else "unconditional"
+        raise ValueError(
+            f"a prompt was given, but this page's model is {what}, without text conditioning"
+        )
+    if label and not classes:
+        if text:
+            raise ValueError(
+                "a class label was given, but this page's model is text-conditioned: give a "
+                "prompt instead"
+            )
+        raise ValueError("a class label was given, but this page's model is unconditional")
 
 
 def sample_page(
@@ -437,7 +491,8 @@ def sample_page(
     seed: int = 0,
     steps: int | None = None,
     class_label: int | None = None,
-    guidance: float = 1.0,
+    prompt: str | None = None,
+    guidance: float | None = None,
     num_images: int = NUM_IMAGES,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> np.ndarray:
@@ -445,31 +500,45 @@ def sample_page(
     noise, its sampler loop (sampler.js ``sample``, line for line) and its network.
 
     ``steps`` defaults to the page's (page.json); ``class_label`` None gives image i the class
-    i mod K (a conditional model); ``guidance`` is a plain conditional model's classifier-free
-    scale (a distilled student's is baked in). ``callback`` gets (i, t, x, x0) at each step.
-    ``page`` is a page folder or a network with its ``meta`` and ``page`` JSON (``PageNetwork``).
+    i mod K (a conditional model); ``prompt`` is a text model's, for every image (None: the
+    page's default prompt; tokenised by ``models.text.tokenize`` with the model's vocabulary,
+    as sampler.js's ``tokenize`` does); a class label for a text model and a prompt for a model
+    without text are refused in one line. ``guidance`` is a plain conditional or text model's
+    classifier-free scale against the null label or the empty prompt (None: the page's, 1 but
+    for a text model; a distilled student's is baked in). ``callback`` gets (i, t, x, x0) at
+    each step. ``page`` is a page folder or a network with its ``meta`` and ``page`` JSON
+    (``PageNetwork``).
     """
     net = PageNetwork(page) if isinstance(page, str | os.PathLike) else page
     meta = net.meta
     plan = page_plan(meta, net.page["steps"]["default"] if steps is None else steps)
     shape = (num_images, *meta["input_shape"])
     alpha_bar = meta["schedule"]["alpha_bar"]
-    classes = meta["classes"]
-    labels = null = None
+    classes, text = meta["classes"], meta.get("text")
+    _check_conditioning(meta, class_label is not None, prompt is not None)
+    # The conditioning of N images, and of 2N for guidance: conditional, then unconditional.
+    labels = labels2 = tokens = tokens2 = None
     if classes:
         k = classes["num_classes"]
         if class_label is not None and not 0 <= class_label < k:
             raise ValueError(f"class label {class_label} out of range; expected 0..{k - 1}")
         labels = [i % k if class_label is None else class_label for i in range(num_images)]
-        null = [classes["null_label"]] * num_images
-    w = guidance if classes and not meta["sampling"].get("step_choices") else 1.0
+        labels2 = labels + [classes["null_label"]] * num_images  # the null label
+    if text:
+        words = net.page["prompt"]["default"] if prompt is None else prompt
+        ids = tokenize([words], text["vocabulary"], text["length"]).numpy()  # (1, L)
+        tokens = np.repeat(ids, num_images, 0)  # (N, L): the prompt for every image
+        tokens2 = np.concatenate([tokens, np.zeros_like(tokens)])  # (2N, L): the empty prompt
+    if guidance is None:
+        guidance = net.page["prompt"]["guidance"] if text else 1.0
+    w = guidance if (classes or text) and not meta["sampling"].get("step_choices") else 1.0
     if not (math.isfinite(w) and w >= 0):
         raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
 
     def predict(x: np.ndarray, t: float) -> np.ndarray:
         if w == 1:
-            return net(x, t, labels).astype(np.float64)
-        out = net(np.concatenate([x, x]), t, labels + null).astype(np.float64)  # type: ignore[operator]
+            return net(x, t, labels, tokens).astype(np.float64)
+        out = net(np.concatenate([x, x]), t, labels2, tokens2).astype(np.float64)
         cond, uncond = out[:num_images], out[num_images:]
         return uncond + w * (cond - uncond)
 
@@ -533,10 +602,16 @@ def _check_page(page: Path, network: Path, ort: Any) -> float:
     T = meta["schedule"]["T"]
     t = 0.5 * 1000 if meta["prediction"] == "flow" else T // 2
     labels = [0, 1, 0] if meta["classes"] else None
+    tokens = None
+    if meta.get("text"):
+        tokens = np.zeros((3, meta["text"]["length"]), np.int64)  # the empty prompt, then words
+        tokens[1, 0], tokens[2] = 1, len(meta["text"]["vocabulary"]) - 1
     feed = {"x": x, "t": np.full(3, t, dtype=net.t_dtype)}
     if labels is not None:
         feed["label"] = np.asarray(labels, np.int64)
-    diff = float(np.abs(net(x, t, labels) - exported.run(None, feed)[0]).max())
+    if tokens is not None:
+        feed["tokens"] = tokens
+    diff = float(np.abs(net(x, t, labels, tokens) - exported.run(None, feed)[0]).max())
     if not diff <= 1e-6:
         raise RuntimeError(f"the page's model differs from the exported network by {diff:.3g}")
     return diff

@@ -142,7 +142,7 @@ class BagOfWordsEncoder(nn.Module):
         emb = torch.where(words.bool(), self.token_emb(tokens), 0.0)  # (B, L, D)
         mean = emb.sum(1) / count.clamp(min=1)  # (B, D)
         state = torch.where(count > 0, mean, self.null)  # (B, D): the null vector for ""
-        mask = tokens.new_ones(len(tokens), 1, dtype=torch.bool)  # (B, 1)
+        mask = tokens.new_ones(tokens.shape[0], 1, dtype=torch.bool)  # (B, 1); not len(): traced
         return state[:, None], mask
 
 

@@ -54,11 +54,11 @@
     return { page, meta, session };
   }
 
-  // The network as sampler.js calls it: run(x, t, labels) -> the raw prediction.
+  // The network as sampler.js calls it: run(x, t, labels, tokens) -> the raw prediction.
   function runner(meta, session) {
     const [C, H, W] = meta.input_shape;
     const floatT = meta.network.inputs.t.dtype === "float32"; // a flow network's t
-    return async (x, t, labels) => {
+    return async (x, t, labels, tokens) => {
       const n = x.length / (C * H * W);
       const feeds = {
         x: new ort.Tensor("float32", x, [n, C, H, W]),
@@ -67,6 +67,10 @@
           : new ort.Tensor("int64", new BigInt64Array(n).fill(BigInt(t)), [n]),
       };
       if (labels) feeds.label = new ort.Tensor("int64", BigInt64Array.from(labels, BigInt), [n]);
+      if (tokens) {
+        const ids = BigInt64Array.from(tokens.flat(), BigInt); // n rows of L token ids
+        feeds.tokens = new ort.Tensor("int64", ids, [n, meta.text.length]);
+      }
       const out = await session.run(feeds);
       return out.prediction.data;
     };
@@ -83,7 +87,16 @@
   function setUp(state) {
     const { page, meta } = state;
     $("title").textContent = `difflab: ${page.title}`;
-    const classes = meta.classes;
+    const classes = meta.classes, text = meta.text;
+    if (text) {
+      const prompt = $("prompt");
+      prompt.value = page.prompt.default;
+      prompt.placeholder = "the empty prompt: unconditional";
+      prompt.title = `up to ${text.length} words of: ${text.vocabulary.slice(1).join(" ")}`;
+      $("guidance").value = String(page.prompt.guidance);
+      $("prompt-row").hidden = false;
+      $("guidance-row").hidden = Boolean(page.steps.choices);
+    }
     if (classes) {
       const select = $("class");
       select.add(new Option("every class in turn", ""));
@@ -111,6 +124,7 @@
     $("about").textContent =
       `${meta.kind} model, ${meta.image_shape.slice(1).join("x")} px` +
       (classes ? `, ${classes.num_classes} classes` : "") +
+      (text ? `, prompts of up to ${text.length} words` : "") +
       `; ${sampler}; onnxruntime-web ${page.onnxruntime_web.version} (WebAssembly, 1 thread).`;
   }
 
@@ -123,11 +137,13 @@
     const steps = Number($("steps").value);
     S.pagePlan(state.meta, steps); // throws on steps the model does not take
     const label = $("class").value === "" ? null : Number($("class").value);
+    const prompt = state.meta.text ? $("prompt").value : null;
+    if (prompt !== null) S.tokenize(state.meta.text, prompt); // throws on a word it does not know
     const guidance = $("guidance-row").hidden ? 1 : Number($("guidance").value);
     if (!Number.isFinite(guidance) || guidance < 0 || $("guidance").value.trim() === "") {
       throw new Error(`guidance must be a number >= 0, got ${$("guidance").value}`);
     }
-    return { seed, steps, label, guidance, numImages: state.page.num_images };
+    return { seed, steps, label, prompt, guidance, numImages: state.page.num_images };
   }
 
   async function draw(state, opts) {

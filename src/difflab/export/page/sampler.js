@@ -1,6 +1,7 @@
 // difflab's static page: the seeded noise and the sampler loop, step for step the same as its
-// Python twin (difflab.export.web: page_noise, page_plan, sample_page). No DOM and no
-// onnxruntime here: the network comes in as `run(x, t, labels)`, so node can run this file too.
+// Python twin (difflab.export.web: page_noise, page_plan, sample_page) and a text model's
+// tokenizer (difflab.models.text.tokenize). No DOM and no onnxruntime here: the network comes in
+// as `run(x, t, labels, tokens)`, so node can run this file too.
 //
 // Arithmetic: every element is computed in float64 (JavaScript numbers) and stored as float32
 // (Float32Array), in the same order of operations as the Python twin, which does the same with
@@ -66,10 +67,40 @@
     return { sampler: "ddim", timesteps: trailingTimesteps(T, steps), clip: s.clip_x0 };
   }
 
+  // Prompts ------------------------------------------------------------------------------------
+  // A text model's tokenizer, as difflab.models.text.tokenize: the prompt split on whitespace as
+  // Python's str.split() splits (PY_SPACE: its whitespace, which is not JavaScript's \s), word j
+  // is token j, its index in the vocabulary (entry 0, the pad token, is no word; no lowercasing),
+  // the rest of the `length` tokens 0 (pad). A word outside the vocabulary, or more than `length`
+  // words, throws an Error with the Python one's message.
+  const PY_SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/;
+
+  function tokenize(text, prompt) {
+    const ids = new Map();
+    text.vocabulary.forEach((word, i) => {
+      if (i > 0) ids.set(word, i);
+    });
+    const words = prompt.split(PY_SPACE).filter((word) => word !== "");
+    if (words.length > text.length) {
+      throw new Error(`prompt '${prompt}' has ${words.length} words; at most ${text.length} fit`);
+    }
+    const row = new Array(text.length).fill(0);
+    words.forEach((word, j) => {
+      if (!ids.has(word)) {
+        const known = text.vocabulary.slice(1).join(" ");
+        throw new Error(`unknown word '${word}' in prompt '${prompt}'; this model knows: ${known}`);
+      }
+      row[j] = ids.get(word);
+    });
+    return row;
+  }
+
   // The sampler loop -------------------------------------------------------------------------------
-  // opts: seed, steps, label (null: the classes in turn, image i has class i mod K), guidance
-  // (a plain conditional model's classifier-free scale w: u + w (c - u)), numImages.
-  // run(x, t, labels) -> Float32Array: the network on a batch (t a number for every image).
+  // opts: seed, steps, label (null: the classes in turn, image i has class i mod K), prompt (a
+  // text model's, for every image), guidance (a plain conditional or text model's classifier-free
+  // scale w: u + w (c - u), u at the null label or the empty prompt), numImages.
+  // run(x, t, labels, tokens) -> Float32Array: the network on a batch (t a number for every
+  // image; labels an array of n classes or null; tokens n rows of L token ids or null).
   // onStep({i, t, x, x0}) is called with each step's input x and its predicted x0.
   async function sample(meta, run, opts, onStep) {
     const plan = pagePlan(meta, opts.steps);
@@ -77,21 +108,35 @@
     const n = opts.numImages, size = n * C * H * W;
     const ab = meta.schedule.alpha_bar;
     const flow = meta.prediction === "flow";
-    const classes = meta.classes;
-    let labels = null, nullLabels = null;
+    const classes = meta.classes, text = meta.text || null;
+    if (opts.prompt != null && !text) {
+      throw new Error("a prompt was given, but this page's model has no text conditioning");
+    }
+    if (opts.label != null && !classes) {
+      throw new Error("a class label was given, but this page's model has no classes");
+    }
+    // The conditioning of n images, and of 2n for guidance: conditional, then unconditional.
+    let labels = null, labels2 = null, tokens = null, tokens2 = null;
     if (classes) {
       labels = new Array(n).fill(0).map((_, i) => (opts.label == null ? i % classes.num_classes : opts.label));
-      nullLabels = new Array(n).fill(classes.null_label);
+      labels2 = labels.concat(new Array(n).fill(classes.null_label));
     }
-    const w = classes && !meta.sampling.step_choices ? opts.guidance : 1;
+    if (text) {
+      if (typeof opts.prompt !== "string") {
+        throw new Error('a text model draws from a prompt (the empty one is "")');
+      }
+      tokens = new Array(n).fill(tokenize(text, opts.prompt));
+      tokens2 = tokens.concat(new Array(n).fill(new Array(text.length).fill(0))); // the empty prompt
+    }
+    const w = (classes || text) && !meta.sampling.step_choices ? opts.guidance : 1;
 
     // The network's output at (x, t): one pass, or u + w (c - u) from a batch of 2n.
     async function predict(x, t) {
-      if (w === 1) return run(x, t, labels);
+      if (w === 1) return run(x, t, labels, tokens);
       const both = new Float32Array(2 * size);
       both.set(x);
       both.set(x, size);
-      const out = await run(both, t, labels.concat(nullLabels));
+      const out = await run(both, t, labels2, tokens2);
       const guided = new Float64Array(size);
       for (let j = 0; j < size; j++) guided[j] = out[size + j] + w * (out[j] - out[size + j]);
       return guided;
@@ -190,7 +235,7 @@
     return { rgba, width: gw, height: gh };
   }
 
-  const api = { mix32, pageNoise, roundHalfEven, trailingTimesteps, pagePlan, sample, gridPixels };
+  const api = { mix32, pageNoise, roundHalfEven, trailingTimesteps, pagePlan, tokenize, sample, gridPixels };
   if (typeof module !== "undefined" && module.exports) module.exports = api;
   else root.DifflabSampler = api;
 })(typeof self !== "undefined" ? self : this);
