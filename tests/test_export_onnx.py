@@ -114,11 +114,11 @@ def configs():
 
 def text_configs():
     """Two text-conditioned models with compose's vocabulary, keyed by a name: a diffusion model
-    (v) with the transformer encoder, and a flow matching one with the bag of words; every weight
+    (v) with the transformer encoder (and the cells' position code), and a flow matching one with the bag of words; every weight
     moved off its initial value, the cross-attention blocks' zero output projections too (else
     the prompt would change nothing and a lost tokens input would pass)."""
     text = ModelConfig(image_size=8, in_channels=3, text_vocab=len(compose.VOCABULARY),
-                       text_width=16, **SMALL)  # fmt: skip
+                       text_width=16, cross_positions=True, **SMALL)  # fmt: skip
     runs = {
         "text": RunConfig(model=text, diffusion=DiffusionConfig(timesteps=30, prediction="v"),
                           vocabulary=compose.VOCABULARY),

@@ -163,7 +163,9 @@ def test_reflow_trains_on_the_teachers_own_ode_pairs_and_draws_in_one_step(
     assert ckpt.config.kind == "reflow" and ckpt.config.flow.time_sampling == "uniform"
     plan = plan_sampling(load_model(ckpt, "cpu"), SamplingRequest(num_images=4))
     assert (plan.sampler, plan.steps, plan.timesteps) == ("euler", 1, (1.0, 0.0))
-    assert "sample with: difflab sample --checkpoint" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "sample with: difflab sample --checkpoint" in printed
+    assert "reflow on 32 (noise, image) pairs from the teacher's ODE (3x8x8)" in printed
     out = tmp_path / "one.png"
     assert main(["sample", "--checkpoint", str(run / "model_final.safetensors"), "--num-images",
                  "4", "--out", str(out)]) == 0  # fmt: skip

@@ -21,7 +21,7 @@ from difflab.cli import main
 from difflab.config import ModelConfig, run_config_from_dict, to_dict
 from difflab.kinds import draw, load_model, plan_editing, plan_sampling
 from difflab.models.text import BagOfWordsEncoder, TransformerTextEncoder, tokenize
-from difflab.models.unet import SpatialTransformer, UNet
+from difflab.models.unet import SpatialTransformer, UNet, position_code, timestep_embedding
 from difflab.sampling import execute
 from difflab.sampling.plan import SamplingRequest
 from test_compose import write_glyph_mnist
@@ -110,10 +110,40 @@ def test_cross_attention_block_keeps_shapes_and_starts_as_the_identity():
 # --- the U-Net --------------------------------------------------------------------------------------
 
 
+def test_position_code_is_the_sinusoid_of_each_cells_column_and_row():
+    side, dim = 8, 18  # 4 frequencies per axis (sin and cos each), 2 channels left at zero
+    code = position_code(side, dim)
+    assert code.shape == (side * side, dim)
+    axis = timestep_embedding(torch.arange(side), 8, max_period=2.0 * side)  # (side, 8)
+    grid = code.reshape(side, side, dim)  # (row, column, channel)
+    torch.testing.assert_close(grid[:, :, :8], axis[None].expand(side, -1, -1))  # the column
+    torch.testing.assert_close(grid[:, :, 8:16], axis[:, None].expand(-1, side, -1))  # the row
+    assert (grid[:, :, 16:] == 0).all()
+    assert len(torch.unique(code, dim=0)) == side * side  # every cell has its own code
+
+
+def test_cross_positions_tell_mirrored_layouts_apart_and_keep_the_zero_start():
+    """Without the code, the block's self- and cross-attention see a set of cells: an input
+    mirrored left to right gives the mirrored output. With it, cells know where they are."""
+    x = torch.randn(2, 16, 8, 8)
+    text = (torch.randn(2, 5, 24), torch.ones(2, 5, dtype=torch.bool))
+    flip = lambda z: z.flip(-1)  # noqa: E731
+    torch.manual_seed(0)
+    plain = trained_looking(torch.nn.Sequential(SpatialTransformer(16, 24, 4, 8)))[0]
+    torch.manual_seed(0)
+    placed = trained_looking(torch.nn.Sequential(SpatialTransformer(16, 24, 4, 8, side=8)))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(flip(x), text), flip(plain(x, text)))
+        assert not torch.allclose(placed(flip(x), text), flip(placed(x, text)), atol=1e-3)
+    fresh = SpatialTransformer(16, 24, 4, 8, side=8)
+    assert torch.equal(fresh(x, text), x)  # the code is inside the zero-started branch
+    assert "positions" not in fresh.state_dict()  # a fixed buffer: no weights to store
+
+
 @pytest.mark.parametrize("encoder", ["transformer", "bag"])
 def test_fresh_text_unet_computes_exactly_what_the_same_unet_without_text_does(encoder):
     plain = UNet(replace(SMALL, text_vocab=0)).eval()
-    text = UNet(replace(SMALL, text_encoder=encoder)).eval()
+    text = UNet(replace(SMALL, text_encoder=encoder, cross_positions=True)).eval()
     missing, unexpected = text.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing
     assert all(k.startswith("text.") or ".cross." in k for k in missing)

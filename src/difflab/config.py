@@ -58,6 +58,8 @@ class ModelConfig:
     cross_attention_levels: tuple[int, ...] | None = None  # levels (0 = full resolution) with a
     # cross-attention block after each residual block; the middle has one if the lowest level
     # does. None: the levels of at most CROSS_ATTENTION_SIDE px (``cross_levels``)
+    cross_positions: bool = False  # add a fixed 2-D sin-cos code of each cell's (row, column) to
+    # the cross-attention blocks' tokens, so that a cell knows where it is (train --text sets it)
 
     @property
     def cross_levels(self) -> tuple[int, ...]:

@@ -44,7 +44,8 @@ from difflab.schedules import SCHEDULES
 
 OBJECTIVES = ("diffusion", "flow")  # what `difflab train` learns (the kinds diffusion and flow)
 DDPM_PREDICTIONS = tuple(p for p in PREDICTIONS if p != "flow")  # flow: --objective flow
-TEXT_FLAGS = ("text_encoder", "text_width", "text_layers", "cross_attention_levels")  # with --text
+TEXT_FLAGS = ("text_encoder", "text_width", "text_layers", "cross_attention_levels",
+              "no_cross_positions")  # with --text  # fmt: skip
 FROM_PRESET = argparse.SUPPRESS  # the default of a recipe flag: unset, _resolve_recipe fills it
 
 # The train flags a preset may set, with what they are when neither the flag nor the preset is:
@@ -219,6 +220,11 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
         "block, e.g. 1,2 (default: the two lowest-resolution levels, and the middle)",
     )  # fmt: skip
     p.add_argument(
+        "--no-cross-positions", action="store_true",
+        help="--text: leave out the fixed code of each cell's position that the cross-attention "
+        "blocks add to their tokens (the ablation; docs/text.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--latent", metavar="AUTOENCODER",
         help="latent diffusion: train on the latents of this autoencoder (the model_final."
         "safetensors of difflab train-autoencoder); the U-Net is sized for its latent grid",
@@ -304,6 +310,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides |= model_config_overrides(
                 text_encoder=args.text_encoder, text_width=args.text_width,
                 text_layers=args.text_layers, cross_attention_levels=args.cross_attention_levels,
+                cross_positions=not args.no_cross_positions,
             )  # fmt: skip
         if args.backend == "numpy" and args.precision == "auto":  # NumPy computes in float32
             args.precision, args.precision_reason = "fp32", "auto: the NumPy backend is float32"

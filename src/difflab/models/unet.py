@@ -88,14 +88,32 @@ class SelfAttention(nn.Module):
         return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
 
 
+def position_code(side: int, dim: int) -> torch.Tensor:
+    """A fixed code of the cells of a side x side map, (side * side, dim), row-major: the first
+    half of the channels is the sinusoid of the column (``timestep_embedding`` of x = 0 ..
+    side - 1), the second half that of the row (the 2-D sin-cos code of ViT-style models)."""
+    quarter = dim // 4  # sin and cos of quarter frequencies per axis; a remainder stays 0
+    coords = torch.arange(side, dtype=torch.float32)
+    axis = timestep_embedding(coords, 2 * quarter, max_period=2.0 * side)  # (side, dim / 2)
+    code = torch.zeros(side, side, dim)
+    code[..., : 2 * quarter] = axis[None, :]  # the column x, along each row
+    code[..., 2 * quarter : 4 * quarter] = axis[:, None]  # the row y, down each column
+    return code.reshape(side * side, dim)
+
+
 class SpatialTransformer(nn.Module):
     """Cross-attention of image features to text states (Rombach et al. 2022, Sec. 3.3, the
     SpatialTransformer of Latent Diffusion): GroupNorm, 1x1 conv in, then on the H*W positions
     as tokens x + self-attention(LN(x)), x + cross-attention(LN(x), text), x + MLP(LN(x)), and a
     1x1 conv out that starts at zero, added to the input: an untrained block is the identity."""
 
-    def __init__(self, ch: int, context_dim: int, heads: int, groups: int) -> None:
+    def __init__(
+        self, ch: int, context_dim: int, heads: int, groups: int, side: int | None = None
+    ) -> None:
         super().__init__()
+        # side: the feature map's width, for a fixed code of each cell's position (None: none)
+        positions = None if side is None else position_code(side, ch)  # (side * side, C)
+        self.register_buffer("positions", positions, persistent=False)
         self.norm = nn.GroupNorm(groups, ch)
         self.proj_in = nn.Conv2d(ch, ch, 1)
         self.norm1 = nn.LayerNorm(ch)
@@ -112,6 +130,8 @@ class SpatialTransformer(nn.Module):
         states, mask = text  # (B, S, D), (B, S): pad tokens are False, left out of the keys
         b, c, h, w = x.shape
         z = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, HW, C)
+        if self.positions is not None:
+            z = z + self.positions.to(z.dtype)  # each cell's (row, column), the same in a batch
         z = z + self.self_attn(self.norm1(z))
         z = z + self.cross_attn(self.norm2(z), states, mask)  # each position reads the prompt
         z = z + self.mlp(self.norm3(z))
@@ -129,12 +149,16 @@ class Block(nn.Module):
         groups: int,
         dropout: float,
         attention: bool,
-        cross: tuple[int, int] | None = None,  # (text width, heads): a SpatialTransformer
+        cross: tuple[int, int, int | None] | None = None,  # (text width, heads, side or None
+        # for no position code): a SpatialTransformer
     ) -> None:
         super().__init__()
         self.res = ResBlock(in_ch, out_ch, emb_dim, groups, dropout)
         self.attn = SelfAttention(out_ch, groups) if attention else None
-        self.cross = SpatialTransformer(out_ch, *cross, groups) if cross else None
+        self.cross = None
+        if cross is not None:
+            width, heads, side = cross
+            self.cross = SpatialTransformer(out_ch, width, heads, groups, side)
 
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor, text: TextStates | None = None
@@ -198,8 +222,11 @@ class UNet(nn.Module):
         self.text = make_text_encoder(config) if config.text_vocab else None
         text_levels = config.cross_levels
 
-        def cross(level: int) -> tuple[int, int] | None:
-            return (config.text_width, config.text_heads) if level in text_levels else None
+        def cross(level: int) -> tuple[int, int, int | None] | None:
+            if level not in text_levels:
+                return None
+            side = config.image_size >> level if config.cross_positions else None
+            return config.text_width, config.text_heads, side
 
         self.conv_in = nn.Conv2d(config.in_channels, base, 3, padding=1)
         self.down = nn.ModuleList()

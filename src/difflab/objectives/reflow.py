@@ -43,7 +43,7 @@ from difflab.flow import (
     sample_t_r,
 )
 from difflab.io import atomic_path
-from difflab.models.unet import UNet
+from difflab.models.unet import UNet, count_parameters
 from difflab.objectives.consistency import check_teacher_file, check_text_teacher
 from difflab.objectives.flow import FlowObjective
 from difflab.sampling.draw import flow_velocity, generate
@@ -140,6 +140,14 @@ class Reflow(FlowObjective):
         self.pair_seconds = seconds
         self.noise, self.images, self.labels = noise, images, labels  # x0 and labels: the pairs'
         self.num_items = len(images)
+
+    def describe(self) -> str:
+        d = self.dataset
+        return (
+            f"reflow on {self.num_items} (noise, image) pairs from the teacher's ODE "
+            f"({d.channels}x{d.image_size}x{d.image_size}), U-Net with "
+            f"{count_parameters(self.networks['model']):,} parameters"
+        )
 
     def draw_noise(self, batch: Batch) -> torch.Tensor:
         """The pairs' noise: each image's own eps, the start of its teacher trajectory."""
