@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/text_prompts.py --run transformer=runs/text/transformer \
         [--run bag=runs/text/bag] [--guidance 1,2,3,5] [--num-prompts 1000] \
-        [--curve-prompts 400] [--curve-guidance 3] [--pictures docs/text] [--out FILE.json]
+        [--curve-prompts 400] [--curve-guidance 3] [--curve-every 1] [--pictures docs/text]
+        [--out FILE.json]
 
 For each run: the final model's accuracy (``difflab evaluate``'s prompt adherence: one image per
 prompt, half of the prompts held out of training, digits read by the MNIST evaluator) at each
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=1000)
     parser.add_argument("--curve-prompts", type=int, default=400, help="0: no curve")
     parser.add_argument("--curve-guidance", type=float, default=3.0)
+    parser.add_argument("--curve-every", type=int, default=1, help="every K-th epoch checkpoint")
     parser.add_argument("--evaluator", help="default: the MNIST evaluator in the user cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pictures", help="folder for prompts_<name>.png")
@@ -119,7 +121,8 @@ def main() -> None:
             ev.save_adherence_picture(best["report"], picture)
             entry["picture"] = str(picture)
         if args.curve_prompts:
-            for step, path in checkpoints(run):
+            kept = checkpoints(run)
+            for step, path in [*kept[:-1][args.curve_every - 1 :: args.curve_every], kept[-1]]:
                 got = score(path, evaluator, args.curve_prompts, args.curve_guidance, args.seed)
                 row = {"step": step, **got["row"]}
                 entry["curve"].append(row)

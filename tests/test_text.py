@@ -23,7 +23,7 @@ from difflab.kinds import draw, load_model, plan_editing, plan_sampling
 from difflab.models.text import BagOfWordsEncoder, TransformerTextEncoder, tokenize
 from difflab.models.unet import SpatialTransformer, UNet, position_code, timestep_embedding
 from difflab.sampling import execute
-from difflab.sampling.plan import SamplingRequest
+from difflab.sampling.plan import TEXT_GUIDANCE, SamplingRequest
 from test_compose import write_glyph_mnist
 
 VOCAB = compose.VOCABULARY
@@ -252,6 +252,7 @@ def test_train_text_records_the_vocabulary_and_samples_prompt_rows(text_run, tmp
     config = ckpt.config
     assert config.vocabulary == VOCAB and config.model.text_vocab == len(VOCAB)
     assert config.model.cross_attention_levels == (2,) and config.kind == "diffusion"
+    assert not config.model.cross_positions
     assert config.train.label_dropout == 0.5
     weights = ckpt.model
     assert any(k.startswith("text.layers.1.") for k in weights)
@@ -272,8 +273,11 @@ def test_train_text_records_the_vocabulary_and_samples_prompt_rows(text_run, tmp
     common = dict(num_images=2, seed=4, steps=3)
     red = draw(loaded, prompts=(PROMPT,), **common)
     assert not torch.equal(red, draw(loaded, prompts=("a green 2",), **common))
-    assert not torch.equal(red, draw(loaded, prompts=(PROMPT,), guidance=3.0, **common))
+    assert not torch.equal(red, draw(loaded, prompts=(PROMPT,), guidance=1.0, **common))
     assert torch.equal(red, draw(loaded, prompts=(PROMPT,), **common))  # seeded
+    # A prompt without --guidance is guided at the measured default; no prompt, unguided.
+    assert torch.equal(red, draw(loaded, prompts=(PROMPT,), guidance=TEXT_GUIDANCE, **common))
+    assert plan_sampling(loaded, SamplingRequest(num_images=2)).guidance == 1.0
 
 
 def test_text_run_resumes_bitwise(text_run, tmp_path):
@@ -292,10 +296,11 @@ def test_text_run_resumes_bitwise(text_run, tmp_path):
 def test_flow_matching_with_a_bag_of_words_trains_and_samples(mnist_dir, tmp_path):
     out = tmp_path / "flow"
     argv = ["train", *TINY, "--data-dir", str(mnist_dir), "--text", "--text-encoder", "bag",
-            "--objective", "flow", "--epochs", "1", "--out", str(out)]  # fmt: skip
+            "--objective", "flow", "--epochs", "1", "--cross-positions", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     loaded = load_model(out / "model_final.safetensors", "cpu")
     assert loaded.config.kind == "flow" and loaded.config.model.text_encoder == "bag"
+    assert loaded.config.model.cross_positions  # and the default run has none (text_run)
     x = draw(loaded, num_images=2, prompts=(PROMPT,), sampler="heun", steps=2, guidance=2.0)
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
 

@@ -59,7 +59,8 @@ class ModelConfig:
     # cross-attention block after each residual block; the middle has one if the lowest level
     # does. None: the levels of at most CROSS_ATTENTION_SIDE px (``cross_levels``)
     cross_positions: bool = False  # add a fixed 2-D sin-cos code of each cell's (row, column) to
-    # the cross-attention blocks' tokens, so that a cell knows where it is (train --text sets it)
+    # the cross-attention blocks' tokens, so that a cell knows where it is (train --text
+    # --cross-positions; measured no better, docs/text.md)
 
     @property
     def cross_levels(self) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ from difflab.cli.flags import (
 from difflab.kinds import load_model, plan_sampling
 from difflab.samplers import DEFAULT_SAMPLER
 from difflab.sampling import SamplingPlan, TrajectoryRecorder, execute
-from difflab.sampling.plan import GENERATOR
+from difflab.sampling.plan import GENERATOR, TEXT_GUIDANCE, TEXT_GUIDANCE_EVIDENCE
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +46,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--prompt", action="append", metavar="TEXT",
         help="a text model (train --text): draw a row for this prompt, e.g. \"a red 3 left of "
         "a blue 7\"; give it once per row (--num-images in all, split between the rows); "
-        "--guidance W guides each row against the empty prompt",
+        f"--guidance W guides each row against the empty prompt (default {TEXT_GUIDANCE:g}: "
+        f"{TEXT_GUIDANCE_EVIDENCE})",
     )  # fmt: skip
     p.add_argument("--num-images", type=positive_int, default=64)
     # 20 SDE steps: FID within 3% of 1000-step DDPM at 1/60 of its time (docs/samplers.md)

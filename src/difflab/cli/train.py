@@ -45,7 +45,7 @@ from difflab.schedules import SCHEDULES
 OBJECTIVES = ("diffusion", "flow")  # what `difflab train` learns (the kinds diffusion and flow)
 DDPM_PREDICTIONS = tuple(p for p in PREDICTIONS if p != "flow")  # flow: --objective flow
 TEXT_FLAGS = ("text_encoder", "text_width", "text_layers", "cross_attention_levels",
-              "no_cross_positions")  # with --text  # fmt: skip
+              "cross_positions")  # with --text  # fmt: skip
 FROM_PRESET = argparse.SUPPRESS  # the default of a recipe flag: unset, _resolve_recipe fills it
 
 # The train flags a preset may set, with what they are when neither the flag nor the preset is:
@@ -217,12 +217,14 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cross-attention-levels", type=int_tuple, metavar="LEVELS",
         help="--text: levels (0 = full resolution) with cross-attention after each residual "
-        "block, e.g. 1,2 (default: the two lowest-resolution levels, and the middle)",
+        "block, e.g. 1,2 (default: the levels of 8 px or fewer, and the middle: a step half "
+        "the cost of 16 and 8 px)",
     )  # fmt: skip
     p.add_argument(
-        "--no-cross-positions", action="store_true",
-        help="--text: leave out the fixed code of each cell's position that the cross-attention "
-        "blocks add to their tokens (the ablation; docs/text.md)",
+        "--cross-positions", action="store_true",
+        help="--text: add a fixed code of each cell's position to the cross-attention blocks' "
+        "tokens (off by default: measured no better at 8,000 steps, relation right 48%% of the "
+        "time where both digits were drawn, against 52%% without; docs/text.md)",
     )  # fmt: skip
     p.add_argument(
         "--latent", metavar="AUTOENCODER",
@@ -310,7 +312,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             overrides |= model_config_overrides(
                 text_encoder=args.text_encoder, text_width=args.text_width,
                 text_layers=args.text_layers, cross_attention_levels=args.cross_attention_levels,
-                cross_positions=not args.no_cross_positions,
+                cross_positions=args.cross_positions,
             )  # fmt: skip
         if args.backend == "numpy" and args.precision == "auto":  # NumPy computes in float32
             args.precision, args.precision_reason = "fp32", "auto: the NumPy backend is float32"

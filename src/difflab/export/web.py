@@ -60,6 +60,7 @@ from difflab.data import default_cache_dir
 from difflab.export.onnx import _import_extra, export_onnx
 from difflab.models.text import tokenize
 from difflab.samplers import timestep_sequence
+from difflab.sampling.plan import TEXT_GUIDANCE
 from difflab.viz import make_grid
 
 PAGE_FORMAT = "difflab-web-1"  # page.json's format name
@@ -77,7 +78,7 @@ NUM_IMAGES, NROW = 16, 4  # the page draws a 4 x 4 grid
 DEFAULT_DDIM_STEPS = 20  # a diffusion model's DDIM steps on the page unless changed there
 DEFAULT_PROMPT = EXAMPLE_PROMPT  # a text model's prompt box at first (compose's grammar); the
 # empty prompt for a model whose vocabulary lacks its words
-DEFAULT_TEXT_GUIDANCE = 3.0  # a text model's guidance at first (docs/text.md samples with 3)
+DEFAULT_TEXT_GUIDANCE = TEXT_GUIDANCE  # a text model's guidance at first: the library's default
 MAX_SEED = 2**32 - 1
 EXTERNAL_MIN_BYTES = 1024  # float32 initializers this large go to model.weights; smaller stay
 WEIGHTS = "model.weights"  # the weights' name in model.onnx (what the page hands onnxruntime)
