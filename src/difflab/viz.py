@@ -580,6 +580,15 @@ def _show_image(ax: Any, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _input_panel(fig: Figure, image: np.ndarray, t: int, i: int, rows: int, cols: int) -> None:
+    """The first panel of row ``i``: the noised input x_t, labelled with its timestep."""
+    ax = fig.add_subplot(rows, cols, i * cols + 1)
+    _show_image(ax, image)
+    ax.set_ylabel(f"t = {t}")
+    if i == 0:
+        ax.set_title("x_t", fontsize=8)
+
+
 def plot_feature_maps(
     x_t: Any, timesteps: Sequence[int], levels: Sequence[Any], path: PathLike
 ) -> Path:
@@ -592,11 +601,7 @@ def plot_feature_maps(
     rows, cols = len(timesteps), 1 + len(levels)
     fig = Figure(figsize=(1.6 * cols, 1.6 * rows + 0.4))
     for i, t in enumerate(timesteps):
-        ax = fig.add_subplot(rows, cols, i * cols + 1)
-        _show_image(ax, images[i])
-        ax.set_ylabel(f"t = {t}")
-        if i == 0:
-            ax.set_title("x_t", fontsize=8)
+        _input_panel(fig, images[i], t, i, rows, cols)
         for j, level in enumerate(levels):
             energy = level.features[i].double().norm(dim=0).numpy()  # (h, w)
             ax = fig.add_subplot(rows, cols, i * cols + j + 2)
@@ -662,11 +667,7 @@ def plot_cross_attention(
     rows, cols = len(timesteps), 1 + len(tokens)
     fig = Figure(figsize=(1.5 * cols, 1.5 * rows + 0.8))
     for i, t in enumerate(timesteps):
-        ax = fig.add_subplot(rows, cols, i * cols + 1)
-        _show_image(ax, images[i])
-        ax.set_ylabel(f"t = {t}")
-        if i == 0:
-            ax.set_title("x_t", fontsize=8)
+        _input_panel(fig, images[i], t, i, rows, cols)
         grey = images[i].mean(-1)
         for j, token in enumerate(tokens):
             ax = fig.add_subplot(rows, cols, i * cols + j + 2)
