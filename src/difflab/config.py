@@ -476,6 +476,12 @@ class RunConfig:
         return model_kind(self)
 
     @property
+    def takes_prompts(self) -> bool:
+        """Is this a text model (train --text), conditioned on prompts of its ``vocabulary``? The
+        one place the faces ask; they never read the text fields themselves."""
+        return bool(self.model.text_vocab)
+
+    @property
     def label_names(self) -> list[str]:
         """A name for each class label: the data's class names, else the label indices."""
         return list(self.class_names) or [str(k) for k in range(self.model.num_classes)]

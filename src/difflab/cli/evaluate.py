@@ -158,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     labels: np.ndarray | None = None
     if args.checkpoint:
         loaded = load_model(args.checkpoint, args.device, ema=not args.raw_weights)
-        if loaded.config.vocabulary:  # a text model: prompt adherence
+        if loaded.config.takes_prompts:  # a text model: prompt adherence
             _prompt_adherence(args, loaded, device, start)
             return
     if args.num_samples is None:

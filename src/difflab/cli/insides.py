@@ -79,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         if len(query) != 2:
             raise ValueError(f"--query {query} must be two numbers, ROW,COL")
         insides.query_index(*query, size, 1)  # checks it lies in the image, before any work
-    prompt = args.prompt or (EXAMPLE_PROMPT if config.vocabulary else None)
+    prompt = args.prompt or (EXAMPLE_PROMPT if config.takes_prompts else None)
     tokens = prompt_tokens(config, None if prompt is None else (prompt,))  # checked: (1, L)
     if tokens is not None and not (args.image or args.from_data):  # the model's own drawing
         request = SamplingRequest(num_images=1, seed=args.seed, prompts=(prompt,))
