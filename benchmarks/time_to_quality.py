@@ -1,14 +1,21 @@
-"""Time to quality on real MNIST: FID after 5, 10, 20 and 40 CPU-minutes of training, per recipe.
+"""Time to quality: FID after 5, 10, 20 and 40 CPU-minutes of training, per recipe.
 
     .venv/bin/python benchmarks/time_to_quality.py --data-dir ../shared/data/mnist \\
         [--budgets 5,10,20,40] [--recipes default,classic,diffusers] [--num-samples 1000] [--extend]
+    .venv/bin/python benchmarks/time_to_quality.py --data emoji-datasource \\
+        --data-dir ../shared/data/emoji-datasource --recipes default,base16,diffusers --num-samples 2000
+
+``--data mnist`` (28 px grey, scored against the test split) or ``--data emoji-datasource`` (32 px
+colour emoji, scored against the held-out emoji, with ``evaluate --memorisation``'s numbers beside
+the FID: docs/colour.md). Each data set writes its own JSON, table and plot (``OUTPUTS`` below).
 
 Recipes:
-- ``default``: ``difflab train --data mnist`` as it is (docs/recipe.md says why);
-- ``classic``: ``difflab train --data mnist --preset classic``, the tutorials' recipe;
+- ``default``: ``difflab train --data D`` as it is (docs/recipe.md says why);
+- ``classic``: ``difflab train --data D --preset classic``, the tutorials' recipe;
+- ``base16``, ``base32``, ``base64``: the U-Net shapes of the colour search (``SHAPES`` below);
 - ``diffusers``: diffusers' ``UNet2DModel`` as its unconditional-training example sets it up for
   28 px (block_out_channels 32/64/64, two ResNet layers per block, attention at 14 and 7 px;
-  1.7M parameters) with ``DDPMScheduler`` (1000 linear steps), trained as its ``train.sh`` does:
+  1.7M parameters; the same at 32 px colour, attention at 16 and 8 px) with ``DDPMScheduler`` (1000 linear steps), trained as its ``train.sh`` does:
   batch 64, AdamW lr 1e-4 (betas 0.95/0.999, weight decay 1e-6) with 500 warm-up steps, and
   diffusers' ``EMAModel`` (warm-up power 3/4, decay up to 0.9999), whose weights are sampled. Its
   cosine decay spans 100 epochs (94k steps here), so within 40 minutes the rate is constant.
@@ -45,16 +52,29 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "docs" / "time_to_quality.json"
-DOC = ROOT / "docs" / "time_to_quality.md"
-PLOT = ROOT / "docs" / "time_to_quality.png"
 BEGIN, END = "<!-- time_to_quality:begin -->", "<!-- time_to_quality:end -->"
 DIFFLAB = [sys.executable, "-m", "difflab"]
-RECIPE_FLAGS = {"default": [], "classic": ["--preset", "classic"]}
+# per data set: its image size and channels, where its rows, table and plot go, the plot's title
+OUTPUTS = {
+    "mnist": dict(size=28, channels=1, results=ROOT / "docs" / "time_to_quality.json",
+                  doc=ROOT / "docs" / "time_to_quality.md", plot=ROOT / "docs" / "time_to_quality.png",
+                  title="MNIST: FID after a CPU-minute budget"),
+    "emoji-datasource": dict(size=32, channels=3, results=ROOT / "docs" / "colour" / "time_to_quality.json",
+                             doc=ROOT / "docs" / "colour.md", plot=ROOT / "docs" / "colour" / "time_to_quality.png",
+                             title="Colour emoji, 32 px: FID after a CPU-minute budget"),
+}  # fmt: skip
+# U-Net shapes of the colour search: one residual block a level, 3 levels (32/16/8 px)
+SHAPES = {
+    "base16": ["--base-channels", "16", "--channel-mults", "1,2,4", "--num-res-blocks", "1"],
+    "base32": ["--base-channels", "32", "--channel-mults", "1,2,4", "--num-res-blocks", "1"],
+    "base64": ["--base-channels", "64", "--channel-mults", "1,2,2,2", "--num-res-blocks", "2"],
+}
+RECIPE_FLAGS = {"default": [], "classic": ["--preset", "classic"], **SHAPES}
+RECIPES = (*RECIPE_FLAGS, "diffusers")
 
-# diffusers' train_unconditional example, at MNIST's size
+# diffusers' train_unconditional example, at MNIST's size (sample size and channels: the data's)
 DIFFUSERS_UNET = dict(
-    sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
+    layers_per_block=2,
     block_out_channels=(32, 64, 64),
     down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
@@ -68,14 +88,25 @@ def run(argv: list[str]) -> None:
     subprocess.run([*DIFFLAB, *argv], check=True, stdout=sys.stderr)
 
 
-def score(args: argparse.Namespace, source: list[str]) -> dict:
-    """FID, KID, precision and recall from ``difflab evaluate``."""
+def score(args: argparse.Namespace, source: list[str], pictures: Path) -> dict:
+    """FID, KID, precision and recall from ``difflab evaluate`` (and, for the colour emoji, the
+    memorisation check's median-distance ratios, its nearest-pair pictures kept as ``pictures``*)."""
+    colour = args.data == "emoji-datasource"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "metrics.json"
-        run(["evaluate", *source, "--seed", "1", "--out", str(out)])
+        run(["evaluate", *source, "--seed", "1", "--out", str(out),
+             *(["--memorisation"] if colour else [])])  # fmt: skip
         m = json.loads(out.read_text())["metrics"]
-    return {"fid": round(m["fid"], 3), "kid": round(m["kid"], 5),
-            "precision": round(m["precision"], 3), "recall": round(m["recall"], 3)}  # fmt: skip
+        for picture in Path(tmp).glob("metrics.nearest-*.png"):
+            picture.replace(pictures.with_name(pictures.name + picture.name[len("metrics") :]))
+    row = {"fid": round(m["fid"], 3), "kid": round(m["kid"], 5),
+           "precision": round(m["precision"], 3), "recall": round(m["recall"], 3)}  # fmt: skip
+    if colour:
+        for space in ("pixels", "features"):
+            check = m["memorisation"][space]
+            row[f"copy_ratio_{space}"] = round(check["median_ratio"], 3)
+            row[f"likely_copies_{space}"] = round(check["likely_copy_fraction"], 3)
+    return row
 
 
 def read_log(run_dir: Path) -> list[dict]:
@@ -100,7 +131,8 @@ def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float], 
             print(f"{recipe}: {budget:g} min already measured", file=sys.stderr)
             continue
         if so_far == 0:
-            run(["train", "--data", "mnist", "--data-dir", args.data_dir, *RECIPE_FLAGS[recipe],
+            run(["train", "--data", args.data, "--data-dir", args.data_dir, *size_flags(args),
+                 *RECIPE_FLAGS[recipe],
                  "--epochs", "1000", "--max-minutes", f"{budget:g}", "--sample-every", "0",
                  "--checkpoint-every", "0", "--seed", "0", "--no-progress", "--overwrite",
                  "--out", str(run_dir)])  # fmt: skip
@@ -118,8 +150,9 @@ def difflab_recipe(args: argparse.Namespace, recipe: str, budgets: list[float], 
             "--num-samples",
             str(args.num_samples),
         ]
+        scores = score(args, ["--checkpoint", str(ckpt), *sampling], run_dir / f"{budget:g}min")
         yield {"recipe": recipe, "minutes": budget, "steps": last["step"],
-               "trained_s": last["elapsed_s"], **score(args, ["--checkpoint", str(ckpt), *sampling])}  # fmt: skip
+               "trained_s": last["elapsed_s"], **scores}  # fmt: skip
 
 
 def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
@@ -131,13 +164,17 @@ def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
     from difflab.viz import save_grid
 
     torch.manual_seed(0)
-    model = UNet2DModel(**DIFFUSERS_UNET)
+    size, channels = OUTPUTS[args.data]["size"], OUTPUTS[args.data]["channels"]
+    model = UNet2DModel(
+        sample_size=size, in_channels=channels, out_channels=channels, **DIFFUSERS_UNET
+    )
     scheduler = DDPMScheduler(num_train_timesteps=1000)  # linear betas 1e-4 .. 0.02
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=DIFFUSERS_LR, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8
     )
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-    images = torch.from_numpy(load_dataset("mnist", data_dir=args.data_dir).images)
+    images = load_dataset(args.data, data_dir=args.data_dir, image_size=size).images
+    images = torch.from_numpy(images)
     gen = torch.Generator().manual_seed(0)
     print(f"diffusers UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters",
           file=sys.stderr)  # fmt: skip
@@ -172,7 +209,7 @@ def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
         solver = DPMSolverMultistepScheduler(  # not `scheduler`: training goes on with that one
             num_train_timesteps=1000, thresholding=True, sample_max_value=1.0
         )
-        samples = sample_diffusers(model, solver, args.num_samples)
+        samples = sample_diffusers(model, solver, args.num_samples, (channels, size, size))
         out = Path(args.runs) / "diffusers"
         save_grid(samples[:64], out / f"samples_{budget:g}min.png")
         save_file(model.state_dict(), str(out / f"unet_{budget:g}min.safetensors"))  # EMA weights
@@ -180,41 +217,50 @@ def diffusers_recipe(args: argparse.Namespace, budgets: list[float]):
         with tempfile.TemporaryDirectory() as tmp:
             npz = Path(tmp) / "samples.npz"
             np.savez_compressed(npz, images=np.round((samples + 1) * 127.5).astype(np.uint8))
-            scores = score(args, ["--images", str(npz), "--data", "mnist"])
+            scores = score(args, ["--images", str(npz), "--data", args.data,
+                                  "--data-dir", args.data_dir], out / f"{budget:g}min")  # fmt: skip
         yield {"recipe": "diffusers", "minutes": budget, "steps": step,
                "trained_s": round(elapsed, 2), **scores}  # fmt: skip
 
 
 @torch.no_grad()
-def sample_diffusers(model, scheduler, n: int, batch: int = 250) -> np.ndarray:
+def sample_diffusers(model, scheduler, n: int, shape: tuple, batch: int = 250) -> np.ndarray:
     """diffusers' pipeline loop (set_timesteps, then UNet and scheduler.step), 20 steps."""
     gen = torch.Generator().manual_seed(1)
     out = []
     for start in range(0, n, batch):
         scheduler.set_timesteps(20)
-        x = torch.randn((min(batch, n - start), 1, 28, 28), generator=gen)
+        x = torch.randn((min(batch, n - start), *shape), generator=gen)
         for t in scheduler.timesteps:
             x = scheduler.step(model(x, t, return_dict=False)[0], t, x, return_dict=False)[0]
         out.append(x.clamp(-1, 1).numpy())
     return np.concatenate(out)
 
 
-def write_outputs(rows: list[dict]) -> None:
-    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+def size_flags(args: argparse.Namespace) -> list[str]:
+    return ["--image-size", "32"] if args.data == "emoji-datasource" else []
+
+
+def write_outputs(rows: list[dict], data: str) -> None:
+    where = OUTPUTS[data]
+    where["results"].parent.mkdir(parents=True, exist_ok=True)
+    where["results"].write_text(json.dumps(rows, indent=1) + "\n")
     budgets = sorted({r["minutes"] for r in rows})
-    recipes = [
-        r for r in ("default", "classic", "diffusers") if any(x["recipe"] == r for x in rows)
-    ]
+    recipes = [r for r in RECIPES if any(x["recipe"] == r for x in rows)]
     fid = {(r["recipe"], r["minutes"]): r for r in rows}
+    colour = data == "emoji-datasource"  # the memorisation check's ratio at the last budget
     head = "| recipe | " + " | ".join(f"FID @ {b:g} min" for b in budgets) + " | steps at the end |"
-    lines = [head, "|---" * (len(budgets) + 2) + "|"]
+    head += " nearest-training distance / held-out's, pixels, features |" if colour else ""
+    lines = [head, "|---" * (len(budgets) + 2 + colour) + "|"]
     for recipe in recipes:
         cells = [f"{fid[(recipe, b)]['fid']:.2f}" if (recipe, b) in fid else "-" for b in budgets]
         last = max((r for r in rows if r["recipe"] == recipe), key=lambda r: r["minutes"])
-        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {last['steps']} |")
-    text = DOC.read_text()
+        ratios = f" {last['copy_ratio_pixels']:.2f}, {last['copy_ratio_features']:.2f} |"
+        lines.append(f"| {recipe} | " + " | ".join(cells) + f" | {last['steps']} |"
+                     + (ratios if colour else ""))  # fmt: skip
+    text = where["doc"].read_text()
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    DOC.write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
+    where["doc"].write_text(text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:])
 
     import matplotlib
 
@@ -229,7 +275,7 @@ def write_outputs(rows: list[dict]) -> None:
     noisy = [json.loads(line) for line in RECIPE_RESULTS.read_text().splitlines() if line.strip()]
     noisy = [r for r in noisy if r["name"] == "real train + noise 0.1"
              and r["num_samples"] == rows[0].get("num_samples")]  # fmt: skip
-    if noisy:  # benchmarks/recipe_search.py --noise-reference at the same N
+    if noisy and data == "mnist":  # benchmarks/recipe_search.py --noise-reference at the same N
         ax.axhline(noisy[-1]["fid"], color="grey", linestyle="--", linewidth=1)
         ax.annotate("real images + noise 0.1", (budgets[-1], noisy[-1]["fid"]), color="grey",
                     textcoords="offset points", xytext=(0, 4), fontsize=8, ha="right")  # fmt: skip
@@ -243,21 +289,22 @@ def write_outputs(rows: list[dict]) -> None:
     )
     ax.set_xlabel("training time on the 2-core CPU (minutes)")
     ax.set_ylabel(f"FID (difflab evaluate, N = {rows[0].get('num_samples', 0)})")
-    ax.set_title("MNIST: FID after a CPU-minute budget")
+    ax.set_title(where["title"])
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(PLOT)
+    fig.savefig(where["plot"])
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", choices=tuple(OUTPUTS), default="mnist")
     parser.add_argument("--data-dir", default="../shared/data/mnist")
     parser.add_argument("--budgets", default="5,10,20,40", help="minutes, comma-separated")
     parser.add_argument("--recipes", default="default,classic,diffusers")
     parser.add_argument("--num-samples", type=int, default=1000, help="N for FID")
-    parser.add_argument("--runs", default="runs/time_to_quality")
+    parser.add_argument("--runs", help="run directories (default: runs/time_to_quality[-DATA])")
     parser.add_argument("--no-write", action="store_true", help="print JSON only")
     parser.add_argument(
         "--extend",
@@ -267,13 +314,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--replot", action="store_true", help="only rewrite the table and plot")
     args = parser.parse_args(argv)
+    args.runs = args.runs or "runs/time_to_quality" + (
+        "" if args.data == "mnist" else f"-{args.data}"
+    )
     budgets = sorted(float(b) for b in args.budgets.split(","))
-    rows = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.no_write else []
+    results = OUTPUTS[args.data]["results"]
+    rows = json.loads(results.read_text()) if results.exists() and not args.no_write else []
     if args.replot:
-        return write_outputs(rows)
+        return write_outputs(rows, args.data)
     for recipe in args.recipes.split(","):
-        if recipe not in (*RECIPE_FLAGS, "diffusers"):
-            parser.error(f"unknown recipe {recipe!r}; expected default, classic or diffusers")
+        if recipe not in RECIPES:
+            parser.error(f"unknown recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
         points = (diffusers_recipe(args, budgets) if recipe == "diffusers"
                   else difflab_recipe(args, recipe, budgets, {(r["recipe"], r["minutes"]) for r in rows}))  # fmt: skip
         for row in points:
@@ -285,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                 rows = [r for r in rows if (r["recipe"], r["minutes"]) != (recipe, row["minutes"])]
                 rows.append(row)
                 rows.sort(key=lambda r: (r["recipe"], r["minutes"]))
-                write_outputs(rows)
+                write_outputs(rows, args.data)
 
 
 if __name__ == "__main__":

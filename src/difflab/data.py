@@ -31,7 +31,7 @@ import pickle
 import tarfile
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -912,6 +912,59 @@ def emoji_in_test_split(unified: str) -> bool:
     machine, and the same for both vendors' images and all its skin tones."""
     digest = hashlib.sha256(unified.upper().encode("ascii")).digest()
     return int.from_bytes(digest[:8], "big") % _TEST_EVERY == 0
+
+
+# Text conditioning on the colour emoji (train --data emoji-datasource --text): each image's
+# caption is its name, with punctuation dropped and the coloured shapes named "<colour> <shape>"
+# ("large red square" -> "red square"; the red heart is "heavy black heart" in emoji.json). The
+# grid of the 7 colours by the 3 shapes (both vendors draw each) is the held-out test: the
+# captions of EMOJI_HELD_OUT are left out of training, while each of their words is seen with
+# others ("purple heart", "red square"), so a model draws them only by combining the words.
+EMOJI_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "brown")
+EMOJI_SHAPES = ("heart", "circle", "square")
+EMOJI_HELD_OUT = ("purple square", "green heart", "orange circle")
+# the prompt a text model's faces show at first (inspect, the web page's prompt box), by data
+EXAMPLE_PROMPTS = {MNIST_COMPOSE: compose.EXAMPLE_PROMPT, EMOJI_DATASOURCE: EMOJI_HELD_OUT[0]}
+_EMOJI_RENAMED = {"heavy black heart": "red heart"}
+
+
+def emoji_caption(name: str) -> str:
+    """The caption of an emoji named ``name`` (emoji.json's name, any case): lowercase words of
+    letters, digits and hyphens, and a coloured shape as "<colour> <shape>"."""
+    name = name.lower()
+    words = "".join(c if c.isalnum() or c == "-" else " " for c in _EMOJI_RENAMED.get(name, name))
+    caption = words.split()
+    large = caption[:1] == ["large"] and len(caption) == 3
+    if large and caption[1] in EMOJI_COLOURS and caption[2] in EMOJI_SHAPES:
+        caption = caption[1:]  # "large red circle", "large red square"
+    return " ".join(caption)
+
+
+def emoji_grid() -> tuple[str, ...]:
+    """The 21 captions "<colour> <shape>" that the held-out test draws from."""
+    return tuple(f"{colour} {shape}" for shape in EMOJI_SHAPES for colour in EMOJI_COLOURS)
+
+
+def text_training_data(dataset: ImageDataset) -> ImageDataset:
+    """The images and captions a text model trains on (``ImageDataset.names`` = the captions):
+    mnist-compose's canvases as they are; the colour emoji captioned by ``emoji_caption``, less
+    the images captioned with one of ``EMOJI_HELD_OUT``. The same when applied twice."""
+    if dataset.name != EMOJI_DATASOURCE:
+        return dataset
+    if dataset.names is None:
+        raise ValueError(f"{EMOJI_DATASOURCE} images need their names to be captioned")
+    captions = [emoji_caption(name) for name in dataset.names]
+    keep = np.array([caption not in EMOJI_HELD_OUT for caption in captions])
+    return ImageDataset(
+        dataset.name, dataset.images[keep], dataset.labels[keep], dataset.class_names,
+        tuple(c for c, k in zip(captions, keep, strict=True) if k),
+    )  # fmt: skip
+
+
+def caption_vocabulary(captions: Sequence[str]) -> tuple[str, ...]:
+    """The vocabulary of a text model trained on ``captions``: the pad token (id 0), then their
+    words in sorted order."""
+    return (compose.PAD, *sorted({word for caption in captions for word in caption.split()}))
 
 
 @dataclass(frozen=True)

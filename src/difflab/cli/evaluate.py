@@ -29,12 +29,13 @@ from difflab.data import DATASETS, EMOJI_DATASOURCE, VENDOR_CHOICES, ImageDatase
 from difflab.flow import FLOW_SOLVERS
 from difflab.kinds import load_model, plan_sampling
 from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS
-from difflab.sampling import SamplingPlan, execute
+from difflab.sampling import SamplingPlan, SamplingRequest, execute
 
 if TYPE_CHECKING:
     from difflab.evaluation import Evaluator, Reference
 
 INCEPTION_TRAIN_IMAGES = 10_000  # Inception runs ~18 images/s on 2 cores: 60k would take an hour
+COLOUR_PROMPT_ROUNDS = 48  # a colour emoji text model: images per "<colour> <shape>" prompt
 TEXT_PROMPTS = 2000  # a text model's prompts, half seen and half held out: +-2% on held-out ones
 # Flags of evaluate that a text model's prompt adherence (scored by reading digits) has no use for
 NOT_FOR_PROMPTS = ("data", "vendors", "inception_weights", "reference_train_images", "memorisation")
@@ -69,7 +70,8 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--num-samples", type=positive_int,
-        help=f"images to generate (default: 5000; a text model: {TEXT_PROMPTS}, one per prompt)",
+        help=f"images to generate (default: 5000; a text model: {TEXT_PROMPTS}, one per prompt; "
+        f"a colour emoji text model: {COLOUR_PROMPT_ROUNDS} per colour-shape prompt)",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="generation noise and metric subsets")
     p.add_argument(
@@ -297,18 +299,21 @@ def _prompt_adherence(
         if getattr(args, flag):
             raise ValueError(
                 f"--{flag.replace('_', '-')} does not apply to a text model, which evaluate "
-                "scores by prompt adherence (reading the digits drawn for each prompt)"
+                "scores by prompt adherence (reading what is drawn for each prompt)"
             )
-    num_prompts = TEXT_PROMPTS if args.num_samples is None else args.num_samples
-    path = args.evaluator or ev.default_evaluator_path("mnist", 28)
-    hint = f"; train one with: {ev.train_evaluator_command('mnist', 28, None)}"
-    evaluator = ev.load_evaluator(path, device, hint=hint)
-    ev.mnist_classifier(evaluator)  # an MNIST evaluator, checked before any drawing
     out = Path(args.out)
     if out.suffix != ".json":
         raise ValueError(f"--out {out} must end in .json")
     if args.save_images and Path(args.save_images).suffix != ".npz":
         raise ValueError(f"--save-images {args.save_images} must end in .npz")
+    if loaded.config.train.data == EMOJI_DATASOURCE:
+        _colour_prompts(args, loaded, out, start)
+        return
+    num_prompts = TEXT_PROMPTS if args.num_samples is None else args.num_samples
+    path = args.evaluator or ev.default_evaluator_path("mnist", 28)
+    hint = f"; train one with: {ev.train_evaluator_command('mnist', 28, None)}"
+    evaluator = ev.load_evaluator(path, device, hint=hint)
+    ev.mnist_classifier(evaluator)  # an MNIST evaluator, checked before any drawing
     print(f"drawing {num_prompts} images, one per prompt, half of the prompts held out ...",
           flush=True)  # fmt: skip
     captions, held_out = ev.adherence_captions(num_prompts, args.seed)
@@ -336,6 +341,50 @@ def _prompt_adherence(
     print(f"{len(report.captions)} images from {args.checkpoint}, {report.sampler} "
           f"{report.steps} steps, guidance {report.guidance:g}")  # fmt: skip
     print(ev.format_adherence(report.summary))
+    print(f"wrote {picture}")
+    print(f"wrote {out}")
+
+
+def _colour_prompts(args: argparse.Namespace, loaded: Any, out: Path, start: float) -> None:
+    """A colour emoji text model's evaluate: the "<colour> <shape>" prompts in turn, one image
+    each, judged by the colour of the drawn shape; seen against never-seen prompts."""
+    import json
+
+    from difflab import evaluation as ev
+    from difflab.data import emoji_grid
+    from difflab.io import write_text_atomic
+
+    if args.evaluator:
+        raise ValueError("--evaluator does not apply: an emoji prompt is judged by its colour")
+    tc = loaded.config.train
+    references, held_out = ev.colour_prompt_setup(
+        args.data_dir or tc.data_dir, loaded.config.image_shape[1], tc.vendors
+    )
+    grid = emoji_grid()
+    num = len(grid) * COLOUR_PROMPT_ROUNDS if args.num_samples is None else args.num_samples
+    prompts = ev.grid_prompts(num)
+    print(f"drawing {num} images for the {len(grid)} colour-shape prompts in turn, "
+          f"{len(held_out)} of them never seen in training ...", flush=True)  # fmt: skip
+    request = SamplingRequest(num_images=num, seed=args.seed, prompts=prompts,
+                              sampler=args.sampler, steps=args.steps, guidance=args.guidance)  # fmt: skip
+    plan = plan_sampling(loaded, request)
+    images = execute(loaded, plan, batch_size=args.batch_size, progress=not args.no_progress)
+    report = ev.score_colour_prompts(images.numpy(), prompts, held_out, references)
+    if args.save_images:
+        _save_images(Path(args.save_images), report.images, None, captions=np.array(prompts))
+    picture = ev.save_colour_prompts_picture(report, out.with_name(f"{out.stem}.prompts.png"))
+    setup = {
+        "source": "checkpoint", "checkpoint": str(args.checkpoint), "sampler": plan.sampler,
+        "steps": plan.steps, "guidance": plan.guidance, "ema": not args.raw_weights,
+        "seed": args.seed, "num_images": num, "picture": str(picture),
+        "seconds": round(time.perf_counter() - start, 2),
+    }  # fmt: skip
+    write_text_atomic(
+        out, json.dumps({"colour_prompts": report.summary, "setup": setup}, indent=2) + "\n"
+    )
+    print(f"{num} images from {args.checkpoint}, {plan.sampler} {plan.steps} steps, "
+          f"guidance {plan.guidance:g}")  # fmt: skip
+    print(ev.format_colour_prompts(report.summary))
     print(f"wrote {picture}")
     print(f"wrote {out}")
 

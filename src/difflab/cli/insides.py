@@ -18,7 +18,7 @@ import torch
 
 from difflab import insides, viz
 from difflab.cli.flags import add_command, add_input_flags, int_tuple
-from difflab.compose import EXAMPLE_PROMPT
+from difflab.data import EXAMPLE_PROMPTS
 from difflab.kinds import load_model, plan_sampling
 from difflab.models.unet import UNet
 from difflab.sampling import SamplingRequest, class_labels, execute, load_input_images
@@ -52,9 +52,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--prompt", metavar="TEXT",
-        help=f"a text model's prompt, whose words' cross-attention maps to draw (default: "
-        f'"{EXAMPLE_PROMPT}"); the image is the model\'s drawing for it unless --image or '
-        "--from-data gives one",
+        help="a text model's prompt, whose words' cross-attention maps to draw (default: "
+        + ", ".join(f'"{p}" for {data}' for data, p in EXAMPLE_PROMPTS.items())
+        + "); the image is the model's drawing for it unless --image or --from-data gives one",
     )  # fmt: skip
     p.add_argument("--raw-weights", action="store_true", help="use raw instead of EMA weights")
     p.add_argument("--seed", type=int, default=0, help="which noise")
@@ -79,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         if len(query) != 2:
             raise ValueError(f"--query {query} must be two numbers, ROW,COL")
         insides.query_index(*query, size, 1)  # checks it lies in the image, before any work
-    prompt = args.prompt or (EXAMPLE_PROMPT if config.takes_prompts else None)
+    prompt = args.prompt or (EXAMPLE_PROMPTS[config.train.data] if config.takes_prompts else None)
     tokens = prompt_tokens(config, None if prompt is None else (prompt,))  # checked: (1, L)
     if tokens is not None and not (args.image or args.from_data):  # the model's own drawing
         request = SamplingRequest(num_images=1, seed=args.seed, prompts=(prompt,))

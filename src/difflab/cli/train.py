@@ -198,7 +198,8 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--text", action="store_true",
-        help="condition on the data's captions (--data mnist-compose): a text encoder trained "
+        help="condition on the data's captions (--data mnist-compose, or emoji-datasource: "
+        "its names): a text encoder trained "
         "with the U-Net, and cross-attention to its tokens (docs/text.md); sample with --prompt",
     )  # fmt: skip
     m = ModelConfig()

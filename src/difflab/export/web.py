@@ -55,8 +55,7 @@ from typing import Any
 import numpy as np
 
 import difflab
-from difflab.compose import EXAMPLE_PROMPT
-from difflab.data import default_cache_dir
+from difflab.data import EXAMPLE_PROMPTS, default_cache_dir
 from difflab.export.onnx import _import_extra, export_onnx
 from difflab.models.text import tokenize
 from difflab.samplers import timestep_sequence
@@ -76,8 +75,6 @@ RUNTIME_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", f"{WASM}.gz")
 ASSETS = ("index.html", "page.js", "sampler.js")  # page/ in this package
 NUM_IMAGES, NROW = 16, 4  # the page draws a 4 x 4 grid
 DEFAULT_DDIM_STEPS = 20  # a diffusion model's DDIM steps on the page unless changed there
-DEFAULT_PROMPT = EXAMPLE_PROMPT  # a text model's prompt box at first (compose's grammar); the
-# empty prompt for a model whose vocabulary lacks its words
 DEFAULT_TEXT_GUIDANCE = TEXT_GUIDANCE  # a text model's guidance at first: the library's default
 MAX_SEED = 2**32 - 1
 EXTERNAL_MIN_BYTES = 1024  # float32 initializers this large go to model.weights; smaller stay
@@ -243,16 +240,15 @@ def _steps_info(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prompt_info(meta: dict[str, Any]) -> dict[str, Any] | None:
-    """A text model's prompt box at first: ``DEFAULT_PROMPT`` if the model knows its words (else
-    the empty prompt), and ``DEFAULT_TEXT_GUIDANCE``; None for a model without text."""
+    """A text model's prompt box at first: the first of the data sets' ``EXAMPLE_PROMPTS`` whose
+    words the model knows (else the empty prompt), and ``DEFAULT_TEXT_GUIDANCE``; None for a
+    model without text."""
     text = meta.get("text")
     if not text:
         return None
-    try:
-        tokenize([DEFAULT_PROMPT], text["vocabulary"], text["length"])
-        prompt = DEFAULT_PROMPT
-    except ValueError:
-        prompt = ""
+    known = set(text["vocabulary"][1:])
+    prompts = [p for p in EXAMPLE_PROMPTS.values() if len(p.split()) <= text["length"]]
+    prompt = next((p for p in prompts if known.issuperset(p.split())), "")
     return {"default": prompt, "guidance": DEFAULT_TEXT_GUIDANCE}
 
 

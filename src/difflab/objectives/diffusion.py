@@ -21,7 +21,14 @@ import torch
 
 from difflab import compose, distributed, viz
 from difflab.config import DiffusionConfig, ModelConfig, RunConfig, TrainConfig
-from difflab.data import MNIST_COMPOSE, ImageDataset, load_dataset
+from difflab.data import (
+    EMOJI_DATASOURCE,
+    MNIST_COMPOSE,
+    ImageDataset,
+    caption_vocabulary,
+    load_dataset,
+    text_training_data,
+)
 from difflab.device import check_precision, pick_device
 from difflab.diffusion import VLB_WEIGHT, diffusion_loss, hybrid_loss
 from difflab.models.text import tokenize
@@ -32,6 +39,8 @@ from difflab.sampling.spaces import LatentSpace, PixelSpace
 from difflab.schedules import Schedule, make_schedule
 from difflab.training import rundir
 from difflab.training.objective import Batch, Context, Objective, Phase, Report, TrainResult
+
+TEXT_DATA = (MNIST_COMPOSE, EMOJI_DATASOURCE)  # the captioned data sets --text trains on
 
 
 class DiffusionObjective(Objective):
@@ -49,6 +58,8 @@ class DiffusionObjective(Objective):
             config.model.learn_variance, prediction=config.diffusion.prediction,
             backend=config.backend, latent=config.kind == "latent-diffusion",
         )  # fmt: skip
+        if config.model.text_vocab:  # a resumed run reads the data as it is: caption it again
+            dataset = text_training_data(dataset)
         self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
         model = UNet(config.model).to(ctx.device, memory_format=ctx.memory_format)
         ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -207,9 +218,10 @@ def prepare_run(
     if model_overrides:
         model_cfg = replace(model_cfg, **model_overrides)
     vocabulary: tuple[str, ...] = ()
-    if text:  # compose's words; the checkpoint keeps them, so prompts need no data to tokenise
-        vocabulary = compose.VOCABULARY
-        model_cfg = replace(model_cfg, text_vocab=len(vocabulary), text_length=compose.MAX_TOKENS)
+    if text:  # the captions' words; the checkpoint keeps them, so prompts need no data
+        dataset = text_training_data(dataset)
+        vocabulary, length = text_vocabulary(dataset)
+        model_cfg = replace(model_cfg, text_vocab=len(vocabulary), text_length=length)
         model_cfg = replace(model_cfg, cross_attention_levels=model_cfg.cross_levels)
     model_cfg.validate()
     config = RunConfig(
@@ -223,10 +235,10 @@ def check_text(text: bool, *, data: str, conditional: bool = False, backend: str
     """Refuse, in one line, text conditioning where it has no captions or no implementation."""
     if not text:
         return
-    if data != MNIST_COMPOSE:
+    if data not in TEXT_DATA:
         raise ValueError(
-            f"--text trains on captioned data: --data {MNIST_COMPOSE} (not {data}); its "
-            "captions' vocabulary is what prompts may use"
+            f"--text trains on captioned data: --data {' or '.join(TEXT_DATA)} (not {data}); "
+            "its captions' vocabulary is what prompts may use"
         )
     if conditional:
         raise ValueError("--text and --conditional exclude each other: a caption or a class label")
@@ -235,11 +247,20 @@ def check_text(text: bool, *, data: str, conditional: bool = False, backend: str
 
 
 def caption_tokens(config: RunConfig, dataset: ImageDataset) -> torch.Tensor:
-    """The data's captions (``ImageDataset.names``) as token ids of the config's vocabulary,
-    (N, text_length) int64, 0 = pad."""
+    """The data's captions (``ImageDataset.names``; ``text_training_data`` has made them) as
+    token ids of the config's vocabulary, (N, text_length) int64, 0 = pad."""
     if dataset.names is None:
         raise ValueError(f"--text needs captioned data; {dataset.name} has no captions")
     return tokenize(dataset.names, config.vocabulary, config.model.text_length)
+
+
+def text_vocabulary(dataset: ImageDataset) -> tuple[tuple[str, ...], int]:
+    """A text model's vocabulary and prompt length (tokens) for its training data: compose's
+    grammar for the canvases; the training captions' words and longest caption for the emoji."""
+    if dataset.name == MNIST_COMPOSE:
+        return compose.VOCABULARY, compose.MAX_TOKENS
+    assert dataset.names is not None, "text_training_data gives captioned data"
+    return caption_vocabulary(dataset.names), max(len(c.split()) for c in dataset.names)
 
 
 def check_numpy_options(cfg: TrainConfig) -> None:

@@ -150,7 +150,7 @@ def prompt_tokens(config: RunConfig, prompts: tuple[str, ...] | None) -> torch.T
     if not config.model.text_vocab:
         raise ValueError(
             "a prompt was given, but this model has no text conditioning (train one with "
-            "difflab train --data mnist-compose --text)"
+            "difflab train --data mnist-compose --text, or --data emoji-datasource --text)"
         )
     if not prompts:
         raise ValueError("no prompt given; give --prompt TEXT once per row")
