@@ -290,10 +290,8 @@ def _prompt_adherence(
 ) -> None:
     """A text model's evaluate: prompt adherence on seen and held-out captions, the table, the
     JSON report and a picture of the first images with their verdicts beside --out."""
-    import json
 
     from difflab import evaluation as ev
-    from difflab.io import write_text_atomic
 
     for flag in NOT_FOR_PROMPTS:
         if getattr(args, flag):
@@ -335,24 +333,18 @@ def _prompt_adherence(
         "evaluator_test_accuracy": evaluator.info.get("test_accuracy"), "picture": str(picture),
         "seconds": round(time.perf_counter() - start, 2),
     }  # fmt: skip
-    write_text_atomic(
-        out, json.dumps({"prompt_adherence": report.summary, "setup": setup}, indent=2) + "\n"
-    )
-    print(f"{len(report.captions)} images from {args.checkpoint}, {report.sampler} "
-          f"{report.steps} steps, guidance {report.guidance:g}")  # fmt: skip
-    print(ev.format_adherence(report.summary))
-    print(f"wrote {picture}")
-    print(f"wrote {out}")
+    headline = (f"{len(report.captions)} images from {args.checkpoint}, {report.sampler} "
+                f"{report.steps} steps, guidance {report.guidance:g}")  # fmt: skip
+    _write_prompt_report(out, {"prompt_adherence": report.summary, "setup": setup},
+                         [headline, ev.format_adherence(report.summary), f"wrote {picture}"])  # fmt: skip
 
 
 def _colour_prompts(args: argparse.Namespace, loaded: Any, out: Path, start: float) -> None:
     """A colour emoji text model's evaluate: the "<colour> <shape>" prompts in turn, one image
     each, judged by the colour of the drawn shape; seen against never-seen prompts."""
-    import json
 
     from difflab import evaluation as ev
     from difflab.data import emoji_grid
-    from difflab.io import write_text_atomic
 
     if args.evaluator:
         raise ValueError("--evaluator does not apply: an emoji prompt is judged by its colour")
@@ -379,13 +371,20 @@ def _colour_prompts(args: argparse.Namespace, loaded: Any, out: Path, start: flo
         "seed": args.seed, "num_images": num, "picture": str(picture),
         "seconds": round(time.perf_counter() - start, 2),
     }  # fmt: skip
-    write_text_atomic(
-        out, json.dumps({"colour_prompts": report.summary, "setup": setup}, indent=2) + "\n"
-    )
-    print(f"{num} images from {args.checkpoint}, {plan.sampler} {plan.steps} steps, "
-          f"guidance {plan.guidance:g}")  # fmt: skip
-    print(ev.format_colour_prompts(report.summary))
-    print(f"wrote {picture}")
+    headline = (f"{num} images from {args.checkpoint}, {plan.sampler} {plan.steps} steps, "
+                f"guidance {plan.guidance:g}")  # fmt: skip
+    _write_prompt_report(out, {"colour_prompts": report.summary, "setup": setup},
+                         [headline, ev.format_colour_prompts(report.summary), f"wrote {picture}"])  # fmt: skip
+
+
+def _write_prompt_report(out: Path, report: dict[str, Any], lines: list[str]) -> None:
+    """Write a text model's JSON report to ``out``, then print its lines and where it went."""
+    import json
+
+    from difflab.io import write_text_atomic
+
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
+    print("\n".join(lines))
     print(f"wrote {out}")
 
 
