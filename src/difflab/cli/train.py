@@ -173,7 +173,9 @@ def _add_network_flags(p: argparse.ArgumentParser) -> None:
     """The U-Net's shape (recipe flags: by data unless the preset sets them) and backend."""
     p.add_argument(
         "--base-channels", type=positive_int, default=FROM_PRESET,
-        help="U-Net width (default: by data)",
+        help="U-Net width (default: by image size; 16 with --channel-mults 1,2,4 up to 32 px, "
+        "which won the measured searches: FID 11.7 on 32 px colour emoji after 20 CPU-minutes, "
+        "29.4 after 5 against 49.7 for the 64-channel network; docs/colour.md, docs/recipe.md)",
     )  # fmt: skip
     p.add_argument(
         "--channel-mults", type=int_tuple, default=FROM_PRESET, help="e.g. 1,2,4 (default: by data)"

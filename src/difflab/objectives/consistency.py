@@ -76,7 +76,7 @@ def load_teacher(path: str | Path, expected_sha256: str | None = None) -> Checkp
 
 def check_text_teacher(path: str | Path, teacher: Checkpoint) -> None:
     """Refuse, in one line, a text-conditioned teacher: no distillation carries prompts yet."""
-    if teacher.config.model.text_vocab:
+    if teacher.config.takes_prompts:
         raise ValueError(
             f"{path} is a text-conditioned model (train --text); difflab distill "
             "does not distil text models yet"

@@ -58,7 +58,7 @@ class DiffusionObjective(Objective):
             config.model.learn_variance, prediction=config.diffusion.prediction,
             backend=config.backend, latent=config.kind == "latent-diffusion",
         )  # fmt: skip
-        if config.model.text_vocab:  # a resumed run reads the data as it is: caption it again
+        if config.takes_prompts:  # a resumed run reads the data as it is: caption it again
             dataset = text_training_data(dataset)
         self.config, self.dataset, self.memory_format = config, dataset, ctx.memory_format
         model = UNet(config.model).to(ctx.device, memory_format=ctx.memory_format)
@@ -74,7 +74,7 @@ class DiffusionObjective(Objective):
         self.images = torch.from_numpy(dataset.images).to(ctx.device)  # (N, C, H, W) in [-1, 1]
         self.labels = torch.from_numpy(dataset.labels).to(ctx.device)  # (N,)
         self.tokens = None  # a text model's captions as token ids, (N, L)
-        if config.model.text_vocab:
+        if config.takes_prompts:
             self.tokens = caption_tokens(config, dataset).to(ctx.device)
         self.num_items = len(self.images)
         self.space: PixelSpace | LatentSpace = PixelSpace()  # where samples live: pixels

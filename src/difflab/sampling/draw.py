@@ -127,7 +127,7 @@ def conditioned(model: Callable[..., Any], config: RunConfig) -> tuple[Callable[
     its conditioning c: a class-conditional model's labels and its null label, or a text model's
     prompt tokens (B, L) and the pad id 0 (a row of pads is the empty prompt, which label
     dropout trained as the unconditional model)."""
-    if not config.model.text_vocab:
+    if not config.takes_prompts:
         return model, config.model.num_classes
 
     def text_model(x_t: Any, t: Any, tokens: Any, **options: Any) -> Any:

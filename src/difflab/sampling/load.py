@@ -53,7 +53,7 @@ def load_unet(
     source = ckpt.path or "<memory>"
     model: UNet | NumpyUNet
     if backend == "numpy":
-        if ckpt.config.model.text_vocab:
+        if ckpt.config.takes_prompts:
             raise ValueError(
                 f"checkpoint {source} is a text-conditioned model: it runs in torch only (the "
                 "NumPy U-Net has no text encoder)"

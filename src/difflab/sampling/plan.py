@@ -147,7 +147,7 @@ def prompt_tokens(config: RunConfig, prompts: tuple[str, ...] | None) -> torch.T
     prompt for a model without text, or with a word it does not know, is a one-line error."""
     if prompts is None:
         return None
-    if not config.model.text_vocab:
+    if not config.takes_prompts:
         raise ValueError(
             "a prompt was given, but this model has no text conditioning (train one with "
             "difflab train --data mnist-compose --text, or --data emoji-datasource --text)"
@@ -161,7 +161,7 @@ def check_guidance(config: RunConfig, guidance: float | None) -> float:
     """The guidance scale to use: 1 (plain conditional) by default; an error without labels."""
     if guidance is None:
         return 1.0
-    if config.model.num_classes == 0 and not config.model.text_vocab:  # text: see _conditioning
+    if config.model.num_classes == 0 and not config.takes_prompts:  # text: see _conditioning
         raise ValueError(
             f"guidance {guidance:g} needs a class-conditional model; this checkpoint is "
             "unconditional (train with --conditional)"
@@ -225,7 +225,7 @@ def _conditioning(
     guidance = check_guidance(config, request.guidance)
     labels, n, rows = _labels(config, request)
     sweep = tuple(check_guidance(config, w) for w in request.guidance_sweep or ())
-    if config.model.text_vocab:
+    if config.takes_prompts:
         if sweep:
             raise ValueError(
                 "--guidance-sweep draws a column per class; a text model takes --guidance W "
@@ -328,7 +328,7 @@ def plan_edit(loaded: LoadedModel, request: SamplingRequest) -> SamplingPlan:
     steps = request.steps or default_steps(sampler, schedule.num_timesteps)
     grid = timestep_sequence(schedule.num_timesteps, steps, request.spacing or "trailing")
     guidance = check_guidance(config, request.guidance)
-    if config.model.text_vocab and request.guidance is not None:
+    if config.takes_prompts and request.guidance is not None:
         raise ValueError(
             "the editing commands take no prompt yet: a text model edits from the empty prompt, "
             "unguided (leave out --guidance)"
